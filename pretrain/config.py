@@ -1,0 +1,176 @@
+"""The one typed config tree: CLI options, Prefect flow parameters and recipes.
+
+Recipes live in ``configs/*.yaml``. A recipe may name a ``base`` recipe; its keys
+are deep-merged over the base, so a variant is a few lines. Unknown keys and wrong
+types are errors that name the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A recipe or option that does not validate; the message names the field."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DownloadConfig(_Model):
+    """How remote inputs (https://, s3://, a crawl id) are fetched."""
+
+    max_attempts: int = Field(6, ge=1, description="Tries per file before it is reported as failed.")
+    backoff_base_s: float = Field(1.0, ge=0, description="First retry delay; doubles per attempt.")
+    backoff_max_s: float = Field(60.0, ge=0, description="Cap on one retry delay.")
+    jitter_fraction: float = Field(0.5, ge=0, le=1, description="Random extra delay, as a fraction of the delay.")
+    timeout_s: float = Field(60.0, gt=0, description="Connect and read timeout of one request.")
+    chunk_bytes: int = Field(1 << 20, ge=1024, description="Streaming chunk size.")
+    download_dir: str | None = Field(
+        None, description="Where remote files are staged; default: OUTPUT/.downloads."
+    )
+    keep_downloads: bool = Field(False, description="Keep staged remote files after their shard is written.")
+
+
+class IngestConfig(_Model):
+    """Common Crawl (or any WARC) to Parquet shards of extracted text."""
+
+    inputs: list[str] = Field(
+        default_factory=list,
+        description="Local WARC paths or globs, https:// or s3:// URLs, or crawl ids such as CC-MAIN-2024-10.",
+    )
+    extractor: Literal["fast", "precise"] = Field(
+        "fast", description="fast: our main-content extractor; precise: trafilatura."
+    )
+    languages: list[str] = Field(
+        default_factory=list, description="ISO 639-1 codes to keep (e.g. en, fr); empty keeps all."
+    )
+    min_lang_score: float = Field(0.0, ge=0, le=1, description="Drop documents whose language score is lower.")
+    min_text_chars: int = Field(20, ge=0, description="Drop documents whose extracted text is shorter.")
+    max_html_bytes: int = Field(
+        5_000_000, ge=1, description="Skip (and count) HTML payloads larger than this."
+    )
+    max_files: int | None = Field(None, ge=1, description="Use at most this many input files (after selection).")
+    num_shards: int = Field(1, ge=1, description="Split the input file list into this many parts...")
+    shard_index: int = Field(0, ge=0, description="...and take this part (file i goes to part i % num_shards).")
+    cc_base_url: str = Field(
+        "https://data.commoncrawl.org", description="Where crawl ids and relative WARC paths resolve."
+    )
+    download: DownloadConfig = Field(default_factory=DownloadConfig)
+
+    @field_validator("languages", mode="before")
+    @classmethod
+    def _split_languages(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [code.strip() for code in value.split(",") if code.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check_shard_selection(self) -> IngestConfig:
+        if self.shard_index >= self.num_shards:
+            raise ValueError(
+                f"shard_index ({self.shard_index}) must be smaller than num_shards ({self.num_shards})"
+            )
+        return self
+
+
+class RayConfig(_Model):
+    """Where the Ray work runs: an embedded local instance by default."""
+
+    address: str | None = Field(
+        None, description="A Ray cluster address; default: RAY_ADDRESS, else a new local instance."
+    )
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the local instance; default: all.")
+    object_store_memory_mb: int = Field(512, ge=75, description="Object store of the local instance.")
+    max_concurrent_tasks: int | None = Field(
+        None, ge=1, description="Files in flight at once; default: the cluster's CPUs."
+    )
+
+
+class PipelineConfig(_Model):
+    """A whole recipe: what `pretrain run` and the Prefect deployments take."""
+
+    name: str = "local"
+    output_dir: str = Field("runs/local", description="Root folder of every stage's output.")
+    demo_data: bool = Field(
+        False, description="Write the offline demo WARCs under OUTPUT/demo-data and ingest them."
+    )
+    ray: RayConfig = Field(default_factory=RayConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _recipe_path(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in {".yaml", ".yml"} or path.exists():
+        return path
+    return CONFIGS_DIR / f"{name_or_path}.yaml"
+
+
+def _load_raw(name_or_path: str, seen: tuple[str, ...] = ()) -> dict:
+    path = _recipe_path(name_or_path)
+    if not path.is_file():
+        known = sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
+        raise ConfigError(f"recipe {name_or_path!r} not found ({path}); known recipes: {', '.join(known)}")
+    if str(path.resolve()) in seen:
+        raise ConfigError(f"recipe {path} derives from itself (base chain: {' -> '.join(seen)})")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"recipe {path} must be a mapping, got {type(raw).__name__}")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    base_ref = str(path.parent / f"{base}.yaml") if not str(base).endswith((".yaml", ".yml")) else base
+    return _deep_merge(_load_raw(base_ref, seen + (str(path.resolve()),)), raw)
+
+
+def format_validation_error(error: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "(root)"
+        lines.append(f"{prefix}{field}: {item['msg']} (got {item.get('input')!r})")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def validate_config(model: type[_Model], data: dict, prefix: str = "") -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error, prefix)) from None
+
+
+def parse_override(assignment: str) -> dict:
+    """``a.b.c=value`` (value parsed as YAML) to a nested dict."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set expects key=value, got {assignment!r}")
+    key, value = assignment.split("=", 1)
+    nested: dict = {}
+    node = nested
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = yaml.safe_load(value)
+    return nested
+
+
+def load_recipe(name_or_path: str = "local", overrides: list[str] | None = None) -> PipelineConfig:
+    raw = _load_raw(name_or_path)
+    for assignment in overrides or []:
+        raw = _deep_merge(raw, parse_override(assignment))
+    return validate_config(PipelineConfig, raw)
