@@ -46,6 +46,7 @@ class IngestConfig(_Model):
         default_factory=list,
         description="Local WARC paths or globs, https:// or s3:// URLs, or crawl ids such as CC-MAIN-2024-10.",
     )
+    source: str = Field("commoncrawl", description="The `source` tag of every document ingested.")
     extractor: Literal["fast", "precise"] = Field(
         "fast", description="fast: our main-content extractor; precise: trafilatura."
     )

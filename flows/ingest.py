@@ -1,0 +1,202 @@
+"""Prefect flow: WARC files (local, https, s3, or a crawl id) to Parquet shards on Ray.
+
+One Prefect task per input file. The task is retried on transient failures only,
+cached on (input identity, the config fields that change its output, code version,
+shard path), and idempotent: a shard is written under a temporary name and renamed
+when complete. The task itself runs the work as a Ray task, so the flow process only
+orchestrates; large data never travels through Prefect results (tasks return reports).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+
+import ray
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.tasks import exponential_backoff
+
+from pretrain.config import IngestConfig, RayConfig
+from pretrain.progress import report_progress
+from pretrain.provenance import atomic_write_text, code_version, stable_hash, write_info_json
+from tasks.errors import is_transient_error
+from tasks.ingest import INGEST_MODULES, ingest_input
+from tasks.ray_runtime import ensure_ray
+from tasks.sources import InputFile, input_identity, resolve_inputs
+
+# Fields of IngestConfig that change a shard's content (inputs/selection and fetch
+# settings do not).
+OUTPUT_FIELDS = ("source", "extractor", "languages", "min_lang_score", "min_text_chars", "max_html_bytes")
+
+
+class IngestFailed(RuntimeError):
+    """Some shards failed after their retries; the run report lists them."""
+
+
+def output_fingerprint(config: IngestConfig) -> dict:
+    return config.model_dump(include=set(OUTPUT_FIELDS))
+
+
+def shard_cache_key(context, parameters: dict) -> str:
+    item: InputFile = parameters["item"]
+    return stable_hash(
+        "ingest-shard",
+        input_identity(item),
+        output_fingerprint(parameters["config"]),
+        code_version(*INGEST_MODULES),
+        parameters["shard_path"],
+    )
+
+
+def _retry_if_transient(task, task_run, state) -> bool:
+    try:
+        state.result()
+    except Exception as exc:  # the failed state re-raises the task's exception
+        return is_transient_error(exc)
+    return False
+
+
+@ray.remote(num_cpus=1, max_retries=3)
+def _ingest_on_ray(item: InputFile, shard_path: str, config: IngestConfig) -> dict:
+    return ingest_input(item, Path(shard_path), config)
+
+
+@task(
+    name="ingest-shard",
+    task_run_name="ingest-{shard_name}",
+    retries=2,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=_retry_if_transient,
+    cache_key_fn=shard_cache_key,
+    persist_result=True,
+    cache_result_in_memory=False,
+)
+def ingest_shard(item: InputFile, shard_path: str, config: IngestConfig, shard_name: str) -> dict:
+    """Ingest one input file into one shard (on a Ray worker); returns its report."""
+    return ray.get(_ingest_on_ray.remote(item, shard_path, config))
+
+
+def shard_names(files: list[InputFile]) -> list[str]:
+    """Shards are named after their input; inputs sharing a name get a hash suffix."""
+    counts = Counter(item.shard_name for item in files)
+    return [
+        item.shard_name if counts[item.shard_name] == 1 else f"{item.shard_name}-{stable_hash(item.uri, length=8)}"
+        for item in files
+    ]
+
+
+def summarize(reports: list[dict], failures: list[dict], seconds: float) -> dict:
+    totals = Counter()
+    dropped = Counter()
+    for report in reports:
+        for key in ("records_read", "responses", "html_responses", "documents", "html_bytes", "text_bytes", "input_bytes"):
+            totals[key] += report.get(key, 0)
+        dropped.update(report.get("dropped", {}))
+    return {
+        "files": len(reports) + len(failures),
+        "shards_written": len(reports),
+        "failed": failures,
+        **dict(totals),
+        "dropped": dict(sorted(dropped.items())),
+        "seconds": round(seconds, 2),
+        "docs_per_s": round(totals["documents"] / seconds, 1) if seconds > 0 else None,
+        "shards": reports,
+    }
+
+
+def funnel_markdown(summary: dict) -> str:
+    lines = [
+        "# Ingestion funnel",
+        "",
+        "| stage | count |",
+        "| --- | ---: |",
+        f"| input files | {summary['files']} |",
+        f"| WARC records read | {summary.get('records_read', 0)} |",
+        f"| responses | {summary.get('responses', 0)} |",
+        f"| HTML 200 responses | {summary.get('html_responses', 0)} |",
+        f"| documents kept | {summary.get('documents', 0)} |",
+        "",
+        "| skipped or dropped, by reason | count |",
+        "| --- | ---: |",
+    ]
+    lines += [f"| {reason} | {n} |" for reason, n in summary["dropped"].items()]
+    if summary["failed"]:
+        lines += ["", "## Failed files", ""] + [f"- {f['input']}: {f['error']}" for f in summary["failed"]]
+    lines += ["", f"{summary['seconds']} s, {summary['docs_per_s']} documents/s, "
+              f"{summary.get('cache_hits', 0)} shard(s) reused from cache"]
+    return "\n".join(lines)
+
+
+def publish(summary: dict, output_dir: Path) -> None:
+    atomic_write_text(output_dir / "report.json", _json(summary))
+    create_markdown_artifact(key="ingest-funnel", markdown=funnel_markdown(summary), description="Ingestion funnel")
+    rows = [
+        {"input": r["input"], "documents": r["documents"], "html_responses": r["html_responses"],
+         "dropped": sum(r["dropped"].values()), "seconds": r["seconds"]}
+        for r in summary["shards"]
+    ]
+    if rows:
+        create_table_artifact(key="ingest-shards", table=rows, description="Per-shard ingestion report")
+
+
+def _json(data: dict) -> str:
+    import json
+
+    return json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
+
+
+@flow(name="ingest", task_runner=ThreadPoolTaskRunner(max_workers=16))
+def ingest_flow(config: IngestConfig, output_dir: str = "runs/local/ingest", ray_config: RayConfig = RayConfig()) -> dict:
+    """Ingest WARC inputs into one Parquet shard per file under ``output_dir``.
+
+    Writes ``report.json`` (counts per stage and per drop reason) and ``info.json``;
+    raises IngestFailed, after every other shard is done, if any file failed.
+    """
+    logger = get_run_logger()
+    started = time.perf_counter()
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = resolve_inputs(config)
+    logger.info("ingesting %d input file(s) into %s", len(files), out)
+    ensure_ray(ray_config)
+
+    futures = {}
+    for item, name in zip(files, shard_names(files)):
+        shard = out / f"{name}.parquet"
+        # A missing shard must be rewritten even if a cached result claims it exists.
+        runner = ingest_shard.with_options(refresh_cache=not shard.exists())
+        futures[runner.submit(item, str(shard), config, name)] = item
+
+    reports, failures, cache_hits = [], [], 0
+    for done, future in enumerate(as_completed(list(futures)), start=1):
+        item = futures[future]
+        try:
+            reports.append(future.result())
+            cache_hits += future.state.name == "Cached"
+        except Exception as exc:
+            failures.append({"input": item.uri, "error": f"{type(exc).__name__}: {exc}"})
+            logger.error("failed: %s: %s", item.uri, exc)
+        report_progress("ingest", done, len(files))
+    reports.sort(key=lambda r: r["shard"])
+    failures.sort(key=lambda f: f["input"])
+
+    summary = summarize(reports, failures, time.perf_counter() - started)
+    summary["cache_hits"] = cache_hits
+    write_info_json(
+        out, stage="ingest", code=code_version(*INGEST_MODULES), config=config.model_dump(),
+        inputs=[item.uri for item in files],
+    )
+    publish(summary, out)
+    logger.info(
+        "ingest: %d documents from %d HTML responses in %d files (%d failed)",
+        summary.get("documents", 0), summary.get("html_responses", 0), summary["files"], len(failures),
+    )
+    if failures:
+        raise IngestFailed(f"{len(failures)} of {len(files)} input files failed: " + "; ".join(
+            f"{f['input']} ({f['error']})" for f in failures))
+    return summary

@@ -1,0 +1,166 @@
+"""The `pretrain` command: every pipeline stage from the shell."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from pretrain.config import ConfigError, IngestConfig, PipelineConfig, RayConfig, load_recipe, validate_config
+
+app = typer.Typer(
+    help="Common Crawl in, a trained model out. Each command runs one stage; `run` runs the pipeline.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=False)
+
+
+def _run_with_progress(label: str, run):
+    """Run a flow, showing its report_progress calls as a rich progress bar."""
+    from pretrain.progress import progress_to
+
+    with _progress() as bar:
+        task_id = bar.add_task(label, total=None)
+
+        def update(stage: str, done: int, total: int) -> None:
+            bar.update(task_id, description=f"{label}: {stage}", completed=done, total=total)
+
+        with progress_to(update):
+            return run()
+
+
+def _ingest_config(base: dict, **options) -> IngestConfig:
+    merged = {**base, **{key: value for key, value in options.items() if value not in (None, [])}}
+    return validate_config(IngestConfig, merged, prefix="ingest.")
+
+
+@app.command()
+def ingest(
+    input: list[str] = typer.Option(..., "--input", "-i", help="WARC path/glob/dir, https:// or s3:// URL, or crawl id (repeatable)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the Parquet shards, report.json and info.json."),
+    extractor: Optional[str] = typer.Option(None, help="fast (default) or precise (trafilatura)."),
+    languages: Optional[str] = typer.Option(None, help="Comma-separated ISO 639-1 codes to keep, e.g. en,fr."),
+    max_files: Optional[int] = typer.Option(None, help="Use at most N input files."),
+    num_shards: Optional[int] = typer.Option(None, help="Split the file list into N parts..."),
+    shard_index: Optional[int] = typer.Option(None, help="...and process part I (0-based)."),
+    config: Optional[Path] = typer.Option(None, help="A recipe YAML; its `ingest` section gives defaults."),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster address (default: RAY_ADDRESS, else local)."),
+    num_cpus: Optional[int] = typer.Option(None, help="CPUs for the local Ray instance."),
+) -> None:
+    """Ingest WARC files into Parquet shards (one per input file) on Ray."""
+    from flows.ingest import IngestFailed, ingest_flow
+
+    try:
+        recipe = load_recipe(str(config)) if config else PipelineConfig()
+        cfg = _ingest_config(
+            recipe.ingest.model_dump(exclude={"inputs"}), inputs=input, extractor=extractor, languages=languages,
+            max_files=max_files, num_shards=num_shards, shard_index=shard_index,
+        )
+        ray_cfg = recipe.ray.model_copy(update={k: v for k, v in {"address": ray_address, "num_cpus": num_cpus}.items() if v})
+    except ConfigError as error:
+        _fail(str(error))
+    try:
+        summary = _run_with_progress("ingest", lambda: ingest_flow(config=cfg, output_dir=str(output), ray_config=ray_cfg))
+    except IngestFailed as error:
+        _fail(f"{error}\nreport: {output / 'report.json'}", code=1)
+    except (FileNotFoundError, ValueError) as error:
+        _fail(str(error))
+    _print_ingest_summary(summary, output)
+
+
+def _print_ingest_summary(summary: dict, output: Path) -> None:
+    console.print(
+        f"[green]ingested[/green] {summary.get('documents', 0)} documents from {summary.get('html_responses', 0)} "
+        f"HTML responses in {summary['files']} file(s) ({summary.get('cache_hits', 0)} from cache), "
+        f"{summary['docs_per_s']} docs/s"
+    )
+    for reason, count in summary["dropped"].items():
+        console.print(f"  {reason}: {count}")
+    console.print(f"shards and report.json in {output}")
+
+
+@app.command()
+def extract(
+    files: list[Path] = typer.Argument(..., help=".html or .html.gz files."),
+    output: Path = typer.Option(..., "--output", "-o", help="JSONL file: one {\"file\", \"text\"} object per input."),
+    extractor: str = typer.Option("fast", help="fast or precise."),
+) -> None:
+    """Run the extractor on HTML files (the same code path as ingestion)."""
+    from tasks.decode import decode_html
+    from tasks.extract import extract_text
+
+    if extractor not in ("fast", "precise"):
+        _fail(f"--extractor must be fast or precise, got {extractor!r}")
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        _fail(f"not found: {', '.join(missing)}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with _progress() as bar, open(output, "w", encoding="utf-8") as out:
+        for path in bar.track(files, description="extract"):
+            raw = path.read_bytes()
+            if path.suffix == ".gz":
+                raw = gzip.decompress(raw)
+            text = extract_text(decode_html(raw), extractor)
+            out.write(json.dumps({"file": str(path), "text": text}, ensure_ascii=False) + "\n")
+    console.print(f"wrote {len(files)} record(s) to {output}")
+
+
+@app.command("demo-data")
+def demo_data(
+    folder: Path = typer.Argument(..., help="Where to write the demo WARC files."),
+    files: int = typer.Option(3, min=1, help="Number of WARC files."),
+    articles_per_file: int = typer.Option(40, min=1, help="Original articles per file (other page kinds are added)."),
+) -> None:
+    """Write the offline demo sample (WARC files) that the `local` recipe ingests."""
+    from tasks.demo import write_demo_data
+
+    paths = write_demo_data(folder, n_files=files, articles_per_file=articles_per_file)
+    for path in paths:
+        console.print(f"wrote {path} ({path.stat().st_size} bytes)")
+
+
+@app.command()
+def run(
+    recipe: str = typer.Option("local", help="A recipe name in configs/ or a YAML path."),
+    output: Optional[Path] = typer.Option(None, help="Output root (default: the recipe's output_dir)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe field: key.path=value (repeatable)."),
+) -> None:
+    """Run the pipeline on a recipe; writes OUTPUT/summary.json."""
+    from flows.pretrain import pretrain_flow
+
+    try:
+        cfg = load_recipe(recipe, set_)
+        if output:
+            cfg = cfg.model_copy(update={"output_dir": str(output)})
+    except ConfigError as error:
+        _fail(str(error))
+    try:
+        summary = _run_with_progress(f"run {cfg.name}", lambda: pretrain_flow(config=cfg))
+    except Exception as error:  # the flow already logged the details
+        _fail(f"{type(error).__name__}: {error}", code=1)
+    console.print_json(json.dumps(summary, default=str))
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,610 @@
+"""Main-content text extraction from HTML.
+
+Two modes:
+
+* ``fast``    -- our own extractor (this module): one streaming lxml parse and
+                 a handful of general rules; several times faster than
+                 trafilatura at about the same accuracy.
+* ``precise`` -- trafilatura, tuned for recall of the article body.
+
+Both return plain text with one block (heading, paragraph, list item, table
+row, ...) per line and whitespace collapsed inside each block, so that the
+line-based quality filters downstream (Gopher, C4, FineWeb) see real lines.
+
+How ``fast`` works
+------------------
+1. Stream the parser's events and cut the text into blocks: a new block starts
+   at every block-level tag; script/style/form controls are skipped.  Each
+   element gets a node id and a boilerplate *mark* from its tag (``<nav>``,
+   ``<footer>``, ``<aside>``...) or its class/id words (``sidebar``,
+   ``cookie``, ``share``, ``related``...); each block records its enclosing
+   node ids and how much of its text is link text.
+2. Marks are checked against the text: an element holding most of the page's
+   prose is a layout wrapper, not boilerplate, whatever its class says.
+3. Blocks are scored: sentence-like, link-poor text (*prose*) is good; link
+   lists and text under boilerplate is bad; hidden text counts for nothing.
+   The main-content container is the element maximising
+   ``good - 0.7 * bad`` -- the densest region of real prose.
+   It is then widened while a step up adds enough prose.
+4. Emit the container's blocks minus those under boilerplate below it, mostly
+   links, photo credits, date lines or short calls to action ("subscribe to
+   our newsletter"); add lead paragraphs just above the container; drop
+   headings left with no text under them and short lines after the last
+   sentence.
+"""
+
+from __future__ import annotations
+
+import re
+
+from lxml import etree
+
+__all__ = ["extract_text", "MODES"]
+
+MODES = ("fast", "precise")
+
+
+def extract_text(html: str, mode: str = "fast", url: str | None = None) -> str:
+    """Return the main text of ``html``, one block per line ("" if none)."""
+    if mode == "fast":
+        return _fast_extract(html)
+    if mode == "precise":
+        return _precise_extract(html, url)
+    raise ValueError(f"unknown extraction mode {mode!r}; expected one of {MODES}")
+
+
+def _precise_extract(html: str, url: str | None) -> str:
+    import trafilatura  # imported lazily: heavy, and only this mode needs it
+
+    if not html or not html.strip():
+        return ""
+    text = trafilatura.extract(
+        html,
+        url=url,
+        include_comments=False,
+        include_tables=True,
+        favor_precision=False,
+        deduplicate=False,
+    )
+    return text or ""
+
+
+# --------------------------------------------------------------------------
+# Tag and attribute vocabulary
+# --------------------------------------------------------------------------
+
+# Never text for a reader: skipped with their whole subtree.
+_SKIP_TAGS = frozenset(
+    """script style noscript template svg math canvas iframe frame frameset
+    object embed applet audio video source track map area head title meta
+    link base button select option optgroup textarea input datalist output
+    progress meter dialog""".split()
+)
+
+# A new output line starts at each of these.
+_BLOCK_TAGS = frozenset(
+    """address article aside blockquote body center dd details dir div dl dt
+    fieldset figcaption figure footer form h1 h2 h3 h4 h5 h6 header hgroup hr
+    html li main nav ol p pre section summary table tbody thead tfoot tr ul
+    caption legend menu""".split()
+)
+_HEADING_TAGS = frozenset("h1 h2 h3 h4 h5 h6".split())
+_CELL_TAGS = frozenset(("td", "th"))
+# What the block builder does at a tag, in one lookup.
+_SKIP, _BLOCK, _LINK, _BREAK, _CELL = range(5)
+_TAG_KIND = {
+    **{t: _SKIP for t in _SKIP_TAGS},
+    **{t: _BLOCK for t in _BLOCK_TAGS},
+    **{t: _CELL for t in _CELL_TAGS},
+    "a": _LINK,
+    "br": _BREAK,
+}
+
+# Boilerplate marks on an element, from weakest to strongest.  A *weak* mark
+# (ads, widgets, hidden boxes, forms) is lifted when the element turns out to
+# be full of prose; a *strong* one (navigation, footer, comments, sharing,
+# related links) only when the element holds most of the page's prose.
+_NO_MARK, _WEAK, _STRONG = 0, 1, 2
+
+_STRONG_TAGS = frozenset("nav footer aside menu figcaption".split())
+_WEAK_TAGS = frozenset(("form",))
+_TAG_MARKS = {**{t: _STRONG for t in _STRONG_TAGS}, **{t: _WEAK for t in _WEAK_TAGS}}
+_STRONG_ROLES = frozenset("navigation banner contentinfo complementary search menu menubar".split())
+
+# Words of a class name or id.  Short or ambiguous words must be a whole
+# word ("ad" must not hit "header"); long, distinctive stems may appear
+# anywhere ("socialshare", "sidebarLeft").
+_STRONG_WORDS = frozenset(
+    """nav navi navbar navigation menu menus submenu megamenu footer
+    sidebar breadcrumb breadcrumbs crumbs comment comments commentlist
+    share sharing shares social cookie cookies consent gdpr related
+    newsletter subscribe subscription pagination pager paging login
+    signin signup toolbar outbrain taboola disqus masthead topbar copyright
+    recommended recommendations tags tagcloud byline author authors bio
+    """.split()
+)
+_WEAK_WORDS = frozenset(
+    """ad ads advert adverts advertising advertisement anzeige banner widget
+    widgets popup modal overlay promo sponsored sponsor rating print
+    meta caption credit credits""".split()
+)
+_STRONG_STEMS = re.compile(
+    r"sidebar|breadcrumb|cookie|consent|comment|socialshare|social-?media|"
+    r"share-?buttons|sharebar|newsletter|navigation|navbar|footer|"
+    r"related-?(?:posts|articles|content|news)|disqus|taboola|outbrain|"
+    r"pagination|subnav|topnav|mainnav|skiplink|skip-link|sitemap"
+)
+_WEAK_STEMS = re.compile(r"advert|banner|widget|sponsor|carousel|slider")
+# Whether a lowercased class/id value can hold any of the words or stems above.
+_ANY_MARK_WORD = re.compile(
+    "|".join(sorted((_STRONG_WORDS | _WEAK_WORDS) - {"ad", "ads"}))
+    + r"|(?<![a-z])ads?(?![a-z])|" + _STRONG_STEMS.pattern + "|" + _WEAK_STEMS.pattern
+)
+# A class name starting with one of these describes a state or a taxonomy
+# ("has-sidebar", "no-comments", "tag-footer"), not a page region.
+_MODIFIER_WORDS = frozenset("has no with without is not tag category single hide show".split())
+
+_WORD_SPLIT = re.compile(r"[^a-z0-9]+")
+_HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.I)
+_WS = re.compile(r"\s+")
+_WORDS = re.compile(r"\w{2,}")
+_DIGIT = re.compile(r"\d")
+_SENTENCE_END = re.compile(r"[.!?;:。！？…]")
+# A date or a time of day, in the usual numeric and (en/de/fr/es) textual forms.
+_DATE = re.compile(
+    r"\b\d{4}-\d{1,2}-\d{1,2}\b|\b\d{1,2}[./]\d{1,2}[./]\d{2,4}\b|\b\d{1,2}:\d{2}\b|"
+    r"\b(?:\d{1,2}\.?\s*(?:de\s+)?)?(?:jan|feb|fév|mär|mar|apr|avr|abr|ma[iy]|jun|juin|jul|juil|"
+    r"aug|aoû|ago|sep|set|o[ck]t|nov|de[cz]|déc|dic|ene)[a-zéûä]*\.?(?:\s+\d{1,2}(?:st|nd|rd|th)?,?)?"
+    r"(?:\s+(?:de\s+)?\d{4})\b",
+    re.IGNORECASE,
+)
+# Calls to action and legal lines: newsletter and subscription offers, "follow
+# us", app downloads, donation appeals, copyright and cookie notices.  Only
+# checked on short blocks, where such a phrase is the block's whole point.
+# The regex runs on lowercased text and only when one of the plain stems
+# occurs: Python's regex engine is slow at many alternatives per position.
+_BOILERPLATE_STEMS = (
+    "newsletter", "subscri", "abonn", "suscri", "follow", "folgen sie", "síguenos",
+    "suivez", "sign up", "download", "spende", "donat", "support", "unterstütze", "hazte",
+    "rights reserved", "rechte vorbehalten", "droits réservés", "todos los derechos", "cookie",
+)
+_BOILERPLATE_TEXT = re.compile(
+    r"newsletter|\bsubscri(?:be|ption)|\babonn(?:ieren|iere|ement|ez)\b|\bsuscri|"
+    r"\bfollow (?:us|the)\b|\bfolgen sie uns|\bsíguenos|\bsuivez[- ]nous|\bsign up\b|"
+    r"\bdownload (?:the|our)\b|\bspende\b|\bdonat(?:e|ion)|\bsupport(?:ing)? (?:our|us)\b|"
+    r"\bunterstütze\b|\bhazte\b|all rights reserved|alle rechte vorbehalten|"
+    r"tous droits réservés|todos los derechos|\bcookies?\b"
+)
+_BOILERPLATE_TEXT_MAX = 300
+# Photo credits and picture captions that stand alone as a block.
+_CREDIT = re.compile(
+    r"\(?(?:©|\(c\)|copyright\b|(?:photo|foto|bild|image|picture|credit|quelle|source|"
+    r"fuente|kuva|titelbild|fotos|photos|bilder|images)s?\s*(?::|©|by\b))",
+    re.IGNORECASE,
+)
+
+_mark_cache: dict[str, int] = {}
+
+
+def _attr_mark(value: str) -> int:
+    """Boilerplate mark carried by a class or id value (cached: sites repeat them)."""
+    mark = _mark_cache.get(value)
+    if mark is not None:
+        return mark
+    mark = _NO_MARK
+    lowered = value.lower()
+    if _ANY_MARK_WORD.search(lowered):  # cheap test first: most values have none
+        for name in lowered.split():
+            words = [w for w in _WORD_SPLIT.split(name) if w]
+            if not words or words[0] in _MODIFIER_WORDS:
+                continue
+            if _STRONG_WORDS.intersection(words) or _STRONG_STEMS.search(name):
+                mark = _STRONG
+                break
+            if _WEAK_WORDS.intersection(words) or _WEAK_STEMS.search(name):
+                mark = _WEAK
+    if len(_mark_cache) > 100_000:
+        _mark_cache.clear()
+    _mark_cache[value] = mark
+    return mark
+
+
+def _element_flags(tag: str, attrib) -> tuple[int, bool]:
+    """(boilerplate mark, hidden) of an element with attributes."""
+    style = attrib.get("style")
+    hidden = (
+        "hidden" in attrib
+        or attrib.get("aria-hidden") == "true"
+        or (style is not None and _HIDDEN_STYLE.search(style) is not None)
+    )
+    if tag in _STRONG_TAGS or attrib.get("role") in _STRONG_ROLES:
+        return _STRONG, hidden
+    if tag == "html" or tag == "body":  # their classes describe the page, not a region
+        return _NO_MARK, hidden
+    mark = _WEAK if tag in _WEAK_TAGS else _NO_MARK
+    value = attrib.get("class")
+    if value:
+        mark = max(mark, _mark_cache.get(value) or _attr_mark(value))
+    value = attrib.get("id")
+    if value:
+        mark = max(mark, _mark_cache.get(value) or _attr_mark(value))
+    return mark, hidden
+
+
+# --------------------------------------------------------------------------
+# Step 1: linearise the document into blocks
+# --------------------------------------------------------------------------
+
+
+class _Block:
+    __slots__ = ("text", "length", "link_len", "path", "tag", "prose")
+
+    def __init__(self, text: str, link_len: int, path: tuple, tag: str):
+        self.text = text  # whitespace-collapsed, may contain "\n" from <br>
+        self.length = len(text)
+        self.link_len = min(link_len, self.length)  # characters inside <a>
+        self.path = path  # node ids from the root down to the owning element
+        self.tag = tag  # tag of the owning block element
+        # Prose: a real sentence that is not a link.
+        self.prose = (
+            self.length >= 40
+            and self.link_len < 0.3 * self.length
+            and _SENTENCE_END.search(text) is not None
+        )
+
+
+class _BlockBuilder:
+    """lxml parser target that cuts the document into text blocks.
+
+    Fed by the parser's start/end/data events directly, so no tree is built
+    and no Python object is made per element: about half the run time of
+    building the tree and walking it.  Every element gets a node id (its
+    position in start order, so a parent's id is below its children's); a
+    block records the ids of the elements enclosing it.  These methods run
+    once per element or text node, hence the slots and the inlined checks;
+    attributes are only kept here and judged later, for the elements that
+    enclose some text.
+    """
+
+    __slots__ = (
+        "blocks", "node_parent", "node_tag", "node_attrib", "_path", "_open",
+        "_owner", "_parts", "_has_text", "_link_len", "_in_link", "_skip",
+    )
+
+    def __init__(self):
+        self.blocks: list[_Block] = []
+        self.node_parent: list[int] = []  # per node id; -1 for a root
+        self.node_tag: list[str] = []
+        self.node_attrib: list[dict] = []
+        self._path: list[int] = []  # node ids of the open elements
+        self._open: list[int | None] = []  # their _TAG_KIND
+        self._owner: list[str] = ["body"]  # tags of the open block elements
+        self._parts: list[str] = []  # text of the block being built
+        self._has_text = False  # whether _parts holds more than whitespace
+        self._link_len = 0  # characters of link text in it
+        self._in_link = 0  # depth of open <a> elements
+        self._skip = 0  # depth inside a skipped element (script, style, ...)
+
+    def start(self, tag: str, attrib: dict) -> None:
+        if self._skip:
+            self._skip += 1
+            return
+        kind = _TAG_KIND.get(tag)
+        if kind is not None:
+            if kind == _SKIP:
+                self._skip = 1
+                return
+            if kind == _BLOCK:
+                if self._has_text:
+                    self._flush()
+                self._owner.append(tag)
+            elif kind == _LINK:
+                self._in_link += 1
+            elif kind == _BREAK:  # a line break inside the block
+                if self._has_text:
+                    self._parts.append("\x00")
+                self._open.append(_BREAK)
+                return
+            elif self._has_text:  # a table cell: cells of a row share one line
+                self._parts.append(" | ")
+        path = self._path
+        self.node_parent.append(path[-1] if path else -1)
+        path.append(len(self.node_tag))
+        self.node_tag.append(tag)
+        self.node_attrib.append(attrib)
+        self._open.append(kind)
+
+    def end(self, tag: str) -> None:
+        if self._skip:
+            self._skip -= 1
+            return
+        if not self._open:
+            return
+        kind = self._open.pop()  # the parser closes elements in order
+        if kind is None:
+            self._path.pop()
+        elif kind == _BLOCK:
+            if self._has_text:
+                self._flush()
+            self._owner.pop()
+            self._path.pop()
+        elif kind == _LINK:
+            self._in_link -= 1
+            self._path.pop()
+        elif kind != _BREAK:
+            self._path.pop()
+
+    def data(self, text: str) -> None:
+        if self._skip:
+            return
+        if self._has_text:
+            self._parts.append(text)
+        elif text.isspace():
+            return  # whitespace before a block's first word is dropped anyway
+        else:
+            self._parts.append(text)
+            self._has_text = True
+        if self._in_link:
+            self._link_len += len(text.strip())
+
+    def close(self) -> "_BlockBuilder":
+        if self._has_text:
+            self._flush()
+        return self
+
+    def _flush(self) -> None:
+        """Turn the pending text into a block (called when it has some)."""
+        raw = "".join(self._parts)
+        self._parts.clear()
+        self._has_text = False
+        link_len, self._link_len = self._link_len, 0
+        if "\x00" in raw:  # keep the <br> line breaks
+            lines = (_WS.sub(" ", line).strip() for line in raw.split("\x00"))
+            text = "\n".join(line for line in lines if line)
+        else:
+            text = _WS.sub(" ", raw).strip()
+        if text:
+            self.blocks.append(_Block(text, link_len, tuple(self._path), self._owner[-1]))
+
+    def judge_elements(self) -> tuple[list[int], list[bool]]:
+        """(boilerplate mark, hidden) per node id, for nodes that enclose text."""
+        n = len(self.node_tag)
+        marks, hidden = [_NO_MARK] * n, [False] * n
+        tags, attribs = self.node_tag, self.node_attrib
+        for node in set().union(*(block.path for block in self.blocks)):
+            attrib = attribs[node]
+            if attrib:
+                marks[node], hidden[node] = _element_flags(tags[node], attrib)
+            else:
+                marks[node] = _TAG_MARKS.get(tags[node], _NO_MARK)
+        return marks, hidden
+
+
+def _linearize(html: str) -> _BlockBuilder | None:
+    """Parse ``html`` into blocks; None when there is nothing to parse."""
+    if not html or html.isspace():
+        return None
+    builder = _BlockBuilder()
+    parser = etree.HTMLParser(
+        target=builder, encoding="utf-8", remove_comments=True, remove_pis=True, no_network=True
+    )
+    try:
+        return etree.fromstring(html.encode("utf-8", "replace"), parser)
+    except (etree.LxmlError, ValueError):
+        return None
+
+
+# --------------------------------------------------------------------------
+# Steps 2-4: weigh the marks, pick the container, emit
+# --------------------------------------------------------------------------
+
+_BAD_WEIGHT = 0.7  # how much a character of boilerplate costs a container
+_PAGE_SHARE = 0.5  # an element with this share of the page's prose is no boilerplate
+_PROSE_DENSE = 0.6  # a weak mark is lifted when this share of its text is prose
+_LINK_HEAVY = 0.5  # a block with more link text than this is a link list
+_WIDEN_RATIO = 0.25  # extra prose per extra boilerplate that widens the container
+_WIDEN_MIN_GAIN = 0.1  # ... and the least extra prose, relative to what it has
+_LEAD_LEVELS = 3  # how far above the container a lead paragraph may sit
+_TAIL_MIN = 40  # after the last prose block, shorter blocks are labels and links
+
+
+def _sum_up(values: list, parent: list[int]) -> list:
+    """Add each node's value into all its ancestors (ids are in document order)."""
+    for node in range(len(values) - 1, 0, -1):
+        value = values[node]
+        if value:
+            up = parent[node]
+            if up >= 0:
+                values[up] += value
+    return values
+
+
+def _inherit(flags: list[bool], parent: list[int]) -> list[bool]:
+    """A node is flagged when it or any ancestor is."""
+    out = flags[:]
+    for node in range(len(out)):
+        up = parent[node]
+        if up >= 0 and out[up]:
+            out[node] = True
+    return out
+
+
+def _effective_marks(doc: _BlockBuilder, marks: list[int]) -> list[bool]:
+    """Which marked elements really are boilerplate, given the prose under them."""
+    n = len(marks)
+    prose, total, n_prose = [0] * n, [0] * n, [0] * n
+    for block in doc.blocks:
+        owner = block.path[-1]
+        total[owner] += block.length
+        if block.prose:
+            prose[owner] += block.length
+            n_prose[owner] += 1
+    parent = doc.node_parent
+    _sum_up(prose, parent)
+    _sum_up(total, parent)
+    _sum_up(n_prose, parent)
+    page_prose = max(1, sum(b.length for b in doc.blocks if b.prose))
+    boiler = [False] * n
+    for node, mark in enumerate(marks):
+        if mark == _NO_MARK:
+            continue
+        if prose[node] >= _PAGE_SHARE * page_prose and n_prose[node] >= 3:
+            continue  # a layout wrapper around most of the page's prose
+        if mark == _WEAK and prose[node] >= 100 and prose[node] >= _PROSE_DENSE * total[node]:
+            continue  # e.g. an "ad-free" or "widget" box that is really text
+        boiler[node] = True
+    return boiler
+
+
+def _pick_container(doc: _BlockBuilder, under_boiler, under_hidden) -> int:
+    """The node whose subtree maximises good - _BAD_WEIGHT * bad text (-1: no prose).
+
+    Then widen it while each step up brings enough extra prose for the extra
+    boilerplate (which the emit step filters out anyway): an article body
+    interleaved with picture captions or a related-links box should not
+    shrink to its longest paragraph.
+    """
+    n = len(doc.node_parent)
+    good, bad = [0.0] * n, [0.0] * n
+    for block in doc.blocks:
+        owner = block.path[-1]
+        if under_hidden[owner]:  # unseen text (toolbars, pop-ups) is no evidence
+            continue
+        if under_boiler[owner] or block.link_len > _LINK_HEAVY * block.length:
+            bad[owner] += block.length
+        elif block.prose:
+            good[owner] += block.length - block.link_len
+    parent = doc.node_parent
+    _sum_up(good, parent)
+    _sum_up(bad, parent)
+    scores = [g - _BAD_WEIGHT * b for g, b in zip(good, bad)]
+    best = scores.index(max(scores))  # the first, outermost, of equal scores
+    if good[best] <= 0:
+        return -1
+    while parent[best] >= 0:
+        up = parent[best]
+        gain = good[up] - good[best]
+        if gain <= _WIDEN_MIN_GAIN * good[best] or gain < _WIDEN_RATIO * (bad[up] - bad[best]):
+            break
+        best = up
+    return best
+
+
+def _keep_block(block: _Block, below: tuple, boiler: list[bool]) -> bool:
+    """Whether a block inside the container is content."""
+    if any(boiler[n] for n in below):
+        return False
+    if block.link_len > _LINK_HEAVY * block.length:
+        return False
+    if block.length < 120 and _CREDIT.match(block.text):
+        return False
+    if block.length < _BOILERPLATE_TEXT_MAX and _is_call_to_action(block.text):
+        return False
+    return not _is_date_line(block)
+
+
+def _is_call_to_action(text: str) -> bool:
+    lowered = text.lower()
+    return any(stem in lowered for stem in _BOILERPLATE_STEMS) and (
+        _BOILERPLATE_TEXT.search(lowered) is not None
+    )
+
+
+def _is_date_line(block: _Block) -> bool:
+    """A short line that is mostly a date: a byline, a timestamp, a teaser date."""
+    if block.length > 80 or block.prose and block.length > 40:
+        return False
+    if not _DIGIT.search(block.text):  # every date form has a number
+        return False
+    rest, n_dates = _DATE.subn(" ", block.text)
+    return n_dates > 0 and len(_WORDS.findall(rest)) <= 4
+
+
+def _looks_like_lead(block: _Block) -> bool:
+    """Prose, or a longer line of plain text (standfirsts often lack a full stop)."""
+    return block.prose or (
+        block.length >= 60 and block.link_len < 0.1 * block.length and block.tag not in _HEADING_TAGS
+    )
+
+
+def _is_lead(block: _Block, container_path: tuple) -> bool:
+    """Whether a block sits at most _LEAD_LEVELS above the container."""
+    shared = 0
+    for a, b in zip(block.path, container_path):
+        if a != b:
+            break
+        shared += 1
+    return len(container_path) - shared <= _LEAD_LEVELS
+
+
+def _drop_empty_sections(kept: list[_Block], blocks: list[_Block]) -> list[_Block]:
+    """Drop headings that no kept text follows (e.g. "Related articles").
+
+    The text must come before the next heading of the same or a higher level,
+    and inside the heading's section: the smallest element holding both the
+    heading and the block right after it on the page.  A "Read also" heading
+    whose box lost all its links does not own the paragraph after the box.
+    """
+    section = {}
+    for block, after in zip(blocks, blocks[1:]):
+        if block.tag in _HEADING_TAGS:
+            shared = 0
+            for a, b in zip(block.path, after.path):
+                if a != b:
+                    break
+                shared += 1
+            section[id(block)] = block.path[shared - 1] if shared else -1
+    out: list[_Block] = []
+    for block in reversed(kept):
+        if block.tag in _HEADING_TAGS:
+            # "h2" <= "h3": heading tags compare like their levels.
+            if not out or (out[-1].tag in _HEADING_TAGS and out[-1].tag <= block.tag):
+                continue
+            if section.get(id(block), -1) not in out[-1].path:
+                continue
+        out.append(block)
+    out.reverse()
+    return out
+
+
+def _trim_tail(kept: list[_Block]) -> list[_Block]:
+    """Drop short lines after the last prose block: tags, "read more", labels."""
+    last = max((i for i, b in enumerate(kept) if b.prose), default=len(kept))
+    return kept[: last + 1] + [b for b in kept[last + 1 :] if b.length > _TAIL_MIN]
+
+
+def _fast_extract(html: str) -> str:
+    doc = _linearize(html)
+    if doc is None or not doc.blocks:
+        return ""
+    marks, hidden = doc.judge_elements()
+    boiler = _effective_marks(doc, marks)
+    under_boiler = _inherit(boiler, doc.node_parent)
+    under_hidden = _inherit(hidden, doc.node_parent)
+    container = _pick_container(doc, under_boiler, under_hidden)
+    if container < 0:  # all prose sits under boilerplate marks: distrust them
+        unmarked = [False] * len(boiler)
+        container = _pick_container(doc, unmarked, under_hidden)
+        if container >= 0:
+            boiler = under_boiler = unmarked
+        else:  # no prose at all: keep whatever is not boilerplate
+            container = 0
+
+    kept: list[_Block] = []
+    container_path: tuple = ()
+    for block in doc.blocks:
+        path = block.path
+        if container in path:
+            depth = path.index(container) + 1
+            container_path = path[:depth]
+            if _keep_block(block, path[depth:], boiler):
+                kept.append(block)
+        elif not container_path and _looks_like_lead(block):
+            # Before the container: a standfirst or intro just above it?
+            owner = path[-1]
+            if not (under_boiler[owner] or under_hidden[owner]) and _keep_block(block, (), boiler):
+                kept.append(block)  # checked below, once the container's path is known
+    if container_path:
+        kept = [b for b in kept if container in b.path or _is_lead(b, container_path)]
+    kept = _trim_tail(_drop_empty_sections(kept, doc.blocks))
+    return "\n".join(b.text for b in kept)

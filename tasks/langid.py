@@ -1,0 +1,23 @@
+"""Offline language identification with py3langid (its model ships in the package)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+LANGID_SAMPLE_CHARS = 3000  # the first few thousand characters decide; longer text adds time, not accuracy
+
+
+@lru_cache(maxsize=1)
+def _identifier():
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+
+
+def identify_language(text: str) -> tuple[str, float]:
+    """(ISO 639-1 code, probability in [0, 1]); ("und", 0.0) for text without letters."""
+    sample = text[:LANGID_SAMPLE_CHARS]
+    if not any(ch.isalpha() for ch in sample):
+        return "und", 0.0
+    lang, score = _identifier().classify(sample)
+    return lang, float(score)

@@ -1,0 +1,86 @@
+"""The Parquet document schema and atomic, deterministic shard writing."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+DOCUMENT_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("url", pa.string()),
+        ("crawl", pa.string()),
+        ("warc_path", pa.string()),
+        ("warc_record_id", pa.string()),
+        ("fetch_time", pa.timestamp("us", tz="UTC")),
+        ("lang", pa.string()),
+        ("lang_score", pa.float32()),
+        ("text", pa.string()),
+    ]
+)
+ROWS_PER_GROUP = 2000
+COMPRESSION = "zstd"
+
+
+def part_path(path: Path) -> Path:
+    """Where a shard is written before it is complete (never matched by *.parquet)."""
+    return path.with_name(f".{path.name}.part")
+
+
+class ShardWriter:
+    """Write rows in batches to a temporary file; ``commit`` renames it into place.
+
+    Output depends only on the rows: no timestamps or random names end up in the
+    file, so rerunning a shard gives identical bytes.
+    """
+
+    def __init__(self, path: Path, schema: pa.Schema = DOCUMENT_SCHEMA, rows_per_group: int = ROWS_PER_GROUP):
+        self.path = path
+        self.schema = schema
+        self.rows_per_group = rows_per_group
+        self.rows_written = 0
+        self._pending: list[dict] = []
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = part_path(path)
+        self._writer = pq.ParquetWriter(self._tmp, schema, compression=COMPRESSION)
+
+    def write(self, row: dict) -> None:
+        self._pending.append(row)
+        if len(self._pending) >= self.rows_per_group:
+            self._flush()
+
+    def write_many(self, rows: Iterable[dict]) -> None:
+        for row in rows:
+            self.write(row)
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._writer.write_table(pa.Table.from_pylist(self._pending, schema=self.schema))
+            self.rows_written += len(self._pending)
+            self._pending = []
+
+    def commit(self) -> Path:
+        self._flush()
+        self._writer.close()
+        with open(self._tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        self._writer.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()

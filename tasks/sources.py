@@ -1,0 +1,143 @@
+"""Turn ``IngestConfig.inputs`` (crawl ids, URLs, local paths and globs) into input files."""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+from pretrain.config import IngestConfig
+from tasks.fetch import open_remote_lines
+
+CRAWL_ID = re.compile(r"^CC-MAIN-\d{4}-\d{2}$")
+_CRAWL_IN_PATH = re.compile(r"CC-MAIN-\d{4}-\d{2}(?!\d)")
+_WARC_SUFFIXES = (".warc.gz", ".warc", ".gz")
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+Kind = Literal["local", "http", "s3"]
+
+
+@dataclass(frozen=True)
+class InputFile:
+    uri: str  # an absolute local path, or an http(s):// or s3:// URL
+    kind: Kind
+    crawl: str | None  # e.g. CC-MAIN-2024-10, when the path names one
+
+    @property
+    def shard_name(self) -> str:
+        """Basename without ``.warc.gz``/``.warc``/``.gz``; callers resolve collisions."""
+        path = self.uri if self.kind == "local" else urlparse(self.uri).path
+        name = os.path.basename(path.rstrip("/"))
+        for suffix in _WARC_SUFFIXES:
+            if name.endswith(suffix) and len(name) > len(suffix):
+                return name[: -len(suffix)]
+        return name
+
+
+def crawl_of(path: str) -> str | None:
+    match = _CRAWL_IN_PATH.search(path)
+    return match.group(0) if match else None
+
+
+def _remote_kind(url: str) -> Kind:
+    scheme = urlparse(url).scheme
+    if scheme in ("http", "https"):
+        return "http"
+    if scheme in ("s3", "s3a"):
+        return "s3"
+    raise ValueError(f"input {url!r}: unsupported URL scheme {scheme!r} (use a local path, http(s):// or s3://)")
+
+
+def _expand_paths_listing(listing_url: str, base_url: str, cfg: IngestConfig) -> list[InputFile]:
+    """Each line of a ``*.paths.gz`` listing, resolved against ``base_url``."""
+    base = base_url.rstrip("/")
+    files = []
+    for rel in open_remote_lines(listing_url, cfg.download):
+        url = f"{base}/{rel.lstrip('/')}"
+        files.append(InputFile(url, _remote_kind(url), crawl_of(rel)))
+    return files
+
+
+def _listing_base(url: str) -> str:
+    """Where the relative paths of a listing resolve: the prefix before ``crawl-data/``, else the host."""
+    marker = url.find("/crawl-data/")
+    if marker != -1:
+        return url[:marker]
+    parsed = urlparse(url)
+    return f"{parsed.scheme}://{parsed.netloc}"
+
+
+def _warcs_in_dir(directory: Path) -> list[str]:
+    found = {str(p) for pattern in ("*.warc.gz", "*.warc") for p in directory.glob(pattern) if p.is_file()}
+    if not found:
+        raise FileNotFoundError(f"input directory {str(directory)!r} holds no *.warc.gz or *.warc files")
+    return sorted(found)
+
+
+def _expand_local(entry: str) -> list[InputFile]:
+    pattern = os.path.expanduser(entry.removeprefix("file://"))
+    if _GLOB_CHARS.search(pattern):
+        matches = sorted(glob.glob(pattern, recursive=True))
+    else:
+        matches = [pattern] if os.path.exists(pattern) else []
+    if not matches:
+        raise FileNotFoundError(f"input {entry!r} matches no file")
+    paths: list[str] = []
+    for match in matches:
+        paths.extend(_warcs_in_dir(Path(match)) if os.path.isdir(match) else [match])
+    return [InputFile(os.path.abspath(p), "local", crawl_of(os.path.abspath(p))) for p in paths]
+
+
+def _expand_entry(entry: str, cfg: IngestConfig) -> list[InputFile]:
+    entry = entry.strip()
+    if CRAWL_ID.match(entry):
+        base = cfg.cc_base_url.rstrip("/")
+        return _expand_paths_listing(f"{base}/crawl-data/{entry}/warc.paths.gz", base, cfg)
+    scheme = urlparse(entry).scheme
+    if scheme in ("", "file") or len(scheme) == 1:  # len 1: a Windows drive letter
+        return _expand_local(entry)
+    kind = _remote_kind(entry)
+    if entry.endswith(".paths.gz"):
+        return _expand_paths_listing(entry, _listing_base(entry), cfg)
+    return [InputFile(entry, kind, crawl_of(entry))]
+
+
+def resolve_inputs(cfg: IngestConfig) -> list[InputFile]:
+    """All input files in order, deduplicated, then this shard's part, then at most ``max_files``.
+
+    Crawl ids and ``*.paths.gz`` URLs are expanded by fetching the listing.
+    """
+    if not cfg.inputs:
+        raise ValueError("ingest.inputs is empty: give local WARC paths/globs, URLs or crawl ids")
+    seen: set[str] = set()
+    files: list[InputFile] = []
+    for entry in cfg.inputs:
+        for f in _expand_entry(entry, cfg):
+            if f.uri not in seen:
+                seen.add(f.uri)
+                files.append(f)
+    total = len(files)
+    selected = files[cfg.shard_index :: cfg.num_shards][: cfg.max_files]
+    if not selected:
+        raise ValueError(
+            f"no input files selected: {total} found for inputs {cfg.inputs}, "
+            f"shard {cfg.shard_index} of {cfg.num_shards} keeps none"
+        )
+    return selected
+
+
+def input_identity(f: InputFile) -> str:
+    """A string that changes when the file's content may have changed.
+
+    Local files: absolute path, size and mtime. Remote files: the URL alone, since
+    Common Crawl files are immutable once published (a re-published remote file under
+    the same URL would not be noticed).
+    """
+    if f.kind == "local":
+        stat = os.stat(f.uri)
+        return f"{os.path.abspath(f.uri)}|{stat.st_size}|{stat.st_mtime_ns}"
+    return f.uri

@@ -1,0 +1,159 @@
+"""Integration: the ingest flow on a real Prefect server and a real local Ray."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import REPO, shared_data
+from httpserver import FaultyHTTPServer
+from typer.testing import CliRunner
+
+from flows.ingest import IngestFailed, ingest_flow
+from pretrain.cli import app
+from pretrain.config import DownloadConfig, IngestConfig, RayConfig
+from tasks.demo import write_demo_data
+
+pytestmark = pytest.mark.integration
+FAST_RETRIES = DownloadConfig(max_attempts=5, backoff_base_s=0.02, backoff_max_s=0.1, timeout_s=5)
+
+
+def shard_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.parquet"))}
+
+
+def flow_task_states(flow_state) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    flow_run_id = flow_state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return sorted(run.state.name for run in runs)
+
+
+def test_pretrain_ingest_on_real_common_crawl_samples(services, tmp_path):
+    cc = shared_data("cc")
+    out = tmp_path / "cc"
+    result = CliRunner().invoke(app, ["ingest", "--input", f"{cc}/*.warc.gz", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "truncated_record: 1" in result.output
+
+    rows = pq.read_table(out / "CC-MAIN-2020-34-sample.parquet").to_pylist()
+    assert len(rows) >= 10
+    assert all(row["url"].startswith(("http://", "https://")) for row in rows)
+    assert all(len(row["text"]) >= 20 for row in rows)
+    assert all(row["crawl"] == "CC-MAIN-2020-34" for row in rows)
+    assert len({row["id"] for row in rows}) == len(rows)
+    assert {row["lang"] for row in rows} >= {"zh", "ru"}
+
+    import json
+
+    report = json.loads((out / "report.json").read_text())
+    assert report["files"] == 3 and report["failed"] == []
+    assert report["dropped"]["truncated_record"] == 1
+    assert report["records_read"] == 54  # 50 + 3 + the clipped one
+    clipped = next(s for s in report["shards"] if "clipped" in s["input"])
+    assert clipped["dropped"] == {"truncated_record": 1} and clipped["documents"] == 0
+    assert (out / "info.json").is_file()
+    assert not list(out.glob(".*.part"))
+
+
+def test_languages_option_keeps_only_those(services, tmp_path):
+    demo = write_demo_data(tmp_path / "demo", n_files=1, articles_per_file=6)
+    cfg = IngestConfig(inputs=[str(demo[0])], languages=["fr", "de"])
+    summary = ingest_flow(config=cfg, output_dir=str(tmp_path / "out"))
+    table = pq.read_table(tmp_path / "out" / "demo-00000.parquet")
+    assert set(table.column("lang").to_pylist()) == {"fr", "de"}
+    assert table.num_rows == 6
+    assert summary["dropped"]["language_not_selected"] > 0
+
+
+def test_http_faults_are_retried_and_shards_equal_a_clean_run(services, tmp_path):
+    demo = write_demo_data(tmp_path / "demo", n_files=3, articles_per_file=8)
+    files = {f"/warcs/{p.name}": p.read_bytes() for p in demo}
+    with FaultyHTTPServer(files=files) as server:
+        urls = [server.url(path) for path in files]
+        clean_cfg = IngestConfig(inputs=urls, download=FAST_RETRIES)
+        ingest_flow(config=clean_cfg, output_dir=str(tmp_path / "clean"))
+
+        first, second, third = list(files)
+        server.add_faults(first, ("status", 503), ("status", 503))
+        server.add_faults(second, ("drop",))
+        server.add_faults(third, ("truncate", len(files[third]) // 2))
+        summary = ingest_flow(config=clean_cfg, output_dir=str(tmp_path / "faulty"))
+        assert len(server.requests_for(first)) == 1 + 3  # clean run, then two 503s and a success
+        assert any(r and r.startswith("bytes=") for r in server.ranges_for(third))
+
+    assert summary["failed"] == [] and summary["shards_written"] == 3
+    clean, faulty = shard_bytes(tmp_path / "clean"), shard_bytes(tmp_path / "faulty")
+    assert len(clean) == 3 and clean == faulty
+    assert not (tmp_path / "faulty" / ".downloads").exists() or not any((tmp_path / "faulty" / ".downloads").iterdir())
+
+
+def test_permanent_http_failure_is_reported_after_other_shards(services, tmp_path):
+    demo = write_demo_data(tmp_path / "demo", n_files=2, articles_per_file=4)
+    with FaultyHTTPServer(files={f"/w/{p.name}": p.read_bytes() for p in demo}) as server:
+        urls = [server.url(f"/w/{p.name}") for p in demo] + [server.url("/w/missing.warc.gz")]
+        with pytest.raises(IngestFailed, match="missing.warc.gz"):
+            ingest_flow(config=IngestConfig(inputs=urls, download=FAST_RETRIES), output_dir=str(tmp_path / "out"))
+    import json
+
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["shards_written"] == 2
+    assert [f["input"] for f in report["failed"]] == [urls[-1]]
+    assert "404" in report["failed"][0]["error"]
+
+
+def test_second_run_recomputes_nothing_and_missing_shard_is_rebuilt(services, tmp_path):
+    demo = write_demo_data(tmp_path / "demo", n_files=3, articles_per_file=5)
+    cfg = IngestConfig(inputs=[str(tmp_path / "demo")])
+    out = str(tmp_path / "out")
+
+    first = ingest_flow(config=cfg, output_dir=out, return_state=True)
+    assert flow_task_states(first) == ["Completed"] * 3
+    before = shard_bytes(tmp_path / "out")
+
+    second = ingest_flow(config=cfg, output_dir=out, return_state=True)
+    assert flow_task_states(second) == ["Cached"] * 3
+    assert second.result()["cache_hits"] == 3
+    assert shard_bytes(tmp_path / "out") == before
+
+    (tmp_path / "out" / "demo-00001.parquet").unlink()
+    third = ingest_flow(config=cfg, output_dir=out, return_state=True)
+    assert flow_task_states(third) == ["Cached", "Cached", "Completed"]
+    assert shard_bytes(tmp_path / "out") == before
+
+    changed = cfg.model_copy(update={"min_text_chars": 500})
+    fourth = ingest_flow(config=changed, output_dir=out, return_state=True)
+    assert flow_task_states(fourth) == ["Completed"] * 3
+    assert len(demo) == 3
+
+
+def test_killed_run_then_rerun_gives_identical_shards(services, tmp_path):
+    write_demo_data(tmp_path / "demo", n_files=8, articles_per_file=60)
+    env = {**os.environ, "PREFECT_API_URL": services, "PYTHONPATH": str(REPO)}
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "pretrain.cli", "ingest", "--input", str(tmp_path / "demo"),
+           "--output", str(out), "--num-cpus", "1"]
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(out.glob("*.parquet")):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    written_before_kill = len(list(out.glob("*.parquet")))
+    assert 1 <= written_before_kill < 8, "the run should be killed half way"
+
+    cfg = IngestConfig(inputs=[str(tmp_path / "demo")])
+    ingest_flow(config=cfg, output_dir=str(out), ray_config=RayConfig())
+    ingest_flow(config=cfg, output_dir=str(tmp_path / "clean"))
+    assert shard_bytes(out) == shard_bytes(tmp_path / "clean")
+    assert len(shard_bytes(out)) == 8
