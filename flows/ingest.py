@@ -23,7 +23,7 @@ from prefect.tasks import exponential_backoff
 from pretrain.config import IngestConfig, RayConfig
 from pretrain.progress import report_progress
 from pretrain.provenance import atomic_write_text, code_version, stable_hash, write_info_json
-from tasks.errors import is_transient_error
+from tasks.errors import describe_error, is_transient_error
 from tasks.ingest import INGEST_MODULES, ingest_input
 from tasks.ray_runtime import ensure_ray
 from tasks.sources import InputFile, input_identity, resolve_inputs
@@ -179,8 +179,8 @@ def ingest_flow(config: IngestConfig, output_dir: str = "runs/local/ingest", ray
             reports.append(future.result())
             cache_hits += future.state.name == "Cached"
         except Exception as exc:
-            failures.append({"input": item.uri, "error": f"{type(exc).__name__}: {exc}"})
-            logger.error("failed: %s: %s", item.uri, exc)
+            failures.append({"input": item.uri, "error": describe_error(exc)})
+            logger.error("failed: %s: %s", item.uri, failures[-1]["error"])
         report_progress("ingest", done, len(files))
     reports.sort(key=lambda r: r["shard"])
     failures.sort(key=lambda f: f["input"])

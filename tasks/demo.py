@@ -243,5 +243,8 @@ def write_demo_data(folder: Path, *, n_files: int = 3, articles_per_file: int = 
             records.append(request_record(url, fetched))
             records.append(response_record(url, body, content_type, fetched, status))
             records.append(metadata_record(url, fetched, f"fetchTimeMs: {rng.randint(50, 900)}\r\n"))
-        paths.append(write_warc(folder / name, records))
+        path = folder / name
+        if not (path.is_file() and path.read_bytes() == b"".join(records)):
+            write_warc(path, records)  # unchanged files keep their mtime, so caches stay valid
+        paths.append(path)
     return paths

@@ -15,10 +15,21 @@ TRANSIENT_RAY_ERRORS = (
 )
 
 
+def root_cause(exc: BaseException) -> BaseException:
+    """The exception a Ray task raised, without Ray's wrapper and remote traceback."""
+    if isinstance(exc, ray.exceptions.RayTaskError) and exc.cause is not None:
+        return exc.cause
+    return exc
+
+
+def describe_error(exc: BaseException) -> str:
+    cause = root_cause(exc)
+    return f"{type(cause).__name__}: {cause}"
+
+
 def is_transient_error(exc: BaseException) -> bool:
     """True for network and worker failures; False for bad input, bad config, bugs."""
-    if isinstance(exc, ray.exceptions.RayTaskError) and exc.cause is not None:
-        exc = exc.cause
+    exc = root_cause(exc)
     if isinstance(exc, TRANSIENT_RAY_ERRORS):
         return True
     return isinstance(exc, (TransientFetchError, ConnectionError, TimeoutError))

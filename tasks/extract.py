@@ -135,18 +135,14 @@ _STRONG_STEMS = re.compile(
     r"pagination|subnav|topnav|mainnav|skiplink|skip-link|sitemap"
 )
 _WEAK_STEMS = re.compile(r"advert|banner|widget|sponsor|carousel|slider")
-# Whether a lowercased class/id value can hold any of the words or stems above.
-_ANY_MARK_WORD = re.compile(
-    "|".join(sorted((_STRONG_WORDS | _WEAK_WORDS) - {"ad", "ads"}))
-    + r"|(?<![a-z])ads?(?![a-z])|" + _STRONG_STEMS.pattern + "|" + _WEAK_STEMS.pattern
-)
+_MARK_WORDS = _STRONG_WORDS | _WEAK_WORDS
+_ANY_STEM = re.compile(_STRONG_STEMS.pattern + "|" + _WEAK_STEMS.pattern)
 # A class name starting with one of these describes a state or a taxonomy
 # ("has-sidebar", "no-comments", "tag-footer"), not a page region.
 _MODIFIER_WORDS = frozenset("has no with without is not tag category single hide show".split())
 
 _WORD_SPLIT = re.compile(r"[^a-z0-9]+")
 _HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.I)
-_WS = re.compile(r"\s+")
 _WORDS = re.compile(r"\w{2,}")
 _DIGIT = re.compile(r"\d")
 _SENTENCE_END = re.compile(r"[.!?;:。！？…]")
@@ -193,7 +189,8 @@ def _attr_mark(value: str) -> int:
         return mark
     mark = _NO_MARK
     lowered = value.lower()
-    if _ANY_MARK_WORD.search(lowered):  # cheap test first: most values have none
+    # Cheap test of the whole value first: most values hold no marker at all.
+    if _MARK_WORDS.intersection(_WORD_SPLIT.split(lowered)) or _ANY_STEM.search(lowered):
         for name in lowered.split():
             words = [w for w in _WORD_SPLIT.split(name) if w]
             if not words or words[0] in _MODIFIER_WORDS:
@@ -224,10 +221,10 @@ def _element_flags(tag: str, attrib) -> tuple[int, bool]:
     mark = _WEAK if tag in _WEAK_TAGS else _NO_MARK
     value = attrib.get("class")
     if value:
-        mark = max(mark, _mark_cache.get(value) or _attr_mark(value))
+        mark = max(mark, _attr_mark(value))
     value = attrib.get("id")
     if value:
-        mark = max(mark, _mark_cache.get(value) or _attr_mark(value))
+        mark = max(mark, _attr_mark(value))
     return mark, hidden
 
 
@@ -359,10 +356,10 @@ class _BlockBuilder:
         self._has_text = False
         link_len, self._link_len = self._link_len, 0
         if "\x00" in raw:  # keep the <br> line breaks
-            lines = (_WS.sub(" ", line).strip() for line in raw.split("\x00"))
+            lines = (" ".join(line.split()) for line in raw.split("\x00"))
             text = "\n".join(line for line in lines if line)
         else:
-            text = _WS.sub(" ", raw).strip()
+            text = " ".join(raw.split())  # collapse whitespace runs
         if text:
             self.blocks.append(_Block(text, link_len, tuple(self._path), self._owner[-1]))
 

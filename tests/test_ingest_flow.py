@@ -157,3 +157,37 @@ def test_killed_run_then_rerun_gives_identical_shards(services, tmp_path):
     ingest_flow(config=cfg, output_dir=str(tmp_path / "clean"))
     assert shard_bytes(out) == shard_bytes(tmp_path / "clean")
     assert len(shard_bytes(out)) == 8
+
+
+def test_a_file_that_is_not_a_warc_fails_clearly_and_others_finish(services, tmp_path):
+    demo = write_demo_data(tmp_path / "in", n_files=1, articles_per_file=3)
+    (tmp_path / "in" / "broken.warc.gz").write_bytes(b"%PDF-1.4 this is not a warc")
+    with pytest.raises(IngestFailed, match=r"broken\.warc\.gz.*not a WARC"):
+        ingest_flow(config=IngestConfig(inputs=[str(tmp_path / "in")]), output_dir=str(tmp_path / "out"))
+    assert (tmp_path / "out" / "demo-00000.parquet").is_file()
+    assert not (tmp_path / "out" / "broken.parquet").exists()
+    assert len(demo) == 1
+
+
+def test_extract_command_writes_one_json_object_per_file(tmp_path):
+    import gzip
+    import json
+
+    page = "<html><body><nav><a href='/'>Home</a></nav><article><h1>Title here</h1>" \
+           "<p>" + "This is a long paragraph of real article text, with commas and a full stop. " * 5 + "</p>" \
+           "</article><footer>Copyright 2024 Example</footer></body></html>"
+    plain, packed = tmp_path / "a.html", tmp_path / "b.html.gz"
+    plain.write_text(page)
+    packed.write_bytes(gzip.compress(page.encode()))
+    out = tmp_path / "out.jsonl"
+    result = CliRunner().invoke(app, ["extract", "--output", str(out), str(plain), str(packed)])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["file"] for r in records] == [str(plain), str(packed)]
+    assert records[0]["text"] == records[1]["text"]
+    assert "real article text" in records[0]["text"] and "Copyright" not in records[0]["text"]
+
+
+def test_extract_command_rejects_missing_file(tmp_path):
+    result = CliRunner().invoke(app, ["extract", "--output", str(tmp_path / "o.jsonl"), str(tmp_path / "nope.html")])
+    assert result.exit_code == 2 and "not found" in result.output

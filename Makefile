@@ -1,0 +1,43 @@
+# Two commands do everything on a fresh machine: `make run` and `make test`.
+# Both depend on `make setup`, which builds .venv/ (Python deps pinned by
+# requirements/constraints.txt, plus KenLM's lmplz/build_binary) once.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.setup-done
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+
+.PHONY: setup run test test-fast server bench lock clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/constraints.txt infra/build_kenlm.sh
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip wheel setuptools
+	$(BIN)/pip install --quiet -c requirements/constraints.txt -e '.[dev,bench]'
+	bash infra/build_kenlm.sh $(VENV)
+	touch $(STAMP)
+
+run: setup
+	$(BIN)/pretrain run --recipe local
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not integration"
+
+server: setup
+	$(BIN)/prefect server start --host 127.0.0.1 --port 4200
+
+bench: setup
+	$(BIN)/python bench/extraction.py
+	$(BIN)/python bench/ingest.py
+
+lock:
+	( echo "# Pinned versions for make setup (pip install -c). Regenerate: make lock"; \
+	  $(BIN)/pip freeze --exclude-editable | grep -v '^pretrain-pipeline' ) > requirements/constraints.txt
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
