@@ -91,8 +91,16 @@ _BLOCK_TAGS = frozenset(
 _HEADING_TAGS = frozenset("h1 h2 h3 h4 h5 h6".split())
 _CELL_TAGS = frozenset(("td", "th"))
 # What the block builder does at a tag, in one lookup.
-_SKIP, _BLOCK, _LINK, _BREAK, _CELL = range(5)
+# Formatting tags that hardly ever wrap a block; they get no node id (saves
+# time: they are a third of all elements).
+_INLINE_TAGS = frozenset(
+    """span b i em strong small big img picture abbr acronym time u s strike
+    sup sub font code kbd samp var tt mark q cite dfn label wbr nobr bdi bdo
+    del ins""".split()
+)
+_SKIP, _BLOCK, _LINK, _BREAK, _CELL, _INLINE = range(6)
 _TAG_KIND = {
+    **{t: _INLINE for t in _INLINE_TAGS},
     **{t: _SKIP for t in _SKIP_TAGS},
     **{t: _BLOCK for t in _BLOCK_TAGS},
     **{t: _CELL for t in _CELL_TAGS},
@@ -288,6 +296,9 @@ class _BlockBuilder:
             return
         kind = _TAG_KIND.get(tag)
         if kind is not None:
+            if kind == _INLINE:  # text formatting: no node of its own
+                self._open.append(_INLINE)
+                return
             if kind == _SKIP:
                 self._skip = 1
                 return
@@ -318,6 +329,8 @@ class _BlockBuilder:
         if not self._open:
             return
         kind = self._open.pop()  # the parser closes elements in order
+        if kind == _INLINE:
+            return
         if kind is None:
             self._path.pop()
         elif kind == _BLOCK:
@@ -570,6 +583,34 @@ def _trim_tail(kept: list[_Block]) -> list[_Block]:
     return kept[: last + 1] + [b for b in kept[last + 1 :] if b.length > _TAIL_MIN]
 
 
+def _ancestry(node: int, parent: list[int]) -> tuple:
+    """Node ids from the root down to ``node``."""
+    chain = []
+    while node >= 0:
+        chain.append(node)
+        node = parent[node]
+    return tuple(reversed(chain))
+
+
+def _select_blocks(doc, container, boiler, under_boiler, under_hidden) -> list[_Block]:
+    """The content blocks of the container, plus lead paragraphs just above it."""
+    container_path = _ancestry(container, doc.node_parent)
+    depth = len(container_path)
+    kept: list[_Block] = []
+    inside_seen = False
+    for block in doc.blocks:
+        path = block.path
+        if len(path) >= depth and path[depth - 1] == container:
+            inside_seen = True
+            if _keep_block(block, path[depth:], boiler):
+                kept.append(block)
+        elif not inside_seen and _looks_like_lead(block) and _is_lead(block, container_path):
+            owner = path[-1]
+            if not (under_boiler[owner] or under_hidden[owner]) and _keep_block(block, (), boiler):
+                kept.append(block)
+    return kept
+
+
 def _fast_extract(html: str) -> str:
     doc = _linearize(html)
     if doc is None or not doc.blocks:
@@ -586,22 +627,6 @@ def _fast_extract(html: str) -> str:
             boiler = under_boiler = unmarked
         else:  # no prose at all: keep whatever is not boilerplate
             container = 0
-
-    kept: list[_Block] = []
-    container_path: tuple = ()
-    for block in doc.blocks:
-        path = block.path
-        if container in path:
-            depth = path.index(container) + 1
-            container_path = path[:depth]
-            if _keep_block(block, path[depth:], boiler):
-                kept.append(block)
-        elif not container_path and _looks_like_lead(block):
-            # Before the container: a standfirst or intro just above it?
-            owner = path[-1]
-            if not (under_boiler[owner] or under_hidden[owner]) and _keep_block(block, (), boiler):
-                kept.append(block)  # checked below, once the container's path is known
-    if container_path:
-        kept = [b for b in kept if container in b.path or _is_lead(b, container_path)]
+    kept = _select_blocks(doc, container, boiler, under_boiler, under_hidden)
     kept = _trim_tail(_drop_empty_sections(kept, doc.blocks))
-    return "\n".join(b.text for b in kept)
+    return "\n".join(block.text for block in kept)
