@@ -24,8 +24,9 @@ How ``fast`` works
 3. Blocks are scored: sentence-like, link-poor text (*prose*) is good; link
    lists and text under boilerplate is bad; hidden text counts for nothing.
    The main-content container is the element maximising
-   ``good - 0.7 * bad`` -- the densest region of real prose.
-   It is then widened while a step up adds enough prose.
+   ``good - 0.7 * bad`` -- the densest region of real prose -- widened
+   while a step up adds enough prose.  (Should all prose sit under marks,
+   the marks are ignored.)
 4. Emit the container's blocks minus those under boilerplate below it, mostly
    links, photo credits, date lines or short calls to action ("subscribe to
    our newsletter"); add lead paragraphs just above the container; drop
@@ -90,7 +91,6 @@ _BLOCK_TAGS = frozenset(
 )
 _HEADING_TAGS = frozenset("h1 h2 h3 h4 h5 h6".split())
 _CELL_TAGS = frozenset(("td", "th"))
-# What the block builder does at a tag, in one lookup.
 # Formatting tags that hardly ever wrap a block; they get no node id (saves
 # time: they are a third of all elements).
 _INLINE_TAGS = frozenset(
@@ -98,6 +98,7 @@ _INLINE_TAGS = frozenset(
     sup sub font code kbd samp var tt mark q cite dfn label wbr nobr bdi bdo
     del ins""".split()
 )
+# What the block builder does at a tag, in one lookup.
 _SKIP, _BLOCK, _LINK, _BREAK, _CELL, _INLINE = range(6)
 _TAG_KIND = {
     **{t: _INLINE for t in _INLINE_TAGS},
@@ -109,8 +110,8 @@ _TAG_KIND = {
 }
 
 # Boilerplate marks on an element, from weakest to strongest.  A *weak* mark
-# (ads, widgets, hidden boxes, forms) is lifted when the element turns out to
-# be full of prose; a *strong* one (navigation, footer, comments, sharing,
+# (ads, widgets, captions, forms) is lifted when the element turns out to be
+# full of prose; a *strong* one (navigation, footer, comments, sharing,
 # related links) only when the element holds most of the page's prose.
 _NO_MARK, _WEAK, _STRONG = 0, 1, 2
 
@@ -119,9 +120,9 @@ _WEAK_TAGS = frozenset(("form",))
 _TAG_MARKS = {**{t: _STRONG for t in _STRONG_TAGS}, **{t: _WEAK for t in _WEAK_TAGS}}
 _STRONG_ROLES = frozenset("navigation banner contentinfo complementary search menu menubar".split())
 
-# Words of a class name or id.  Short or ambiguous words must be a whole
-# word ("ad" must not hit "header"); long, distinctive stems may appear
-# anywhere ("socialshare", "sidebarLeft").
+# Words of a class name or id (split at "-", "_" and spaces).  A word marks
+# the element when it is one of these, or -- for the longer, distinctive
+# ones -- starts or ends with one ("socialshare", "articleSidebar", "mainnav").
 _STRONG_WORDS = frozenset(
     """nav navi navbar navigation menu menus submenu megamenu footer
     sidebar breadcrumb breadcrumbs crumbs comment comments commentlist
@@ -136,30 +137,28 @@ _WEAK_WORDS = frozenset(
     widgets popup modal overlay promo sponsored sponsor rating print
     meta caption credit credits""".split()
 )
-_STRONG_STEMS = re.compile(
-    r"sidebar|breadcrumb|cookie|consent|comment|socialshare|social-?media|"
-    r"share-?buttons|sharebar|newsletter|navigation|navbar|footer|"
-    r"related-?(?:posts|articles|content|news)|disqus|taboola|outbrain|"
-    r"pagination|subnav|topnav|mainnav|skiplink|skip-link|sitemap"
+_STRONG_AFFIXES = tuple(
+    """sidebar breadcrumb cookie consent comment social share newsletter
+    navigation navbar subnav topnav mainnav menu footer related disqus taboola
+    outbrain pagination skiplink sitemap""".split()
 )
-_WEAK_STEMS = re.compile(r"advert|banner|widget|sponsor|carousel|slider")
-_MARK_WORDS = _STRONG_WORDS | _WEAK_WORDS
-_ANY_STEM = re.compile(_STRONG_STEMS.pattern + "|" + _WEAK_STEMS.pattern)
+_WEAK_AFFIXES = tuple("advert banner widget sponsor carousel slider".split())
 # A class name starting with one of these describes a state or a taxonomy
 # ("has-sidebar", "no-comments", "tag-footer"), not a page region.
 _MODIFIER_WORDS = frozenset("has no with without is not tag category single hide show".split())
 
-_WORD_SPLIT = re.compile(r"[^a-z0-9]+")
 _HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.I)
 _WORDS = re.compile(r"\w{2,}")
 _DIGIT = re.compile(r"\d")
 _SENTENCE_END = re.compile(r"[.!?;:。！？…]")
+_CJK_SENTENCE_END = re.compile(r"[。！？]")
 # A date or a time of day, in the usual numeric and (en/de/fr/es) textual forms.
 _DATE = re.compile(
     r"\b\d{4}-\d{1,2}-\d{1,2}\b|\b\d{1,2}[./]\d{1,2}[./]\d{2,4}\b|\b\d{1,2}:\d{2}\b|"
-    r"\b(?:\d{1,2}\.?\s*(?:de\s+)?)?(?:jan|feb|fév|mär|mar|apr|avr|abr|ma[iy]|jun|juin|jul|juil|"
-    r"aug|aoû|ago|sep|set|o[ck]t|nov|de[cz]|déc|dic|ene)[a-zéûä]*\.?(?:\s+\d{1,2}(?:st|nd|rd|th)?,?)?"
-    r"(?:\s+(?:de\s+)?\d{4})\b",
+    r"\b(?:\d{1,2}\.?\s*(?:de\s+)?)?"
+    r"(?:jan|feb|fév|mär|mar|apr|avr|abr|ma[iy]|jun|juin|jul|juil|"
+    r"aug|aoû|ago|sep|set|o[ck]t|nov|de[cz]|déc|dic|ene)[a-zéûä]*\.?"
+    r"(?:\s+\d{1,2}(?:st|nd|rd|th)?,?)?(?:\s+(?:de\s+)?\d{4})\b",
     re.IGNORECASE,
 )
 # Calls to action and legal lines: newsletter and subscription offers, "follow
@@ -196,18 +195,20 @@ def _attr_mark(value: str) -> int:
     if mark is not None:
         return mark
     mark = _NO_MARK
-    lowered = value.lower()
-    # Cheap test of the whole value first: most values hold no marker at all.
-    if _MARK_WORDS.intersection(_WORD_SPLIT.split(lowered)) or _ANY_STEM.search(lowered):
-        for name in lowered.split():
-            words = [w for w in _WORD_SPLIT.split(name) if w]
-            if not words or words[0] in _MODIFIER_WORDS:
-                continue
-            if _STRONG_WORDS.intersection(words) or _STRONG_STEMS.search(name):
+    for name in value.lower().split():
+        words = name.replace("-", " ").replace("_", " ").split()
+        if not words or words[0] in _MODIFIER_WORDS:
+            continue
+        for word in words:
+            if (word in _STRONG_WORDS or word.startswith(_STRONG_AFFIXES)
+                    or word.endswith(_STRONG_AFFIXES)):
                 mark = _STRONG
                 break
-            if _WEAK_WORDS.intersection(words) or _WEAK_STEMS.search(name):
+            if (word in _WEAK_WORDS or word.startswith(_WEAK_AFFIXES)
+                    or word.endswith(_WEAK_AFFIXES)):
                 mark = _WEAK
+        if mark == _STRONG:
+            break
     if len(_mark_cache) > 100_000:
         _mark_cache.clear()
     _mark_cache[value] = mark
@@ -245,16 +246,17 @@ class _Block:
     __slots__ = ("text", "length", "link_len", "path", "tag", "prose")
 
     def __init__(self, text: str, link_len: int, path: tuple, tag: str):
+        length = len(text)
         self.text = text  # whitespace-collapsed, may contain "\n" from <br>
-        self.length = len(text)
-        self.link_len = min(link_len, self.length)  # characters inside <a>
+        self.length = length
+        self.link_len = link_len if link_len < length else length  # characters inside <a>
         self.path = path  # node ids from the root down to the owning element
         self.tag = tag  # tag of the owning block element
-        # Prose: a real sentence that is not a link.
-        self.prose = (
-            self.length >= 40
-            and self.link_len < 0.3 * self.length
-            and _SENTENCE_END.search(text) is not None
+        # Prose: a real sentence that is not a link.  Chinese and Japanese pack
+        # a sentence into a dozen characters; their full stop is telling.
+        self.prose = link_len < 0.3 * length and (
+            (length >= 40 and _SENTENCE_END.search(text) is not None)
+            or (length >= 10 and not text.isascii() and _CJK_SENTENCE_END.search(text) is not None)
         )
 
 
@@ -373,7 +375,7 @@ class _BlockBuilder:
             text = "\n".join(line for line in lines if line)
         else:
             text = " ".join(raw.split())  # collapse whitespace runs
-        if text:
+        if text and self._path:  # (libxml2 always opens <html> first; just in case)
             self.blocks.append(_Block(text, link_len, tuple(self._path), self._owner[-1]))
 
     def judge_elements(self) -> tuple[list[int], list[bool]]:
@@ -390,10 +392,25 @@ class _BlockBuilder:
         return marks, hidden
 
 
+def _skip_head(html: str) -> str:
+    """Cut off ``<head>``: its elements are never text, but parsing them costs
+    about 5% of the time.  Only a plain ``</head>`` right before ``<body`` is
+    trusted, so that a "</head>" inside a script cannot cut the page short.
+    """
+    end = html.find("</head>")
+    if end < 0:
+        return html
+    body = end + 7
+    while body < len(html) and html[body] in " \t\r\n":
+        body += 1
+    return html[body:] if html.startswith("<body", body) else html
+
+
 def _linearize(html: str) -> _BlockBuilder | None:
     """Parse ``html`` into blocks; None when there is nothing to parse."""
     if not html or html.isspace():
         return None
+    html = _skip_head(html)
     builder = _BlockBuilder()
     parser = etree.HTMLParser(
         target=builder, encoding="utf-8", remove_comments=True, remove_pis=True, no_network=True
@@ -474,7 +491,8 @@ def _pick_container(doc: _BlockBuilder, under_boiler, under_hidden) -> int:
     interleaved with picture captions or a related-links box should not
     shrink to its longest paragraph.
     """
-    n = len(doc.node_parent)
+    parent = doc.node_parent
+    n = len(parent)
     good, bad = [0.0] * n, [0.0] * n
     for block in doc.blocks:
         owner = block.path[-1]
@@ -484,7 +502,6 @@ def _pick_container(doc: _BlockBuilder, under_boiler, under_hidden) -> int:
             bad[owner] += block.length
         elif block.prose:
             good[owner] += block.length - block.link_len
-    parent = doc.node_parent
     _sum_up(good, parent)
     _sum_up(bad, parent)
     scores = [g - _BAD_WEIGHT * b for g, b in zip(good, bad)]
@@ -500,9 +517,9 @@ def _pick_container(doc: _BlockBuilder, under_boiler, under_hidden) -> int:
     return best
 
 
-def _keep_block(block: _Block, below: tuple, boiler: list[bool]) -> bool:
+def _keep_block(block: _Block, under_boilerplate: bool) -> bool:
     """Whether a block inside the container is content."""
-    if any(boiler[n] for n in below):
+    if under_boilerplate:
         return False
     if block.link_len > _LINK_HEAVY * block.length:
         return False
@@ -533,7 +550,9 @@ def _is_date_line(block: _Block) -> bool:
 def _looks_like_lead(block: _Block) -> bool:
     """Prose, or a longer line of plain text (standfirsts often lack a full stop)."""
     return block.prose or (
-        block.length >= 60 and block.link_len < 0.1 * block.length and block.tag not in _HEADING_TAGS
+        block.length >= 60
+        and block.link_len < 0.1 * block.length
+        and block.tag not in _HEADING_TAGS
     )
 
 
@@ -596,17 +615,23 @@ def _select_blocks(doc, container, boiler, under_boiler, under_hidden) -> list[_
     """The content blocks of the container, plus lead paragraphs just above it."""
     container_path = _ancestry(container, doc.node_parent)
     depth = len(container_path)
+    # Boilerplate above the container does not count against its blocks.
+    marked_above = under_boiler[container]
     kept: list[_Block] = []
     inside_seen = False
     for block in doc.blocks:
         path = block.path
         if len(path) >= depth and path[depth - 1] == container:
             inside_seen = True
-            if _keep_block(block, path[depth:], boiler):
+            if marked_above:
+                below = any(boiler[node] for node in path[depth:])
+            else:
+                below = under_boiler[path[-1]]
+            if _keep_block(block, below):
                 kept.append(block)
         elif not inside_seen and _looks_like_lead(block) and _is_lead(block, container_path):
             owner = path[-1]
-            if not (under_boiler[owner] or under_hidden[owner]) and _keep_block(block, (), boiler):
+            if not under_hidden[owner] and _keep_block(block, under_boiler[owner]):
                 kept.append(block)
     return kept
 
