@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-LANGID_SAMPLE_CHARS = 3000  # the first few thousand characters decide; longer text adds time, not accuracy
+LANGID_SAMPLE_CHARS = 1500  # a paragraph or two decides; longer samples add time, not accuracy
 
 
 @lru_cache(maxsize=1)

@@ -191,3 +191,40 @@ def test_extract_command_writes_one_json_object_per_file(tmp_path):
 def test_extract_command_rejects_missing_file(tmp_path):
     result = CliRunner().invoke(app, ["extract", "--output", str(tmp_path / "o.jsonl"), str(tmp_path / "nope.html")])
     assert result.exit_code == 2 and "not found" in result.output
+
+
+def test_crawl_id_resolves_through_warc_paths_and_max_files(services, tmp_path):
+    import gzip
+
+    demo = write_demo_data(tmp_path / "demo", n_files=3, articles_per_file=4)
+    crawl = "CC-MAIN-2024-10"
+    rel = [f"crawl-data/{crawl}/segments/1/warc/{p.name}" for p in demo]
+    files = {f"/{r}": p.read_bytes() for r, p in zip(rel, demo)}
+    files[f"/crawl-data/{crawl}/warc.paths.gz"] = gzip.compress("\n".join(rel).encode())
+    with FaultyHTTPServer(files=files) as server:
+        cfg = IngestConfig(inputs=[crawl], max_files=2, cc_base_url=server.base_url, download=FAST_RETRIES)
+        summary = ingest_flow(config=cfg, output_dir=str(tmp_path / "out"))
+        first_url = server.url("/" + rel[0])
+    assert summary["files"] == 2
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.parquet")) == ["demo-00000.parquet", "demo-00001.parquet"]
+    rows = pq.read_table(tmp_path / "out" / "demo-00000.parquet").to_pylist()
+    assert {r["warc_path"] for r in rows} == {first_url}
+    assert {r["crawl"] for r in rows} == {crawl}
+
+
+def test_pretrain_run_local_recipe_writes_summary(services, tmp_path):
+    import json
+
+    from flows.pretrain import pretrain_flow
+    from pretrain.config import load_recipe
+
+    cfg = load_recipe("local", [f"output_dir={tmp_path / 'run'}", "ray.num_cpus=2"])
+    summary = pretrain_flow(config=cfg)
+    written = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert written == json.loads(json.dumps(summary, default=str))
+    ingest = written["stages"]["ingest"]
+    assert ingest["files"] == 3 and ingest["documents"] > 150
+    assert ingest["dropped"]["not_html"] == 9 and ingest["dropped"]["http_status_not_200"] == 6
+    shards = sorted((tmp_path / "run" / "ingest").glob("*.parquet"))
+    langs = {lang for s in shards for lang in pq.read_table(s).column("lang").to_pylist()}
+    assert {"en", "fr", "de", "es"} <= langs
