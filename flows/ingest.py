@@ -9,6 +9,7 @@ orchestrates; large data never travels through Prefect results (tasks return rep
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -133,7 +134,7 @@ def funnel_markdown(summary: dict) -> str:
 
 
 def publish(summary: dict, output_dir: Path) -> None:
-    atomic_write_text(output_dir / "report.json", _json(summary))
+    atomic_write_text(output_dir / "report.json", json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
     create_markdown_artifact(key="ingest-funnel", markdown=funnel_markdown(summary), description="Ingestion funnel")
     rows = [
         {"input": r["input"], "documents": r["documents"], "html_responses": r["html_responses"],
@@ -142,12 +143,6 @@ def publish(summary: dict, output_dir: Path) -> None:
     ]
     if rows:
         create_table_artifact(key="ingest-shards", table=rows, description="Per-shard ingestion report")
-
-
-def _json(data: dict) -> str:
-    import json
-
-    return json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
 
 
 @flow(name="ingest", task_runner=ThreadPoolTaskRunner(max_workers=16))

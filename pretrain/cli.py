@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pretrain.config import ConfigError, IngestConfig, PipelineConfig, RayConfig, load_recipe, validate_config
+from pretrain.config import ConfigError, IngestConfig, PipelineConfig, load_recipe, validate_config
 
 app = typer.Typer(
     help="Common Crawl in, a trained model out. Each command runs one stage; `run` runs the pipeline.",

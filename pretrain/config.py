@@ -137,7 +137,8 @@ def _load_raw(name_or_path: str, seen: tuple[str, ...] = ()) -> dict:
     base = raw.pop("base", None)
     if base is None:
         return raw
-    base_ref = str(path.parent / f"{base}.yaml") if not str(base).endswith((".yaml", ".yml")) else base
+    sibling = path.parent / (base if str(base).endswith((".yaml", ".yml")) else f"{base}.yaml")
+    base_ref = str(sibling) if sibling.is_file() else str(base)  # else a recipe name in configs/
     return _deep_merge(_load_raw(base_ref, seen + (str(path.resolve()),)), raw)
 
 

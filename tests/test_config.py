@@ -54,12 +54,18 @@ def test_missing_recipe_lists_known(tmp_path):
         load_recipe("no-such-recipe")
 
 
-def test_recipe_file_with_base(tmp_path):
+def test_recipe_file_outside_configs_can_derive_from_a_named_recipe(tmp_path):
     path = tmp_path / "mine.yaml"
-    path.write_text(f"base: {load_recipe.__module__ and ''}\n")
-    path.write_text("name: mine\ningest:\n  languages: [de]\n")
+    path.write_text("base: local\nname: mine\ningest:\n  languages: [de]\n")
     cfg = load_recipe(str(path))
     assert cfg.name == "mine" and cfg.ingest.languages == ["de"]
+    assert cfg.demo_data is True and cfg.ingest.min_text_chars == 20  # from local, then base
+
+
+def test_recipe_deriving_from_itself_is_an_error(tmp_path):
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="derives from itself"):
+        load_recipe(str(tmp_path / "loop.yaml"))
 
 
 def test_config_is_a_prefect_parameter_schema():
