@@ -9,7 +9,6 @@ orchestrates; large data never travels through Prefect results (tasks return rep
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -21,10 +20,11 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
+from flows.common import retry_if_transient, write_report
 from pretrain.config import IngestConfig, RayConfig
 from pretrain.progress import report_progress
-from pretrain.provenance import atomic_write_text, code_version, stable_hash, write_info_json
-from tasks.errors import describe_error, is_transient_error
+from pretrain.provenance import code_version, stable_hash, write_info_json
+from tasks.errors import describe_error
 from tasks.ingest import INGEST_MODULES, ingest_input
 from tasks.ray_runtime import ensure_ray
 from tasks.sources import InputFile, input_identity, resolve_inputs
@@ -53,14 +53,6 @@ def shard_cache_key(context, parameters: dict) -> str:
     )
 
 
-def _retry_if_transient(task, task_run, state) -> bool:
-    try:
-        state.result()
-    except Exception as exc:  # the failed state re-raises the task's exception
-        return is_transient_error(exc)
-    return False
-
-
 @ray.remote(num_cpus=1, max_retries=3)
 def _ingest_on_ray(item: InputFile, shard_path: str, config: IngestConfig) -> dict:
     return ingest_input(item, Path(shard_path), config)
@@ -72,7 +64,7 @@ def _ingest_on_ray(item: InputFile, shard_path: str, config: IngestConfig) -> di
     retries=2,
     retry_delay_seconds=exponential_backoff(backoff_factor=2),
     retry_jitter_factor=0.5,
-    retry_condition_fn=_retry_if_transient,
+    retry_condition_fn=retry_if_transient,
     cache_key_fn=shard_cache_key,
     persist_result=True,
     cache_result_in_memory=False,
@@ -134,7 +126,7 @@ def funnel_markdown(summary: dict) -> str:
 
 
 def publish(summary: dict, output_dir: Path) -> None:
-    atomic_write_text(output_dir / "report.json", json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+    write_report(output_dir, summary)
     create_markdown_artifact(key="ingest-funnel", markdown=funnel_markdown(summary), description="Ingestion funnel")
     rows = [
         {"input": r["input"], "documents": r["documents"], "html_responses": r["html_responses"],

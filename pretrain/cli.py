@@ -68,7 +68,7 @@ def ingest(
     from flows.ingest import IngestFailed, ingest_flow
 
     try:
-        recipe = load_recipe(str(config)) if config else PipelineConfig()
+        recipe = _recipe_or_default(config)
         cfg = _ingest_config(
             recipe.ingest.model_dump(exclude={"inputs"}), inputs=input, extractor=extractor, languages=languages,
             max_files=max_files, num_shards=num_shards, shard_index=shard_index,
@@ -94,6 +94,74 @@ def _print_ingest_summary(summary: dict, output: Path) -> None:
     for reason, count in summary["dropped"].items():
         console.print(f"  {reason}: {count}")
     console.print(f"shards and report.json in {output}")
+
+
+def _recipe_or_default(config: Optional[Path]) -> PipelineConfig:
+    return load_recipe(str(config)) if config else PipelineConfig()
+
+
+def _print_drops(dropped: dict) -> None:
+    for reason, count in dropped.items():
+        console.print(f"  {reason}: {count}")
+
+
+@app.command("filter")
+def filter_(
+    input: Path = typer.Option(..., "--input", "-i", help="Folder of Parquet shards (e.g. the ingest output)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for kept shards, removed/, report.json."),
+    config: Optional[Path] = typer.Option(None, help="A recipe YAML; its `filter` section configures the chain."),
+    num_cpus: Optional[int] = typer.Option(None, help="CPUs for the local Ray instance."),
+) -> None:
+    """Apply the heuristic filters (URL, Gopher, C4, FineWeb) to every shard."""
+    from flows.filter import FilterFailed, filter_flow
+
+    try:
+        recipe = _recipe_or_default(config)
+    except ConfigError as error:
+        _fail(str(error))
+    ray_cfg = recipe.ray.model_copy(update={"num_cpus": num_cpus} if num_cpus else {})
+    try:
+        summary = _run_with_progress("filter", lambda: filter_flow(
+            config=recipe.filter, input_dir=str(input), output_dir=str(output), ray_config=ray_cfg))
+    except FilterFailed as error:
+        _fail(f"{error}\nreport: {output / 'report.json'}", code=1)
+    except FileNotFoundError as error:
+        _fail(str(error))
+    console.print(f"[green]kept[/green] {summary.get('documents_kept', 0)} of {summary.get('documents_in', 0)} "
+                  f"documents ({summary.get('cache_hits', 0)} shard(s) from cache)")
+    _print_drops(summary["dropped"])
+    console.print(f"shards, removed/ and report.json in {output}")
+
+
+@app.command()
+def dedup(
+    input: Path = typer.Option(..., "--input", "-i", help="Folder of Parquet shards."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for deduplicated shards, clusters, report.json."),
+    threshold: Optional[float] = typer.Option(None, help="Confirm fuzzy pairs at this estimated Jaccard (0-1)."),
+    bands: Optional[int] = typer.Option(None, help="MinHash LSH bands (default 14)."),
+    rows: Optional[int] = typer.Option(None, help="Rows per band (default 8)."),
+    config: Optional[Path] = typer.Option(None, help="A recipe YAML; its `dedup` section gives defaults."),
+    num_cpus: Optional[int] = typer.Option(None, help="CPUs for the local Ray instance."),
+) -> None:
+    """Remove exact, URL and near duplicates across the whole dataset (MinHash LSH)."""
+    from flows.dedup import dedup_flow
+
+    try:
+        recipe = _recipe_or_default(config)
+        updates = {k: v for k, v in {"threshold": threshold, "bands": bands, "rows_per_band": rows}.items()
+                   if v is not None}
+        cfg = validate_config(type(recipe.dedup), {**recipe.dedup.model_dump(), **updates}, prefix="dedup.")
+    except ConfigError as error:
+        _fail(str(error))
+    ray_cfg = recipe.ray.model_copy(update={"num_cpus": num_cpus} if num_cpus else {})
+    try:
+        summary = _run_with_progress("dedup", lambda: dedup_flow(
+            config=cfg, input_dir=str(input), output_dir=str(output), ray_config=ray_cfg))
+    except FileNotFoundError as error:
+        _fail(str(error))
+    console.print(f"[green]kept[/green] {summary.get('documents_kept', 0)} of {summary.get('documents_in', 0)} documents")
+    _print_drops(summary.get("dropped", {}))
+    console.print(f"shards, clusters and report.json in {output}")
 
 
 @app.command()

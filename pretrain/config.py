@@ -95,6 +95,119 @@ class RayConfig(_Model):
     )
 
 
+
+class UrlFilterConfig(_Model):
+    """RefinedWeb/datatrove-style URL filter: blocked domains, banned and soft-banned words."""
+
+    enabled: bool = True
+    blocklist_paths: list[str] = Field(
+        default_factory=list, description="Extra domain blocklists: files or URLs, one domain per line."
+    )
+    use_default_lists: bool = Field(True, description="Also use the small lists shipped in tasks/filters/lists/.")
+    soft_banned_min_count: int = Field(
+        3, ge=1, description="Drop when at least this many soft-banned words occur in the URL."
+    )
+
+
+class GopherQualityConfig(_Model):
+    """Gopher quality rules (Rae et al. 2021; datatrove's defaults)."""
+
+    enabled: bool = True
+    min_doc_words: int = 50
+    max_doc_words: int = 100_000
+    min_avg_word_length: float = 3.0
+    max_avg_word_length: float = 10.0
+    max_symbol_word_ratio: float = Field(0.1, description="Ratio of '#' and '...' to words.")
+    max_bullet_lines_ratio: float = 0.9
+    max_ellipsis_lines_ratio: float = 0.3
+    min_alpha_words_ratio: float = Field(0.8, description="Share of words with at least one letter.")
+    min_stop_words: int = 2
+    stop_words: list[str] = Field(default_factory=lambda: ["the", "be", "to", "of", "and", "that", "have", "with"])
+
+
+class GopherRepetitionConfig(_Model):
+    """Gopher repetition rules: duplicate lines/paragraphs and repeated n-grams."""
+
+    enabled: bool = True
+    max_dup_line_frac: float = 0.3
+    max_dup_para_frac: float = 0.3
+    max_dup_line_char_frac: float = 0.2
+    max_dup_para_char_frac: float = 0.2
+    max_top_ngram_char_frac: dict[int, float] = Field(default_factory=lambda: {2: 0.2, 3: 0.18, 4: 0.16})
+    max_dup_ngram_char_frac: dict[int, float] = Field(
+        default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
+    )
+
+
+class C4Config(_Model):
+    """C4 rules (Raffel et al. 2020): line cleaning, then document checks."""
+
+    enabled: bool = True
+    clean_lines: bool = Field(True, description="Remove lines failing the line rules (kept docs are rewritten).")
+    min_words_per_line: int = 3
+    require_terminal_punctuation: bool = True
+    min_sentences: int = 5
+    drop_javascript_lines: bool = True
+    drop_policy_lines: bool = Field(True, description="Lines mentioning cookies/terms/privacy policy.")
+    drop_lorem_ipsum_docs: bool = True
+    drop_curly_bracket_docs: bool = True
+    max_word_length: int = Field(1000, description="Lines with a longer word are removed.")
+
+
+class FineWebConfig(_Model):
+    """FineWeb quality rules (Penedo et al. 2024)."""
+
+    enabled: bool = True
+    min_line_punct_ratio: float = Field(0.12, description="Share of lines ending in punctuation.")
+    max_short_line_ratio: float = Field(0.67, description="Share of lines shorter than short_line_chars.")
+    short_line_chars: int = 30
+    max_dup_line_char_ratio: float = 0.01
+    max_newlines_per_word: float = 0.3
+
+
+class FilterConfig(_Model):
+    """The heuristic filter chain, applied in ``order``; every drop has a reason."""
+
+    order: list[str] = Field(
+        default_factory=lambda: ["url", "gopher_repetition", "gopher_quality", "c4", "fineweb"],
+        description="Filters to apply, in order (names of the sections below).",
+    )
+    write_removed: bool = Field(True, description="Write dropped documents to OUTPUT/removed/<filter>/ for audit.")
+    url: UrlFilterConfig = Field(default_factory=UrlFilterConfig)
+    gopher_quality: GopherQualityConfig = Field(default_factory=GopherQualityConfig)
+    gopher_repetition: GopherRepetitionConfig = Field(default_factory=GopherRepetitionConfig)
+    c4: C4Config = Field(default_factory=C4Config)
+    fineweb: FineWebConfig = Field(default_factory=FineWebConfig)
+
+    @field_validator("order")
+    @classmethod
+    def _known_filters(cls, order: list[str]) -> list[str]:
+        known = {"url", "gopher_quality", "gopher_repetition", "c4", "fineweb"}
+        unknown = [name for name in order if name not in known]
+        if unknown:
+            raise ValueError(f"unknown filter(s) {unknown}; known: {sorted(known)}")
+        return order
+
+
+class DedupConfig(_Model):
+    """Exact and fuzzy (MinHash LSH) deduplication across the whole dataset."""
+
+    exact: bool = Field(True, description="Drop documents whose normalized text hash was seen.")
+    url: bool = Field(True, description="Drop documents whose normalized URL was seen.")
+    fuzzy: bool = Field(True, description="MinHash LSH near-duplicate removal.")
+    ngram_words: int = Field(5, ge=1, description="Shingle size in words.")
+    bands: int = Field(14, ge=1)
+    rows_per_band: int = Field(8, ge=1)
+    threshold: float | None = Field(
+        None, gt=0, le=1,
+        description="Estimated Jaccard similarity to confirm a candidate pair; None keeps every LSH candidate.",
+    )
+    seed: int = 1
+    hash_partitions: int = Field(
+        16, ge=1, description="Bucket files per band; bounds the memory of one grouping task."
+    )
+
+
 class PipelineConfig(_Model):
     """A whole recipe: what `pretrain run` and the Prefect deployments take."""
 
@@ -105,6 +218,8 @@ class PipelineConfig(_Model):
     )
     ray: RayConfig = Field(default_factory=RayConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
+    filter: FilterConfig = Field(default_factory=FilterConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
 
 
 def _deep_merge(base: dict, override: dict) -> dict:
