@@ -22,78 +22,39 @@ DEMO_CRAWL = "demo-local"
 START = datetime(2026, 1, 5, 8, 0, tzinfo=timezone.utc)
 
 TOPICS = {
-    "gardening": {
-        "subjects": ["The old apple tree", "A raised vegetable bed", "Our neighbour's greenhouse", "The compost heap",
-                     "A row of late tomatoes", "The herb border", "Every gardener in the valley", "The allotment society"],
-        "verbs": ["needs", "rewards", "depends on", "suffers without", "benefits from", "slowly recovers after"],
-        "objects": ["a thick layer of mulch", "careful pruning in late winter", "rain collected from the roof",
-                    "a few hours of morning sun", "patience more than fertiliser", "a frost-free week in spring",
-                    "the worms that turn the soil", "seeds saved from last year"],
-        "tails": ["and the results show by midsummer", "which most beginners forget", "as our grandparents knew",
-                  "even in a wet and cold year", "although the books rarely mention it", "if the soil is not too heavy"],
-    },
-    "astronomy": {
-        "subjects": ["The small refracting telescope", "Our local astronomy club", "A clear winter night",
-                     "The faint comet", "Jupiter's largest moon", "The observatory on the hill", "An amateur observer",
-                     "The Andromeda galaxy"],
-        "verbs": ["reveals", "was tracked by", "depends on", "is hidden by", "can be seen through", "changed"],
-        "objects": ["a steady atmosphere and dark skies", "light pollution from the city", "a patient hour of waiting",
-                    "careful notes in a paper logbook", "the glow of the rising moon", "binoculars on a tripod",
-                    "a chart printed the evening before", "the long exposure of an old camera"],
-        "tails": ["long before the first satellites were launched", "on almost every clear evening in March",
-                  "which surprised the members who stayed late", "as the volunteers explained to the visitors",
-                  "although the forecast had promised clouds", "and the sketches still hang in the library"],
-    },
-    "cooking": {
-        "subjects": ["A good loaf of bread", "The family recipe for soup", "Fresh pasta", "The village bakery",
-                     "Slow-cooked beans", "A simple tomato sauce", "The cook at the corner cafe", "Home-made yoghurt"],
-        "verbs": ["needs", "is improved by", "was changed by", "depends on", "tastes better with", "begins with"],
-        "objects": ["flour that has been stored properly", "a long and cool rise overnight", "salt added at the right time",
-                    "a heavy pot with a tight lid", "onions cooked until they are soft", "a little patience at the stove",
-                    "water that is not too hot", "herbs picked the same morning"],
-        "tails": ["as anyone who has tried it will confirm", "and the kitchen smells wonderful for hours",
-                  "which is why the old recipes still work", "even when the ingredients are very plain",
-                  "although many modern books skip this step", "so the children always ask for a second bowl"],
-    },
-    "rivers": {
-        "subjects": ["The river below the mill", "A narrow stream in the forest", "The flood of last autumn",
-                     "The fishermen on the bank", "The stone bridge", "The council's water survey",
-                     "Migrating salmon", "The wetland at the estuary"],
-        "verbs": ["shaped", "was measured by", "depends on", "carried", "slowly filled", "was studied along"],
-        "objects": ["the gravel beds where the fish spawn", "years of careful records", "the meadows on both sides",
-                    "the rain that fell in the hills", "old maps kept in the town hall", "the roots of the willow trees",
-                    "sediment from the farms upstream", "the reeds that shelter the birds"],
-        "tails": ["and the changes are visible from the footpath", "as the survey published in spring explains",
-                  "which the older residents remember well", "although nobody expected it to happen so quickly",
-                  "even during the driest summer on record", "so the walking trail had to be moved"],
-    },
-    "cycling": {
-        "subjects": ["The new cycle path", "A second-hand touring bicycle", "The club's Sunday ride",
-                     "Commuters in the city", "The mountain pass", "A puncture on a cold morning",
-                     "The repair workshop", "Riders in the charity event"],
-        "verbs": ["depends on", "was improved by", "needs", "was slowed by", "connects", "benefits from"],
-        "objects": ["well-inflated tyres and a clean chain", "a strong headwind along the coast",
-                    "the villages along the old railway line", "careful planning of the route",
-                    "a flask of tea and a spare tube", "the volunteers who repair old frames",
-                    "lights that are bright enough in winter", "a gentle climb through the pine woods"],
-        "tails": ["and the view from the top is worth every effort", "as the organisers pointed out before the start",
-                  "which is why more people now ride to work", "even on the shortest days of the year",
-                  "although the weather forecast was not encouraging", "so nobody minded the extra kilometres"],
-    },
-    "libraries": {
-        "subjects": ["The public library", "A small reading room", "The local history collection",
-                     "The volunteers at the archive", "A donated box of letters", "The children's story hour",
-                     "The mobile library van", "Old parish registers"],
-        "verbs": ["depends on", "was saved by", "attracts", "preserves", "was catalogued by", "welcomes"],
-        "objects": ["donations from families in the town", "students preparing for their exams",
-                    "photographs of the harbour a century ago", "a grant from the regional council",
-                    "readers who come every Saturday", "a careful digitisation project",
-                    "the memories of the oldest residents", "maps that show the original streets"],
-        "tails": ["and the catalogue is now available to everyone", "as the librarian explained in her annual report",
-                  "which makes the building busy even in summer", "although the opening hours were reduced last year",
-                  "even when the weather keeps most people at home", "so the collection keeps growing every month"],
-    },
+    "gardening": ["apple tree", "vegetable bed", "greenhouse", "compost heap", "tomato plant", "herb border",
+                  "allotment", "hedge", "orchard", "seed tray", "rose bush", "wheelbarrow", "water butt",
+                  "potato patch", "garden shed"],
+    "astronomy": ["telescope", "observatory", "comet", "moon", "galaxy", "star chart", "eclipse", "meteor shower",
+                  "planet", "nebula", "lens", "night sky", "satellite", "logbook", "dome"],
+    "cooking": ["loaf", "soup", "pasta", "bakery", "stew", "sauce", "kitchen", "oven", "recipe", "pie crust",
+                "spice jar", "frying pan", "market stall", "bread dough", "cutting board"],
+    "rivers": ["river", "stream", "flood", "riverbank", "stone bridge", "water mill", "estuary", "wetland",
+               "fish ladder", "weir", "towpath", "canal", "spring", "reed bed", "ferry"],
+    "cycling": ["cycle path", "bicycle", "mountain pass", "repair shop", "club ride", "tyre", "gear", "saddle",
+                "headwind", "railway trail", "helmet", "pannier", "climb", "race", "chain"],
+    "libraries": ["library", "reading room", "archive", "letter", "story hour", "mobile van", "register",
+                  "catalogue", "manuscript", "map", "photograph", "shelf", "index card", "donation", "atlas"],
 }
+ADJECTIVES = ["old", "small", "quiet", "busy", "narrow", "famous", "local", "bright", "heavy", "careful", "early",
+              "late", "simple", "wooden", "green", "cold", "warm", "distant", "modest", "patient", "new",
+              "restored", "forgotten", "crowded", "gentle", "curious", "sturdy", "muddy", "tidy", "popular"]
+VERBS = ["repaired", "described", "measured", "visited", "photographed", "replaced", "cleaned", "studied",
+         "planned", "moved", "protected", "explored", "painted", "counted", "mapped", "borrowed", "opened",
+         "closed", "improved", "recorded", "tested", "rebuilt", "watched", "shared", "noticed", "welcomed",
+         "surveyed", "sketched", "carried", "discussed"]
+PEOPLE = ["the volunteers", "my neighbour", "a retired teacher", "the council", "two students", "our guide",
+          "the club secretary", "a visiting engineer", "the local newspaper", "her grandfather", "the warden",
+          "several families"]
+TIMES = ["Last spring", "Early on Sunday", "In the winter of that year", "After the storm", "Before the festival",
+         "During the long holiday", "On a grey afternoon", "Later that month", "For many years",
+         "Soon after dawn", "By the end of the season", "Twice a week"]
+PLACES = ["near the old station", "beside the village green", "at the edge of town", "behind the church",
+          "along the northern road", "in the valley", "on the hill", "across the square", "by the harbour",
+          "under the railway arches", "next to the school", "outside the town hall"]
+LINKS = ["while", "because", "although", "after", "before", "since", "whereas", "until"]
+SAYS = ["said", "explained", "wrote", "told us", "insisted", "remembered", "noted", "argued"]
+DETS = ["the", "a", "one", "that", "every", "this"]
 
 OTHER_LANGUAGES = {
     "fr": ["Le petit village se trouve au bord de la rivière, entre les collines et la forêt.",
@@ -126,15 +87,30 @@ SPAM_WORDS = ["cheap", "best", "price", "watches", "casino", "bonus", "free", "d
 NAV = ["Home", "News", "Sport", "Weather", "About us", "Contact", "Shop", "Events", "Archive", "Login"]
 
 
-def sentence(rng: random.Random, topic: dict) -> str:
-    text = f"{rng.choice(topic['subjects'])} {rng.choice(topic['verbs'])} {rng.choice(topic['objects'])}"
-    if rng.random() < 0.7:
-        text += f", {rng.choice(topic['tails'])}"
-    return text + "."
+def _noun_phrase(rng: random.Random, nouns: list[str]) -> str:
+    if rng.random() < 0.6:
+        return f"{rng.choice(DETS)} {rng.choice(ADJECTIVES)} {rng.choice(nouns)}"
+    return f"{rng.choice(DETS)} {rng.choice(nouns)}"
 
 
-def article_paragraphs(rng: random.Random, topic: dict, n_paragraphs: int) -> list[str]:
-    return [" ".join(sentence(rng, topic) for _ in range(rng.randint(3, 6))) for _ in range(n_paragraphs)]
+def sentence(rng: random.Random, nouns: list[str]) -> str:
+    """One sentence from a small grammar: many slots, so longer word n-grams rarely repeat."""
+    form = rng.randrange(4)
+    if form == 0:
+        text = f"{_noun_phrase(rng, nouns)} was {rng.choice(VERBS)} {rng.choice(PLACES)}"
+    elif form == 1:
+        text = f"{rng.choice(TIMES)}, {rng.choice(PEOPLE)} {rng.choice(VERBS)} {_noun_phrase(rng, nouns)}"
+    elif form == 2:
+        text = (f"{rng.choice(PEOPLE)} {rng.choice(SAYS)} that {_noun_phrase(rng, nouns)} "
+                f"had been {rng.choice(VERBS)} {rng.choice(PLACES)}")
+    else:
+        text = (f"{rng.choice(PEOPLE)} {rng.choice(VERBS)} {_noun_phrase(rng, nouns)} "
+                f"{rng.choice(LINKS)} {rng.choice(PEOPLE)} {rng.choice(VERBS)} {_noun_phrase(rng, nouns)}")
+    return text[0].upper() + text[1:] + "."
+
+
+def article_paragraphs(rng: random.Random, nouns: list[str], n_paragraphs: int) -> list[str]:
+    return [" ".join(sentence(rng, nouns) for _ in range(rng.randint(3, 6))) for _ in range(n_paragraphs)]
 
 
 def page_html(title: str, body_blocks: list[str], *, lang: str = "en", site: str = "example") -> str:
@@ -170,20 +146,33 @@ def spam_html(rng: random.Random) -> str:
     return page_html("Cheap best price online now", lines, site="deals-4-u")
 
 
-def repeated_html(rng: random.Random, topic: dict) -> str:
-    paragraph = " ".join(sentence(rng, topic) for _ in range(3))
+def repeated_html(rng: random.Random, nouns: list[str]) -> str:
+    paragraph = " ".join(sentence(rng, nouns) for _ in range(3))
     return page_html("Read this now", [paragraph] * 25, site="mirror-farm")
 
 
 def near_duplicate(rng: random.Random, paragraphs: list[str]) -> list[str]:
     """A copy with a few words replaced and the end cut off, as scrapers and mirrors do."""
-    words = " ".join(paragraphs).split()
-    for _ in range(max(1, len(words) // 40)):
-        words[rng.randrange(len(words))] = rng.choice(["indeed", "really", "also", "often", "quite"])
-    keep = int(len(words) * rng.uniform(0.85, 0.95))
-    text = " ".join(words[:keep])
-    cut = len(text) // 3
-    return [text[:cut], text[cut : 2 * cut], text[2 * cut :]]
+    edited = []
+    for paragraph in paragraphs:
+        words = paragraph.split()
+        for _ in range(max(1, len(words) // 40)):
+            index = rng.randrange(len(words))
+            if not words[index].endswith("."):
+                words[index] = rng.choice(["indeed", "really", "also", "often", "quite"])
+        edited.append(" ".join(words))
+    budget = int(sum(len(p) for p in edited) * rng.uniform(0.85, 0.95))
+    kept: list[str] = []
+    for paragraph in edited:
+        if len(paragraph) <= budget:
+            kept.append(paragraph)
+            budget -= len(paragraph)
+            continue
+        cut = paragraph.rfind(". ", 0, budget)  # end the copy at a sentence boundary
+        if cut > 0:
+            kept.append(paragraph[: cut + 1])
+        break
+    return kept
 
 
 def binary_pages(rng: random.Random, site: str) -> list[tuple[str, bytes, str, int]]:
@@ -214,8 +203,9 @@ def demo_pages(rng: random.Random, file_index: int, articles_per_file: int) -> l
         pages.append((f"https://scraper-{n}.example/{file_index}/post.html",
                       page_html(title, near_duplicate(rng, paragraphs), site="scraper").encode(), "text/html", 200))
     for lang, sentences in OTHER_LANGUAGES.items():
-        for n in range(3):
-            blocks = [" ".join(rng.sample(sentences, 4)) for _ in range(4)]
+        for n in range(1):
+            picked = rng.sample(sentences, len(sentences))
+            blocks = [" ".join(picked[: len(picked) // 2]), " ".join(picked[len(picked) // 2 :])]
             pages.append((f"https://{lang}.example/{file_index}/{n}.html",
                           page_html(sentences[0][:40], blocks, lang=lang, site=f"site-{lang}").encode("utf-8"),
                           "text/html; charset=utf-8", 200))
