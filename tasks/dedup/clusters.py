@@ -1,0 +1,217 @@
+"""Stage 3, one task: clusters from all edges, one kept document per cluster.
+
+Clusters are the connected components of the graph whose edges are every
+exact, URL and (verified) fuzzy duplicate relation found in stage 2.
+
+Keep rule: in each cluster keep the document with the most normalized words
+(the complete version wins over truncated copies, and a page over its excerpt);
+ties go to the earliest document in dataset order (sorted shard name, then row).
+
+Reason: every member's ``reason`` is the strongest relation it has to another
+member, ``exact`` > ``url`` > ``fuzzy``; a dropped member is counted as
+``exact_duplicate``, ``url_duplicate`` or ``fuzzy_duplicate`` accordingly.
+
+Cluster id (``dup_cluster``): the ``id`` of the cluster's kept document, a
+string, so it is meaningful on its own and stable across reruns; documents
+without duplicates have none (null).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pretrain.config import DedupConfig
+from pretrain.provenance import atomic_write_text
+from tasks.dedup.buckets import gather_rows, make_refs, read_edges, split_refs
+from tasks.dedup.layout import KIND_NAMES, REASONS, Layout, key_slots
+from tasks.shards import COMPRESSION, part_path
+
+LARGEST = 20
+CLUSTER_SCHEMA = pa.schema([
+    ("id", pa.string()),
+    ("shard", pa.string()),
+    ("row", pa.int64()),
+    ("dup_cluster", pa.string()),
+    ("kept", pa.bool_()),
+    ("reason", pa.string()),
+    ("n_words", pa.int64()),
+    ("cluster_size", pa.int64()),
+])
+
+
+def connected_components(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Union-find over edges (a[i], b[i]), vectorized.
+
+    Returns ``(nodes, root)``: the sorted distinct endpoints and, per node, the
+    index of its component's smallest node. Each round hooks the larger of two
+    different roots under the smaller, then compresses paths completely.
+    """
+    nodes, inverse = np.unique(np.concatenate((a, b)), return_inverse=True)
+    ends_a, ends_b = inverse[: a.size], inverse[a.size :]
+    parent = np.arange(nodes.size)
+    while True:
+        root_a, root_b = parent[ends_a], parent[ends_b]
+        cross = root_a != root_b
+        if not cross.any():
+            return nodes, parent
+        low, high = np.minimum(root_a[cross], root_b[cross]), np.maximum(root_a[cross], root_b[cross])
+        np.minimum.at(parent, high, low)
+        while True:
+            grand = parent[parent]
+            if np.array_equal(grand, parent):
+                break
+            parent = grand
+
+
+def choose_kept(root: np.ndarray, n_words: np.ndarray, refs: np.ndarray) -> np.ndarray:
+    """One True per component: the most words, then the smallest ref."""
+    order = np.lexsort((refs, -n_words.astype(np.int64), root))
+    first = np.concatenate(([True], root[order][1:] != root[order][:-1]))
+    kept = np.zeros(root.size, dtype=bool)
+    kept[order[first]] = True
+    return kept
+
+
+def strongest_relation(n_nodes: int, ends_a: np.ndarray, ends_b: np.ndarray, kinds: np.ndarray) -> np.ndarray:
+    """Per node, the smallest (strongest) kind among its edges."""
+    strength = np.full(n_nodes, 255, dtype=np.uint8)
+    np.minimum.at(strength, ends_a, kinds)
+    np.minimum.at(strength, ends_b, kinds)
+    return strength
+
+
+def unique_pairs(a: np.ndarray, b: np.ndarray, kind: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Undirected edges without repeats; a pair found by several slots keeps its strongest kind."""
+    low, high = np.minimum(a, b), np.maximum(a, b)
+    order = np.lexsort((kind, high, low))
+    low, high, kind = low[order], high[order], kind[order]
+    first = np.concatenate(([True], (low[1:] != low[:-1]) | (high[1:] != high[:-1])))
+    return low[first], high[first], kind[first]
+
+
+def load_edges(layout: Layout, config: DedupConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every stage-2 edge, deduplicated slot by slot so memory follows distinct pairs."""
+    a, b, kind = np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0, np.uint8)
+    for slot in key_slots(config):
+        parts = [read_edges(layout.edges(slot, part)) for part in range(config.hash_partitions)]
+        new_a = np.concatenate([a] + [p[0] for p in parts])
+        new_b = np.concatenate([b] + [p[1] for p in parts])
+        new_kind = np.concatenate([kind, np.full(new_a.size - a.size, slot.kind, np.uint8)])
+        a, b, kind = unique_pairs(new_a, new_b, new_kind)
+    return a, b, kind
+
+
+def read_ids(inputs: list[Path], refs: np.ndarray) -> pa.Array:
+    """The ``id`` of each ref, read shard by shard (only the id column)."""
+    if refs.size == 0:
+        return pa.array([], pa.string())
+    shard_of, row_of = split_refs(refs)
+    chunks, positions = [], []
+    for shard_index in np.unique(shard_of):
+        pick = np.flatnonzero(shard_of == shard_index)
+        ids = pq.read_table(inputs[shard_index], columns=["id"]).column("id").combine_chunks()
+        chunks.append(ids.take(pa.array(row_of[pick])))
+        positions.append(pick)
+    return pa.concat_arrays(chunks).take(pa.array(np.argsort(np.concatenate(positions), kind="stable")))
+
+
+def write_table_atomic(path: Path, table: pa.Table) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = part_path(path)
+    pq.write_table(table, tmp, compression=COMPRESSION)
+    tmp.replace(path)
+
+
+@dataclass
+class Clusters:
+    """Per clustered document (sorted by ref): its cluster, whether it is kept, its strongest relation."""
+
+    refs: np.ndarray  # uint64 shard_index << 32 | row
+    cluster: np.ndarray  # cluster number per document
+    kept: np.ndarray  # bool
+    relation: np.ndarray  # EXACT, URL or FUZZY
+    n_words: np.ndarray
+    sizes: np.ndarray  # per cluster
+    kept_member: np.ndarray  # per cluster: index of its kept document
+
+    @classmethod
+    def from_edges(cls, a: np.ndarray, b: np.ndarray, kind: np.ndarray, n_words_of) -> Clusters:
+        refs, root = connected_components(a, b)
+        relation = strongest_relation(refs.size, np.searchsorted(refs, a), np.searchsorted(refs, b), kind)
+        n_words = n_words_of(refs)
+        kept = choose_kept(root, n_words, refs)
+        roots, cluster = np.unique(root, return_inverse=True)
+        kept_member = np.empty(roots.size, dtype=np.int64)
+        kept_member[cluster[kept]] = np.flatnonzero(kept)
+        sizes = np.bincount(cluster, minlength=roots.size)
+        return cls(refs, cluster, kept, relation, n_words, sizes, kept_member)
+
+    def in_shard(self, shard_index: int) -> np.ndarray:
+        bounds = make_refs(np.array([shard_index, shard_index + 1]), np.zeros(2, np.uint64))
+        return np.arange(*np.searchsorted(self.refs, bounds))
+
+
+def build_clusters(layout: Layout, shards: list[str], inputs: list[Path], config: DedupConfig) -> dict:
+    """Write one cluster table per shard and the cluster summary; return the summary."""
+    started = time.perf_counter()
+    a, b, kind = load_edges(layout, config)
+
+    def n_words_of(refs: np.ndarray) -> np.ndarray:
+        return gather_rows(layout, shards, refs, "words") if refs.size else np.zeros(0, np.uint32)
+
+    clusters = Clusters.from_edges(a, b, kind, n_words_of)
+    cluster_ids = read_ids(inputs, clusters.refs[clusters.kept_member])  # a cluster is named after its kept doc
+    for shard_index, shard in enumerate(shards):
+        table = cluster_table(clusters, shard_index, shard, inputs, cluster_ids)
+        write_table_atomic(layout.cluster_table(shard), table)
+    summary = summarize(clusters, shards, cluster_ids)
+    summary.update(edges=int(a.size), seconds=round(time.perf_counter() - started, 3))
+    atomic_write_text(layout.cluster_summary, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return summary
+
+
+def cluster_table(clusters: Clusters, shard_index: int, shard: str, inputs: list[Path],
+                  cluster_ids: pa.Array) -> pa.Table:
+    """The members of ``shard``: one row per document of that shard that has duplicates."""
+    members = clusters.in_shard(shard_index)
+    return pa.table({
+        "id": read_ids(inputs, clusters.refs[members]),
+        "shard": pa.array([shard] * members.size, pa.string()),
+        "row": split_refs(clusters.refs[members])[1],
+        "dup_cluster": cluster_ids.take(pa.array(clusters.cluster[members])),
+        "kept": clusters.kept[members],
+        "reason": pa.array([KIND_NAMES[k] for k in clusters.relation[members]], pa.string()),
+        "n_words": clusters.n_words[members].astype(np.int64),
+        "cluster_size": clusters.sizes[clusters.cluster[members]].astype(np.int64),
+    }, schema=CLUSTER_SCHEMA)
+
+
+def summarize(clusters: Clusters, shards: list[str], cluster_ids: pa.Array) -> dict:
+    dropped = np.bincount(clusters.relation[~clusters.kept], minlength=len(REASONS))
+    shard_of, row_of = split_refs(clusters.refs)
+    largest = np.lexsort((np.arange(clusters.sizes.size), -clusters.sizes))[:LARGEST]
+
+    def describe(c: int) -> dict:
+        kept, members = clusters.kept_member[c], clusters.cluster == c
+        return {
+            "dup_cluster": cluster_ids[c].as_py(),
+            "size": int(clusters.sizes[c]),
+            "kept_shard": shards[shard_of[kept]],
+            "kept_row": int(row_of[kept]),
+            "kept_words": int(clusters.n_words[kept]),
+            **{f"{name}_members": int(np.sum(members & (clusters.relation == k))) for k, name in enumerate(KIND_NAMES)},
+        }
+
+    return {
+        "clusters": int(clusters.sizes.size),
+        "clustered_documents": int(clusters.refs.size),
+        "dropped": {reason: int(n) for reason, n in zip(REASONS, dropped)},
+        "largest": [describe(int(c)) for c in largest],
+    }
