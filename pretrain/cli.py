@@ -140,6 +140,7 @@ def dedup(
     threshold: Optional[float] = typer.Option(None, help="Confirm fuzzy pairs at this estimated Jaccard (0-1)."),
     bands: Optional[int] = typer.Option(None, help="MinHash LSH bands (default 14)."),
     rows: Optional[int] = typer.Option(None, help="Rows per band (default 8)."),
+    partitions: Optional[int] = typer.Option(None, help="Bucket files per band (default 16; 1 for small data)."),
     config: Optional[Path] = typer.Option(None, help="A recipe YAML; its `dedup` section gives defaults."),
     num_cpus: Optional[int] = typer.Option(None, help="CPUs for the local Ray instance."),
 ) -> None:
@@ -148,7 +149,8 @@ def dedup(
 
     try:
         recipe = _recipe_or_default(config)
-        updates = {k: v for k, v in {"threshold": threshold, "bands": bands, "rows_per_band": rows}.items()
+        updates = {k: v for k, v in {"threshold": threshold, "bands": bands, "rows_per_band": rows,
+                                   "hash_partitions": partitions}.items()
                    if v is not None}
         cfg = validate_config(type(recipe.dedup), {**recipe.dedup.model_dump(), **updates}, prefix="dedup.")
     except ConfigError as error:

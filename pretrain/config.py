@@ -103,6 +103,12 @@ class UrlFilterConfig(_Model):
     blocklist_paths: list[str] = Field(
         default_factory=list, description="Extra domain blocklists: files or URLs, one domain per line."
     )
+    banned_words_paths: list[str] = Field(
+        default_factory=list, description="Extra banned URL word lists: files or URLs, one word per line."
+    )
+    soft_banned_words_paths: list[str] = Field(
+        default_factory=list, description="Extra soft-banned URL word lists: files or URLs, one word per line."
+    )
     use_default_lists: bool = Field(True, description="Also use the small lists shipped in tasks/filters/lists/.")
     soft_banned_min_count: int = Field(
         3, ge=1, description="Drop when at least this many soft-banned words occur in the URL."
@@ -123,6 +129,10 @@ class GopherQualityConfig(_Model):
     min_alpha_words_ratio: float = Field(0.8, description="Share of words with at least one letter.")
     min_stop_words: int = 2
     stop_words: list[str] = Field(default_factory=lambda: ["the", "be", "to", "of", "and", "that", "have", "with"])
+    stop_words_languages: list[str] = Field(
+        default_factory=lambda: ["en"],
+        description="Apply the stop-word rule only to documents in these languages (or of unknown language).",
+    )
 
 
 class GopherRepetitionConfig(_Model):

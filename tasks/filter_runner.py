@@ -94,6 +94,8 @@ def filter_shard(in_path: Path, out_path: Path, cfg: FilterConfig, removed_dir: 
     stats = new_filter_stats([f.name for f in chain])
     source = pq.ParquetFile(in_path)
     schema = source.schema_arrow
+    if "text" not in schema.names:
+        raise ValueError(f"{in_path}: a document shard needs a `text` column, it has {schema.names}")
     removed = _RemovedWriters(removed_dir if cfg.write_removed else None, out_path.name, schema)
     removed.clear_stale([f.name for f in chain])
     totals = Counter()
