@@ -228,6 +228,13 @@ def test_pretrain_run_local_recipe_writes_summary(services, tmp_path):
     ingest = written["stages"]["ingest"]
     assert ingest["files"] == 3 and ingest["documents"] > 150
     assert ingest["dropped"]["not_html"] == 9 and ingest["dropped"]["http_status_not_200"] == 6
+    filtered, deduped = written["stages"]["filter"], written["stages"]["dedup"]
+    assert filtered["documents_in"] == ingest["documents"]
+    assert filtered["dropped"]["gopher_too_few_stop_words"] >= 12  # keyword spam, 4 pages per file
+    assert filtered["dropped"]["dup_line_frac"] >= 12  # one paragraph repeated, 4 pages per file
+    assert deduped["documents_in"] == filtered["documents_kept"]
+    assert deduped["dropped"]["exact_duplicate"] > 0 and deduped["dropped"]["fuzzy_duplicate"] > 0
+    assert written["documents"]["dedup"] == deduped["documents_kept"] < filtered["documents_kept"]
     shards = sorted((tmp_path / "run" / "ingest").glob("*.parquet"))
     langs = {lang for s in shards for lang in pq.read_table(s).column("lang").to_pylist()}
     assert {"en", "fr", "de", "es"} <= langs
