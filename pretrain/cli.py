@@ -12,7 +12,10 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pretrain.config import ConfigError, IngestConfig, PipelineConfig, load_recipe, validate_config
+from pretrain.config import (
+    ConfigError, DedupConfig, IngestConfig, PerplexityConfig, PipelineConfig, QualityConfig, load_recipe,
+    validate_config,
+)
 
 app = typer.Typer(
     help="Common Crawl in, a trained model out. Each command runs one stage; `run` runs the pipeline.",
@@ -152,7 +155,7 @@ def dedup(
         updates = {k: v for k, v in {"threshold": threshold, "bands": bands, "rows_per_band": rows,
                                    "hash_partitions": partitions}.items()
                    if v is not None}
-        cfg = validate_config(type(recipe.dedup), {**recipe.dedup.model_dump(), **updates}, prefix="dedup.")
+        cfg = validate_config(DedupConfig, {**recipe.dedup.model_dump(), **updates}, prefix="dedup.")
     except ConfigError as error:
         _fail(str(error))
     ray_cfg = recipe.ray.model_copy(update={"num_cpus": num_cpus} if num_cpus else {})
@@ -164,6 +167,97 @@ def dedup(
     console.print(f"[green]kept[/green] {summary.get('documents_kept', 0)} of {summary.get('documents_in', 0)} documents")
     _print_drops(summary.get("dropped", {}))
     console.print(f"shards, clusters and report.json in {output}")
+
+
+quality_app = typer.Typer(help="Model-based quality: KenLM perplexity and a quality classifier.", no_args_is_help=True)
+app.add_typer(quality_app, name="quality")
+
+
+@quality_app.command("train-perplexity")
+def train_perplexity(
+    reference: list[str] = typer.Option(..., "--reference", "-r", help="Reference text: files, globs or folders "
+                                        "(.txt[.gz], JSONL, Parquet); repeatable."),
+    output: Path = typer.Option(..., "--output", "-o", help="Model folder to write (sp.model, lm.binary, model.json)."),
+    lang: str = typer.Option("en", help="Language of the reference text (documents in others are not scored)."),
+    order: Optional[int] = typer.Option(None, help="n-gram order (default 5)."),
+    vocab_size: Optional[int] = typer.Option(None, help="Sentencepiece vocabulary size (default 8000)."),
+    config: Optional[Path] = typer.Option(None, help="A recipe YAML; its `quality.perplexity` section gives defaults."),
+) -> None:
+    """Train a CCNet-style perplexity model: normalize, sentencepiece, KenLM n-gram, binarize."""
+    from flows.quality import train_perplexity_flow
+
+    try:
+        base = _recipe_or_default(config).quality.perplexity.model_dump()
+        updates = {k: v for k, v in {"lang": lang, "order": order, "vocab_size": vocab_size}.items() if v is not None}
+        cfg = validate_config(PerplexityConfig, {**base, **updates}, prefix="quality.perplexity.")
+    except ConfigError as error:
+        _fail(str(error))
+    try:
+        meta = train_perplexity_flow(reference=reference, output_dir=str(output), config=cfg)
+    except (FileNotFoundError, ValueError, RuntimeError) as error:
+        _fail(str(error))
+    console.print(f"[green]perplexity model[/green] ({meta.get('lang')}, order {meta.get('order')}) in {output}")
+
+
+@quality_app.command("train-classifier")
+def train_classifier(
+    positive: list[str] = typer.Option(..., "--positive", "-p", help="Reference (good) text; repeatable."),
+    negative: list[str] = typer.Option(..., "--negative", "-n", help="Web documents, e.g. ingested shards; repeatable."),
+    output: Path = typer.Option(..., "--output", "-o", help="Model folder to write (model.joblib, model.json)."),
+    max_documents: int = typer.Option(20_000, help="Documents sampled per class, at most."),
+    config: Optional[Path] = typer.Option(None, help="A recipe YAML; its `quality.classifier` section gives defaults."),
+) -> None:
+    """Train the quality classifier (hashed n-grams + logistic SGD) and report held-out metrics."""
+    from flows.quality import train_classifier_flow
+
+    try:
+        cfg = _recipe_or_default(config).quality.classifier
+    except ConfigError as error:
+        _fail(str(error))
+    try:
+        meta = train_classifier_flow(positive=positive, negative=negative, output_dir=str(output), config=cfg,
+                                     max_documents=max_documents)
+    except (FileNotFoundError, ValueError) as error:
+        _fail(str(error))
+    console.print(f"[green]classifier[/green] in {output}: " + json.dumps(meta.get("metrics", meta), default=str))
+
+
+@quality_app.command("score")
+def score(
+    input: Path = typer.Option(..., "--input", "-i", help="Folder of Parquet shards with `text` (and `id`)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Writes OUTPUT/scored (all rows + scores), OUTPUT/kept."),
+    perplexity_model: Optional[Path] = typer.Option(None, help="Folder from train-perplexity."),
+    classifier_model: Optional[Path] = typer.Option(None, help="Folder from train-classifier."),
+    keep_fraction: Optional[float] = typer.Option(None, help="Keep the top F of documents by quality_score."),
+    max_perplexity: Optional[float] = typer.Option(None, help="Keep documents with perplexity <= X."),
+    min_quality: Optional[float] = typer.Option(None, help="Keep documents with quality_score >= Q."),
+    config: Optional[Path] = typer.Option(None, help="A recipe YAML; its `quality` section gives defaults."),
+    num_cpus: Optional[int] = typer.Option(None, help="CPUs for the local Ray instance."),
+) -> None:
+    """Score shards with the models (on Ray, one load per worker) and keep by one rule."""
+    from flows.quality import QualityFailed, score_flow
+
+    try:
+        recipe = _recipe_or_default(config)
+        updates = {"perplexity_model": str(perplexity_model) if perplexity_model else None,
+                   "classifier_model": str(classifier_model) if classifier_model else None,
+                   "keep_fraction": keep_fraction, "max_perplexity": max_perplexity, "min_quality": min_quality}
+        cfg = validate_config(QualityConfig, {**recipe.quality.model_dump(),
+                                                     **{k: v for k, v in updates.items() if v is not None}},
+                              prefix="quality.")
+    except ConfigError as error:
+        _fail(str(error))
+    ray_cfg = recipe.ray.model_copy(update={"num_cpus": num_cpus} if num_cpus else {})
+    try:
+        summary = _run_with_progress("quality", lambda: score_flow(
+            config=cfg, input_dir=str(input), output_dir=str(output), ray_config=ray_cfg))
+    except QualityFailed as error:
+        _fail(f"{error}\nreport: {output / 'report.json'}", code=1)
+    except (FileNotFoundError, ValueError) as error:
+        _fail(str(error))
+    console.print(f"[green]kept[/green] {summary['documents_kept']} of {summary['documents_in']} documents; "
+                  f"cut-offs {summary['cutoffs']}; buckets {summary['buckets']}")
+    _print_drops(summary["dropped"])
 
 
 @app.command()

@@ -218,6 +218,56 @@ class DedupConfig(_Model):
     )
 
 
+class PerplexityConfig(_Model):
+    """CCNet-style perplexity model: normalization, sentencepiece, a KenLM n-gram."""
+
+    lang: str = Field("en", description="The language this model is for; documents in others are not scored.")
+    order: int = Field(5, ge=2, le=9, description="n-gram order of the KenLM model.")
+    vocab_size: int = Field(8000, ge=100, description="Sentencepiece vocabulary size.")
+    max_train_chars: int = Field(50_000_000, ge=1000, description="Reference text used for training, at most.")
+    lmplz_memory: str = Field("20%", description="lmplz -S: memory for sorting (percent of RAM or bytes).")
+    head_percentile: float = Field(30.0, gt=0, lt=100, description="head: perplexity below this percentile.")
+    middle_percentile: float = Field(60.0, gt=0, lt=100, description="middle: below this; tail: the rest.")
+    cutoffs: tuple[float, float] | None = Field(
+        None, description="Fixed (head, middle) perplexity cut-offs instead of percentiles, e.g. CCNet en (340, 520)."
+    )
+
+
+class ClassifierConfig(_Model):
+    """DCLM-style quality classifier: hashed n-gram features and a linear model."""
+
+    n_features: int = Field(2**20, ge=1024, description="Hashing vectorizer width.")
+    word_ngrams: tuple[int, int] = Field((1, 2), description="Word n-gram range.")
+    char_ngrams: tuple[int, int] | None = Field((3, 5), description="Character n-gram range; None for words only.")
+    alpha: float = Field(1e-5, gt=0, description="SGD regularization.")
+    epochs: int = Field(10, ge=1)
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="Held-out share for ROC-AUC and precision.")
+    max_chars_per_doc: int = Field(20_000, ge=100, description="Documents are cut to this length.")
+    seed: int = 0
+
+
+class QualityConfig(_Model):
+    """Model-based scoring and the keep rule (at most one of the three thresholds)."""
+
+    perplexity_model: str | None = Field(None, description="Folder written by train-perplexity.")
+    classifier_model: str | None = Field(None, description="Folder written by train-classifier.")
+    keep_fraction: float | None = Field(None, gt=0, le=1, description="Keep the top share by quality_score.")
+    max_perplexity: float | None = Field(None, gt=0, description="Keep documents at or below this perplexity.")
+    min_quality: float | None = Field(None, ge=0, le=1, description="Keep documents with quality_score >= this.")
+    percentile_sample_rows: int = Field(
+        200_000, ge=100, description="Scores sampled across shards to compute percentile cut-offs."
+    )
+    perplexity: PerplexityConfig = Field(default_factory=PerplexityConfig)
+    classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
+
+    @model_validator(mode="after")
+    def _one_keep_rule(self) -> QualityConfig:
+        rules = [n for n in ("keep_fraction", "max_perplexity", "min_quality") if getattr(self, n) is not None]
+        if len(rules) > 1:
+            raise ValueError(f"give at most one of keep_fraction, max_perplexity, min_quality (got {rules})")
+        return self
+
+
 class PipelineConfig(_Model):
     """A whole recipe: what `pretrain run` and the Prefect deployments take."""
 
@@ -230,6 +280,7 @@ class PipelineConfig(_Model):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
 
 
 def _deep_merge(base: dict, override: dict) -> dict:
