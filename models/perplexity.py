@@ -47,7 +47,7 @@ LM_BINARY = "lm.binary"
 MODEL_JSON = "model.json"
 KENLM_BIN_ENV = "KENLM_BIN_DIR"
 KENLM_FIX = "run `make setup` (or `bash infra/build_kenlm.sh .venv`)"
-TRAIN_HINT = "train one with `pretrain train-perplexity` (models.perplexity.train_perplexity_model)"
+TRAIN_HINT = "train one with `pretrain quality train-perplexity` (models.perplexity.train_perplexity_model)"
 BUCKETS = ("head", "middle", "tail", "none")
 
 LOADS: Counter[str] = Counter()

@@ -23,7 +23,7 @@ from tasks.quality.corpus import iter_corpus
 pytestmark = pytest.mark.integration
 TRAIN_BOOKS = ["Great_Expectations_CharlesDickens", "French_Revolution_ThomasCarlyle", "My_Man_Jeeves_PGWodehouse",
                "Anne-of-Green-Gables", "Collected_Speeches_FrederickDouglass"]
-HELD_OUT_BOOKS = ["Pride_and_Prejudice_JaneAusten", "The_Conduct_of_Life_RalphWaldoEmerson"]
+HELD_OUT_BOOKS = ["Pride_and_Prejudice_JaneAusten", "The_Conduct_of_Life_RalphWaldoEmerson", "2701-0"]
 JUNK = ["Home | About us | Contact | Privacy policy | Login | Cart | Newsletter | Sitemap",
         "buy cheap watches best price cheap watches online discount watches buy now free shipping",
         "Accept all cookies. We use cookies to improve your experience. Manage preferences.",
@@ -69,7 +69,7 @@ def scoring_input(tmp_path_factory):
     books = shared_data("reference", "en")
     prose = [doc for name in HELD_OUT_BOOKS for doc in iter_corpus([str(books / f"{name}.txt.gz")])]
     rng = random.Random(0)
-    shuffled = [" ".join(rng.sample(doc.split(), len(doc.split()))) for doc in prose[:300]]
+    shuffled = [" ".join(rng.sample(doc.split(), len(doc.split()))) for doc in prose[:500]]
     texts = prose + shuffled + web_texts(237) + JUNK * 50
     rng.shuffle(texts)
     folder = tmp_path_factory.mktemp("quality-input")
