@@ -268,6 +268,83 @@ class QualityConfig(_Model):
         return self
 
 
+class TokenizeConfig(_Model):
+    """Byte-level BPE tokenizer and packed token shards."""
+
+    tokenizer: str | None = Field(None, description="An existing tokenizer.json; default: train one on the input.")
+    vocab_size: int = Field(32_000, ge=256, description="Vocabulary of a trained tokenizer.")
+    train_max_documents: int = Field(100_000, ge=100, description="Documents sampled to train the tokenizer.")
+    val_fraction: float = Field(0.01, ge=0, lt=1, description="Share of documents held out for validation.")
+    weights: dict[str, float] = Field(
+        default_factory=dict, description="Mixture weight per `source` (default 1.0 each); 2.0 doubles a source."
+    )
+    seed: int = 0
+
+
+class ModelConfig(_Model):
+    """Decoder-only transformer (Llama-style: RMSNorm, RoPE, SwiGLU, optional GQA)."""
+
+    vocab_size: int = Field(32_000, ge=2)
+    n_layers: int = Field(12, ge=1)
+    d_model: int = Field(768, ge=8)
+    n_heads: int = Field(12, ge=1)
+    n_kv_heads: int | None = Field(None, ge=1, description="Grouped-query attention heads; None = n_heads.")
+    ffn_hidden: int | None = Field(None, ge=8, description="SwiGLU width; None = about 8/3 d_model, rounded.")
+    max_seq_len: int = Field(2048, ge=8)
+    rope_theta: float = 10_000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    attention: Literal["auto", "flash_attn", "sdpa", "math"] = Field(
+        "auto", description="auto: flash_attn on CUDA if installed, else SDPA, else plain math."
+    )
+    activation_checkpointing: bool = False
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> ModelConfig:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        kv = self.n_kv_heads or self.n_heads
+        if self.n_heads % kv:
+            raise ValueError(f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({kv})")
+        return self
+
+
+class TrainConfig(_Model):
+    """Training with DeepSpeed; the DeepSpeed JSON is generated from these fields."""
+
+    data_dir: str = Field("", description="Token shards folder written by `pretrain tokenize`.")
+    output_dir: str = Field("runs/train", description="Run folder: checkpoints, metrics.jsonl, exports.")
+    model_size: str | None = Field("tiny", description="A named size from models/ (tiny, 125m, 350m, 1b, ...).")
+    model: ModelConfig | None = Field(None, description="Explicit model shape (overrides model_size).")
+    seq_len: int = Field(256, ge=8)
+    micro_batch_size: int = Field(4, ge=1, description="Sequences per device per micro step.")
+    grad_accum_steps: int = Field(1, ge=1)
+    global_batch_size: int | None = Field(
+        None, ge=1, description="Sequences per optimizer step; checked = micro x accum x world size."
+    )
+    max_steps: int = Field(100, ge=1)
+    lr: float = Field(3e-4, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine decays to lr x this.")
+    warmup_steps: int = Field(10, ge=0)
+    weight_decay: float = Field(0.1, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = Field(1.0, ge=0)
+    zero_stage: int = Field(3, ge=0, le=3)
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    fp8: bool = Field(False, description="FP8 matmuls where the hardware supports them (H100); else reported off.")
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    overlap_comm: bool = True
+    reduce_bucket_size: int = Field(50_000_000, ge=1)
+    num_procs: int = Field(1, ge=1, description="Processes on this node (GPUs, or CPU ranks on gloo).")
+    hostfile: str | None = Field(None, description="DeepSpeed hostfile for multi-node runs.")
+    checkpoint_every_steps: int = Field(50, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    eval_every_steps: int = Field(50, ge=1)
+    eval_batches: int = Field(4, ge=1)
+    seed: int = 0
+
+
 class PipelineConfig(_Model):
     """A whole recipe: what `pretrain run` and the Prefect deployments take."""
 
@@ -281,6 +358,8 @@ class PipelineConfig(_Model):
     filter: FilterConfig = Field(default_factory=FilterConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
+    tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
 
 
 def _deep_merge(base: dict, override: dict) -> dict:
