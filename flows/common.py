@@ -6,9 +6,12 @@ import json
 from pathlib import Path
 
 from prefect.artifacts import create_markdown_artifact
+from prefect.futures import as_completed
+from prefect.tasks import exponential_backoff
 
+from pretrain.progress import report_progress
 from pretrain.provenance import atomic_write_text
-from tasks.errors import is_transient_error
+from tasks.errors import describe_error, is_transient_error
 
 
 def retry_if_transient(task, task_run, state) -> bool:
@@ -18,6 +21,38 @@ def retry_if_transient(task, task_run, state) -> bool:
     except Exception as exc:  # the failed state re-raises the task's exception
         return is_transient_error(exc)
     return False
+
+
+# What every per-shard stage task shares: retried only on transient errors, with
+# backoff and jitter; results persisted (needed for caching), not kept in memory.
+SHARD_TASK_OPTIONS = dict(
+    retries=2,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_if_transient,
+    persist_result=True,
+    cache_result_in_memory=False,
+)
+
+
+def gather(stage: str, futures: dict, logger=None) -> tuple[list, list[dict], int]:
+    """Wait for every future (mapped to a label); (results, failures, cache hits).
+
+    A failed task does not stop the others: its label and cause are collected, and
+    the caller reports them once everything has finished.
+    """
+    results, failures, hits = [], [], 0
+    for done, future in enumerate(as_completed(list(futures)), start=1):
+        try:
+            results.append(future.result())
+            hits += future.state.name == "Cached"
+        except Exception as exc:
+            failures.append({"input": str(futures[future]), "error": describe_error(exc)})
+            if logger is not None:
+                logger.error("%s failed: %s: %s", stage, futures[future], failures[-1]["error"])
+        report_progress(stage, done, len(futures))
+    failures.sort(key=lambda failure: failure["input"])
+    return results, failures, hits
 
 
 def file_identity(path: str | Path) -> str:

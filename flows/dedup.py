@@ -24,13 +24,12 @@ from pathlib import Path
 import ray
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
-from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
-from prefect.tasks import exponential_backoff
 
-from flows.common import file_identity, funnel_table, parquet_shards, publish_markdown, retry_if_transient, write_report
+from flows.common import (
+    SHARD_TASK_OPTIONS, file_identity, funnel_table, gather, parquet_shards, publish_markdown, write_report,
+)
 from pretrain.config import DedupConfig, RayConfig
-from pretrain.progress import report_progress
 from pretrain.provenance import code_version, stable_hash, write_info_json
 from tasks.dedup import DEDUP_MODULES
 from tasks.dedup.apply import write_deduped_shard
@@ -38,17 +37,8 @@ from tasks.dedup.buckets import find_edges
 from tasks.dedup.clusters import build_clusters
 from tasks.dedup.hashing import hash_shard, stage1_outputs
 from tasks.dedup.layout import REASONS, Layout, key_slots
-from tasks.errors import describe_error
 from tasks.ray_runtime import ensure_ray
 
-TASK_OPTIONS = dict(
-    retries=2,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_if_transient,
-    persist_result=True,
-    cache_result_in_memory=False,
-)
 
 
 class DedupFailed(RuntimeError):
@@ -93,14 +83,14 @@ def _write_on_ray(shard_path: str, shard: str, output_dir: str) -> dict:
     return write_deduped_shard(Path(shard_path), layout.cluster_table(shard), layout.output_shard(shard))
 
 
-@task(name="dedup-hash", task_run_name="dedup-hash-{shard}", **TASK_OPTIONS,
+@task(name="dedup-hash", task_run_name="dedup-hash-{shard}", **SHARD_TASK_OPTIONS,
       cache_key_fn=lambda ctx, p: hash_key(p["shard_path"], p["output_dir"], p["config"]))
 def hash_task(shard_path: str, shard: str, output_dir: str, config: DedupConfig) -> dict:
     """Stage 1: the bucketed keys of one shard."""
     return ray.get(_hash_on_ray.remote(shard_path, shard, output_dir, config))
 
 
-@task(name="dedup-buckets", task_run_name="dedup-buckets-{slot_name}-p{part}", **TASK_OPTIONS,
+@task(name="dedup-buckets", task_run_name="dedup-buckets-{slot_name}-p{part}", **SHARD_TASK_OPTIONS,
       cache_key_fn=lambda ctx, p: bucket_key(p["upstream"], p["slot_index"], p["part"], p["output_dir"], p["config"]))
 def buckets_task(shards: list[str], slot_index: int, slot_name: str, part: int, output_dir: str,
                  config: DedupConfig, upstream: str) -> dict:
@@ -108,14 +98,14 @@ def buckets_task(shards: list[str], slot_index: int, slot_name: str, part: int, 
     return ray.get(_buckets_on_ray.remote(shards, slot_index, part, output_dir, config))
 
 
-@task(name="dedup-clusters", **TASK_OPTIONS,
+@task(name="dedup-clusters", **SHARD_TASK_OPTIONS,
       cache_key_fn=lambda ctx, p: stage_key("dedup-clusters", p["upstream"], p["output_dir"]))
 def clusters_task(shards: list[str], inputs: list[str], output_dir: str, config: DedupConfig, upstream: str) -> dict:
     """Stage 3: clusters, kept documents and the per-shard cluster tables."""
     return ray.get(_clusters_on_ray.remote(shards, inputs, output_dir, config))
 
 
-@task(name="dedup-write", task_run_name="dedup-write-{shard}", **TASK_OPTIONS,
+@task(name="dedup-write", task_run_name="dedup-write-{shard}", **SHARD_TASK_OPTIONS,
       cache_key_fn=lambda ctx, p: stage_key("dedup-write", p["upstream"], p["output_dir"], p["shard"]))
 def write_task(shard_path: str, shard: str, output_dir: str, upstream: str) -> dict:
     """Stage 4: the kept rows of one shard with their dup_cluster."""
@@ -124,16 +114,10 @@ def write_task(shard_path: str, shard: str, output_dir: str, upstream: str) -> d
 
 def collect(stage: str, futures: dict) -> tuple[list[dict], int]:
     """Wait for every future of a stage; raise DedupFailed (after all finished) if any failed."""
-    results, failures, hits = [], [], 0
-    for done, future in enumerate(as_completed(list(futures)), start=1):
-        try:
-            results.append(future.result())
-            hits += future.state.name == "Cached"
-        except Exception as exc:
-            failures.append(f"{futures[future]}: {describe_error(exc)}")
-        report_progress(stage, done, len(futures))
+    results, failures, hits = gather(stage, futures)
     if failures:
-        raise DedupFailed(f"{stage}: {len(failures)} of {len(futures)} task(s) failed: " + "; ".join(sorted(failures)))
+        raise DedupFailed(f"{stage}: {len(failures)} of {len(futures)} task(s) failed: "
+                          + "; ".join(f"{f['input']}: {f['error']}" for f in failures))
     return results, hits
 
 

@@ -15,15 +15,11 @@ from pathlib import Path
 import ray
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
-from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
-from prefect.tasks import exponential_backoff
 
-from flows.common import file_identity, funnel_table, parquet_shards, publish_markdown, retry_if_transient, write_report
+from flows.common import SHARD_TASK_OPTIONS, file_identity, funnel_table, gather, parquet_shards, publish_markdown, write_report
 from pretrain.config import FilterConfig, RayConfig
-from pretrain.progress import report_progress
 from pretrain.provenance import code_version, stable_hash, write_info_json
-from tasks.errors import describe_error
 from tasks.filter_runner import FILTER_MODULES, filter_shard
 from tasks.ray_runtime import ensure_ray
 
@@ -47,17 +43,7 @@ def _filter_on_ray(in_path: str, out_path: str, config: FilterConfig, removed_di
     return filter_shard(Path(in_path), Path(out_path), config, Path(removed_dir))
 
 
-@task(
-    name="filter-shard",
-    task_run_name="filter-{shard_name}",
-    retries=2,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_if_transient,
-    cache_key_fn=filter_cache_key,
-    persist_result=True,
-    cache_result_in_memory=False,
-)
+@task(name="filter-shard", task_run_name="filter-{shard_name}", cache_key_fn=filter_cache_key, **SHARD_TASK_OPTIONS)
 def filter_shard_task(in_path: str, out_path: str, config: FilterConfig, removed_dir: str, shard_name: str) -> dict:
     return ray.get(_filter_on_ray.remote(in_path, out_path, config, removed_dir))
 
@@ -123,15 +109,7 @@ def filter_flow(config: FilterConfig, input_dir: str, output_dir: str, ray_confi
         target = out / shard.name
         runner = filter_shard_task.with_options(refresh_cache=not target.exists())
         futures[runner.submit(str(shard), str(target), config, str(removed_dir), shard.stem)] = shard
-    reports, failures, cache_hits = [], [], 0
-    for done, future in enumerate(as_completed(list(futures)), start=1):
-        try:
-            reports.append(future.result())
-            cache_hits += future.state.name == "Cached"
-        except Exception as exc:
-            failures.append({"input": str(futures[future]), "error": describe_error(exc)})
-            logger.error("failed: %s: %s", futures[future], failures[-1]["error"])
-        report_progress("filter", done, len(shards))
+    reports, failures, cache_hits = gather("filter", futures, logger)
     reports.sort(key=lambda r: r["shard"])
 
     summary = summarize(reports, failures, time.perf_counter() - started)

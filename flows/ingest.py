@@ -16,15 +16,11 @@ from pathlib import Path
 import ray
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
-from prefect.tasks import exponential_backoff
 
-from flows.common import retry_if_transient, write_report
+from flows.common import SHARD_TASK_OPTIONS, gather, write_report
 from pretrain.config import IngestConfig, RayConfig
-from pretrain.progress import report_progress
 from pretrain.provenance import code_version, stable_hash, write_info_json
-from tasks.errors import describe_error
 from tasks.ingest import INGEST_MODULES, ingest_input
 from tasks.ray_runtime import ensure_ray
 from tasks.sources import InputFile, input_identity, resolve_inputs
@@ -58,17 +54,7 @@ def _ingest_on_ray(item: InputFile, shard_path: str, config: IngestConfig) -> di
     return ingest_input(item, Path(shard_path), config)
 
 
-@task(
-    name="ingest-shard",
-    task_run_name="ingest-{shard_name}",
-    retries=2,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_if_transient,
-    cache_key_fn=shard_cache_key,
-    persist_result=True,
-    cache_result_in_memory=False,
-)
+@task(name="ingest-shard", task_run_name="ingest-{shard_name}", cache_key_fn=shard_cache_key, **SHARD_TASK_OPTIONS)
 def ingest_shard(item: InputFile, shard_path: str, config: IngestConfig, shard_name: str) -> dict:
     """Ingest one input file into one shard (on a Ray worker); returns its report."""
     return ray.get(_ingest_on_ray.remote(item, shard_path, config))
@@ -159,18 +145,8 @@ def ingest_flow(config: IngestConfig, output_dir: str = "runs/local/ingest", ray
         runner = ingest_shard.with_options(refresh_cache=not shard.exists())
         futures[runner.submit(item, str(shard), config, name)] = item
 
-    reports, failures, cache_hits = [], [], 0
-    for done, future in enumerate(as_completed(list(futures)), start=1):
-        item = futures[future]
-        try:
-            reports.append(future.result())
-            cache_hits += future.state.name == "Cached"
-        except Exception as exc:
-            failures.append({"input": item.uri, "error": describe_error(exc)})
-            logger.error("failed: %s: %s", item.uri, failures[-1]["error"])
-        report_progress("ingest", done, len(files))
+    reports, failures, cache_hits = gather("ingest", {f: item.uri for f, item in futures.items()}, logger)
     reports.sort(key=lambda r: r["shard"])
-    failures.sort(key=lambda f: f["input"])
 
     summary = summarize(reports, failures, time.perf_counter() - started)
     summary["cache_hits"] = cache_hits

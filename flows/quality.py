@@ -18,15 +18,11 @@ from pathlib import Path
 import ray
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_image_artifact, create_markdown_artifact
-from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
-from prefect.tasks import exponential_backoff
 
-from flows.common import file_identity, funnel_table, parquet_shards, retry_if_transient, write_report
+from flows.common import SHARD_TASK_OPTIONS, file_identity, funnel_table, gather, parquet_shards, write_report
 from pretrain.config import ClassifierConfig, PerplexityConfig, QualityConfig, RayConfig
-from pretrain.progress import report_progress
 from pretrain.provenance import code_version, stable_hash, write_info_json
-from tasks.errors import describe_error
 from tasks.quality.corpus import corpus_identity, sample_corpus
 from tasks.quality.score import (
     QUALITY_MODULES, Cutoffs, apply_scores, cutoffs_from_scores, sample_scores, score_shard,
@@ -114,10 +110,7 @@ def _score_key(context, parameters: dict) -> str:
                        code_version(*QUALITY_MODULES), parameters["scores_path"])
 
 
-@task(name="quality-score", task_run_name="score-{shard_name}", retries=2,
-      retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.5,
-      retry_condition_fn=retry_if_transient, cache_key_fn=_score_key, persist_result=True,
-      cache_result_in_memory=False)
+@task(name="quality-score", task_run_name="score-{shard_name}", cache_key_fn=_score_key, **SHARD_TASK_OPTIONS)
 def score_task(scorer, in_path: str, scores_path: str, config: QualityConfig, shard_name: str) -> dict:
     return ray.get(scorer.score.remote(in_path, scores_path))
 
@@ -153,15 +146,7 @@ def _run_scoring(shards: list[Path], work: Path, cfg: QualityConfig, logger) -> 
     for index, shard in enumerate(shards):
         runner = score_task.with_options(refresh_cache=not (work / shard.name).exists())
         futures[runner.submit(scorers[index % n_actors], str(shard), str(work / shard.name), cfg, shard.stem)] = shard
-    reports, failures, hits = [], [], 0
-    for done, future in enumerate(as_completed(list(futures)), start=1):
-        try:
-            reports.append(future.result())
-            hits += future.state.name == "Cached"
-        except Exception as exc:
-            failures.append({"input": str(futures[future]), "error": describe_error(exc)})
-            logger.error("scoring failed: %s: %s", futures[future], failures[-1]["error"])
-        report_progress("quality-score", done, len(shards))
+    reports, failures, hits = gather("quality-score", futures, logger)
     loads = ray.get([s.model_loads.remote() for s in scorers])
     for scorer in scorers:
         ray.kill(scorer)

@@ -1,0 +1,159 @@
+"""Prefect flow: train (or load) the tokenizer, then tokenize every shard on Ray into packed token files.
+
+Output (see ``tasks.tokenize``): ``tokenizer.json``, ``train/`` and ``val/`` ``.bin``
+files, ``index.json`` (written last: its presence means the folder is complete),
+``report.json`` and ``info.json``; artifact: splits and the source mixture.
+
+Caching: the tokenizer task is keyed on the input shards' identities, the
+tokenizer settings, the code version and the output folder; each shard task on
+its input's identity, the written tokenizer's digest, the split and weight
+settings, the code version and its output files. A task whose output is missing
+is recomputed.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import ray
+from prefect import flow, get_run_logger, task
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.common import SHARD_TASK_OPTIONS, file_identity, funnel_table, gather, publish_markdown, write_report
+from pretrain.config import RayConfig, TokenizeConfig
+from pretrain.provenance import code_version, stable_hash, write_info_json
+from tasks.ray_runtime import ensure_ray
+from tasks.tokenize import (
+    INDEX_FILE, SPLITS, TOKENIZE_MODULES, TOKENIZER_FILE, build_index, build_tokenizer, check_weights,
+    file_sha256, input_shards, tokenize_shard, write_index,
+)
+
+SHARD_SETTINGS = {"val_fraction", "weights", "seed", "eos_token"}
+TOKENIZER_SETTINGS = {"tokenizer", "eos_token", "vocab_size", "train_max_documents", "seed"}
+
+
+class TokenizeFailed(RuntimeError):
+    """Some shards failed after their retries; report.json lists them and no index.json is written."""
+
+
+def tokenizer_key(context, parameters: dict) -> str:
+    config: TokenizeConfig = parameters["config"]
+    inputs = [file_identity(config.tokenizer)] if config.tokenizer else \
+        [file_identity(p) for p in parameters["shard_paths"]]
+    return stable_hash("tokenizer", inputs, config.model_dump(include=TOKENIZER_SETTINGS),
+                       code_version(*TOKENIZE_MODULES), parameters["output_dir"])
+
+
+@task(name="tokenizer", cache_key_fn=tokenizer_key, **SHARD_TASK_OPTIONS)
+def tokenizer_task(shard_paths: list[str], config: TokenizeConfig, output_dir: str) -> dict:
+    return build_tokenizer([Path(p) for p in shard_paths], config, Path(output_dir))
+
+
+def shard_key(context, parameters: dict) -> str:
+    return stable_hash("tokenize-shard", file_identity(parameters["in_path"]), parameters["tokenizer_sha256"],
+                       parameters["config"].model_dump(include=SHARD_SETTINGS), code_version(*TOKENIZE_MODULES),
+                       parameters["train_path"], parameters["val_path"])
+
+
+# One CPU per shard: the tokenizer's own thread pool would oversubscribe the node.
+@ray.remote(num_cpus=1, max_retries=3, runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+def _tokenize_on_ray(in_path: str, train_path: str, val_path: str, tokenizer_path: str,
+                     config: TokenizeConfig) -> dict:
+    return tokenize_shard(Path(in_path), Path(train_path), Path(val_path), Path(tokenizer_path), config)
+
+
+@task(name="tokenize-shard", task_run_name="tokenize-{shard_name}", cache_key_fn=shard_key, **SHARD_TASK_OPTIONS)
+def tokenize_shard_task(in_path: str, train_path: str, val_path: str, tokenizer_path: str, tokenizer_sha256: str,
+                        config: TokenizeConfig, shard_name: str) -> dict:
+    return ray.get(_tokenize_on_ray.remote(in_path, train_path, val_path, tokenizer_path, config))
+
+
+def summarize(index: dict | None, reports: list[dict], failures: list[dict], tokenizer: dict,
+              seconds: float, cache_hits: int) -> dict:
+    written = sum(r["splits"][name]["tokens"] for r in reports for name in SPLITS)
+    return {
+        "shards": len(reports) + len(failures),
+        "shards_written": len(reports),
+        "failed": failures,
+        "cache_hits": cache_hits,
+        "tokenizer": tokenizer,
+        "documents": sum(r["documents"] for r in reports),
+        "dropped": {reason: sum(r["dropped"].get(reason, 0) for r in reports)
+                    for reason in sorted({k for r in reports for k in r["dropped"]})},
+        "tokens": index["tokens"] if index else None,
+        "sources": index["sources"] if index else None,
+        "seconds": round(seconds, 2),
+        "tokens_per_s": round(written / seconds, 1) if seconds > 0 else None,
+        "reports": sorted(reports, key=lambda r: r["shard"]),
+    }
+
+
+def publish(summary: dict) -> None:
+    tokens, sources = summary["tokens"], summary["sources"]
+    lines = funnel_table([("documents", summary["documents"]), ("train tokens", tokens["train"]),
+                          ("val tokens", tokens["val"]), ("vocab size", summary["tokenizer"]["vocab_size"]),
+                          ("tokens/s", summary["tokens_per_s"])], ("", "value"))
+    total = max(1, tokens["train"])
+    lines += ["", "| source | documents | weight | train tokens (raw) | train tokens (weighted) | share |",
+              "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {name} | {s['documents']} | {s['weight']} | {s['raw_tokens']} | {s['tokens']} | "
+              f"{s['tokens'] / total:.1%} |" for name, s in sources.items()]
+    publish_markdown("tokenize-mixture", "Tokenized data", lines)
+
+
+@flow(name="tokenize", task_runner=ThreadPoolTaskRunner(max_workers=16))
+def tokenize_flow(config: TokenizeConfig, input_dirs: list[str], output_dir: str,
+                  ray_config: RayConfig = RayConfig()) -> dict:
+    """Train or load a byte-level BPE tokenizer and write packed train/val token shards with index.json."""
+    logger = get_run_logger()
+    started = time.perf_counter()
+    check_weights(config.weights)
+    if config.tokenizer and not Path(config.tokenizer).is_file():
+        raise FileNotFoundError(f"no tokenizer file at {config.tokenizer}")
+    shards = input_shards(input_dirs)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / INDEX_FILE).unlink(missing_ok=True)  # present only while the folder is complete and consistent
+    ensure_ray(ray_config)
+
+    runner = tokenizer_task.with_options(refresh_cache=not (out / TOKENIZER_FILE).is_file())
+    state = runner([str(path) for _, path in shards], config, str(out), return_state=True)
+    tokenizer = {**state.result(), "cached": state.name == "Cached"}
+    tokenizer_path = out / TOKENIZER_FILE
+    digest = file_sha256(tokenizer_path)  # the file as it is now, whatever a cached result says
+    logger.info("tokenizer %s: vocab %d, EOS id %d; tokenizing %d shard(s) into %s",
+                tokenizer["source"], tokenizer["vocab_size"], tokenizer["eos_id"], len(shards), out)
+
+    futures = {}
+    for name, path in shards:
+        train_path, val_path = out / "train" / f"{name}.bin", out / "val" / f"{name}.bin"
+        task_runner = tokenize_shard_task.with_options(
+            refresh_cache=not (train_path.is_file() and val_path.is_file()))
+        future = task_runner.submit(str(path), str(train_path), str(val_path), str(tokenizer_path), digest,
+                                    config, name)
+        futures[future] = path
+    reports, failures, cache_hits = gather("tokenize", futures, logger)
+
+    index = build_index(reports, {**tokenizer, "sha256": digest}, config) if not failures else None
+    summary = summarize(index, reports, failures, tokenizer, time.perf_counter() - started, cache_hits)
+    write_info_json(out, stage="tokenize", code=code_version(*TOKENIZE_MODULES), config=config.model_dump(),
+                    inputs=[str(path) for _, path in shards], tokenizer_sha256=digest)
+    write_report(out, summary)
+    if failures:
+        raise TokenizeFailed(f"{len(failures)} of {len(shards)} shards failed: "
+                             + "; ".join(f"{f['input']} ({f['error']})" for f in failures))
+    _remove_stale(out, {name for name, _ in shards})
+    write_index(out, index)
+    publish(summary)
+    logger.info("tokenize: %d documents, %d train and %d val tokens (%d shard(s) from cache)",
+                summary["documents"], index["tokens"]["train"], index["tokens"]["val"], cache_hits)
+    return summary
+
+
+def _remove_stale(out: Path, names: set[str]) -> None:
+    """Token files of shards no longer among the inputs (an earlier run's) must not linger."""
+    for split in SPLITS:
+        for path in (out / split).glob("*.bin"):
+            if path.stem not in names:
+                path.unlink()
