@@ -137,6 +137,10 @@ def tokenize_flow(config: TokenizeConfig, input_dirs: list[str], output_dir: str
 
     index = build_index(reports, {**tokenizer, "sha256": digest}, config) if not failures else None
     summary = summarize(index, reports, failures, tokenizer, time.perf_counter() - started, cache_hits)
+    seen = {source for r in reports for source in r["sources"]}
+    summary["unused_weights"] = sorted(set(config.weights) - seen)
+    if summary["unused_weights"] and not failures:
+        logger.warning("weights given for sources not in the input: %s", summary["unused_weights"])
     write_info_json(out, stage="tokenize", code=code_version(*TOKENIZE_MODULES), config=config.model_dump(),
                     inputs=[str(path) for _, path in shards], tokenizer_sha256=digest)
     write_report(out, summary)

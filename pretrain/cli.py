@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pretrain.config import (
-    ConfigError, DedupConfig, IngestConfig, PerplexityConfig, PipelineConfig, QualityConfig, load_recipe,
+    ConfigError, DedupConfig, IngestConfig, PerplexityConfig, PipelineConfig, QualityConfig, TokenizeConfig, load_recipe,
     validate_config,
 )
 
@@ -258,6 +258,42 @@ def score(
     console.print(f"[green]kept[/green] {summary['documents_kept']} of {summary['documents_in']} documents; "
                   f"cut-offs {summary['cutoffs']}; buckets {summary['buckets']}")
     _print_drops(summary["dropped"])
+
+
+@app.command()
+def tokenize(
+    input: list[Path] = typer.Option(..., "--input", "-i", help="Folder(s) of Parquet shards with `text` (repeatable)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Token shards folder: train/, val/, index.json, tokenizer.json."),
+    tokenizer: Optional[Path] = typer.Option(None, help="Use this tokenizer.json instead of training one."),
+    vocab_size: Optional[int] = typer.Option(None, help="Vocabulary of the trained BPE tokenizer (default 32000)."),
+    weights: list[str] = typer.Option([], help="Mixture weight per source: source=w (repeatable or comma-separated)."),
+    config: Optional[Path] = typer.Option(None, help="A recipe YAML; its `tokenize` section gives defaults."),
+    num_cpus: Optional[int] = typer.Option(None, help="CPUs for the local Ray instance."),
+) -> None:
+    """Train (or load) a byte-level BPE tokenizer and write packed token shards on Ray."""
+    from flows.tokenize import TokenizeFailed, tokenize_flow
+    from tasks.tokenize import parse_weights
+
+    if tokenizer and vocab_size:
+        _fail("give --tokenizer or --vocab-size, not both (a given tokenizer has its own vocabulary)")
+    try:
+        recipe = _recipe_or_default(config)
+        updates = {k: v for k, v in {"tokenizer": str(tokenizer) if tokenizer else None, "vocab_size": vocab_size,
+                                     "weights": parse_weights(weights) if weights else None}.items() if v is not None}
+        cfg = validate_config(TokenizeConfig, {**recipe.tokenize.model_dump(), **updates}, prefix="tokenize.")
+    except (ConfigError, ValueError) as error:
+        _fail(str(error))
+    ray_cfg = recipe.ray.model_copy(update={"num_cpus": num_cpus} if num_cpus else {})
+    try:
+        summary = _run_with_progress("tokenize", lambda: tokenize_flow(
+            config=cfg, input_dirs=[str(p) for p in input], output_dir=str(output), ray_config=ray_cfg))
+    except TokenizeFailed as error:
+        _fail(f"{error}\nreport: {output / 'report.json'}", code=1)
+    except (FileNotFoundError, ValueError) as error:
+        _fail(str(error))
+    console.print(f"[green]tokenized[/green] {summary['documents']} documents: {summary['tokens']['train']} train and "
+                  f"{summary['tokens']['val']} validation tokens ({summary['tokens_per_s']} tokens/s, "
+                  f"{summary['cache_hits']} shard(s) from cache); index in {output / 'index.json'}")
 
 
 @app.command()

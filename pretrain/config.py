@@ -272,6 +272,9 @@ class TokenizeConfig(_Model):
     """Byte-level BPE tokenizer and packed token shards."""
 
     tokenizer: str | None = Field(None, description="An existing tokenizer.json; default: train one on the input.")
+    eos_token: str = Field(
+        "<|endoftext|>", description="Appended after every document; id 0 of a trained tokenizer, looked up in a given one."
+    )
     vocab_size: int = Field(32_000, ge=256, description="Vocabulary of a trained tokenizer.")
     train_max_documents: int = Field(100_000, ge=100, description="Documents sampled to train the tokenizer.")
     val_fraction: float = Field(0.01, ge=0, lt=1, description="Share of documents held out for validation.")
@@ -343,6 +346,11 @@ class TrainConfig(_Model):
     eval_every_steps: int = Field(50, ge=1)
     eval_batches: int = Field(4, ge=1)
     seed: int = 0
+    stop_after_steps: int | None = Field(
+        None, ge=1,
+        description="Debug: exit after this step (and its checkpoint) without the final save, as a crash "
+                    "would; `--resume` then continues to max_steps.",
+    )
 
 
 class PipelineConfig(_Model):
