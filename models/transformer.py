@@ -1,0 +1,210 @@
+"""A Llama-style decoder-only transformer in plain PyTorch.
+
+RMSNorm before each sub-layer, rotary position embeddings, SwiGLU MLP, optional
+grouped-query attention, optional tied input/output embeddings. Module names are
+those of Hugging Face's ``LlamaForCausalLM`` without its ``model.`` prefix
+(``embed_tokens``, ``layers.N.self_attn.q_proj``, ..., ``norm``; ``lm_head`` as is),
+so ``models/export_hf.py`` only renames keys, and RoPE follows HF's ``rotate_half``
+convention so the exported model gives the same logits.
+
+Shapes: B batch, T sequence, C d_model, H query heads, KV key/value heads,
+D head dim (C // H), F SwiGLU width, V vocabulary.
+Parallelism and DeepSpeed wrapping live elsewhere; this file knows nothing of them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from models.attention import attention
+from pretrain.config import ModelConfig
+
+INIT_STD = 0.02
+FFN_MULTIPLE = 256
+
+
+def ffn_hidden(cfg: ModelConfig) -> int:
+    """SwiGLU width: ``cfg.ffn_hidden`` if set, else 8/3 x d_model rounded up to a multiple of 256.
+
+    The 8/3 keeps the three SwiGLU matrices at the parameter count of a 4x GELU MLP
+    (Llama-2-7B: d_model 4096 -> 11008).
+    """
+    if cfg.ffn_hidden is not None:
+        return cfg.ffn_hidden
+    hidden = int(8 * cfg.d_model / 3)
+    return FFN_MULTIPLE * math.ceil(hidden / FFN_MULTIPLE)
+
+
+def rope_cos_sin(
+    seq_len: int, head_dim: int, theta: float, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables (T, D) in fp32, laid out as HF Llama does: frequencies repeated twice."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim))
+    positions = torch.arange(seq_len, device=device, dtype=torch.float32)
+    freqs = torch.outer(positions, inv_freq)  # (T, D/2)
+    angles = torch.cat((freqs, freqs), dim=-1)  # (T, D)
+    return angles.cos(), angles.sin()
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (B, T, H, D) by position; cos/sin (T, D)."""
+    cos = cos.to(x.dtype)[None, :, None, :]  # (1, T, 1, D)
+    sin = sin.to(x.dtype)[None, :, None, :]
+    return x * cos + _rotate_half(x) * sin
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight, normalised in fp32 (HF LlamaRMSNorm's order of casts)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(dtype)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.n_kv_heads = cfg.n_kv_heads or cfg.n_heads
+        self.head_dim = cfg.d_model // cfg.n_heads
+        self.backend = cfg.attention
+        self.q_proj = nn.Linear(cfg.d_model, self.n_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.d_model, self.n_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.d_model, self.n_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)  # (B, T, H, D)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, KV, D)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, KV, D)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        y = attention(q, k, v, self.backend)  # (B, T, H, D)
+        return self.o_proj(y.reshape(B, T, self.n_heads * self.head_dim))  # (B, T, C)
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        hidden = ffn_hidden(cfg)
+        self.gate_proj = nn.Linear(cfg.d_model, hidden, bias=False)
+        self.up_proj = nn.Linear(cfg.d_model, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # (B, T, F) -> (B, T, C)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.self_attn = SelfAttention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin)  # (B, T, C)
+        return x + self.mlp(self.post_attention_layernorm(x))  # (B, T, C)
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.head_dim = cfg.d_model // cfg.n_heads
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.reset_parameters()
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+
+    def reset_parameters(self) -> None:
+        """normal(0, 0.02); the projections that write into the residual stream (o_proj,
+        down_proj) get 0.02 / sqrt(2 x n_layers) so the stream's variance does not grow
+        with depth (GPT-2 / nanoGPT)."""
+        residual_std = INIT_STD / math.sqrt(2 * self.cfg.n_layers)
+        for name, module in self.named_modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                std = residual_std if name.endswith(("o_proj", "down_proj")) else INIT_STD
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+            elif isinstance(module, RMSNorm):
+                nn.init.ones_(module.weight)
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) token ids -> logits (B, T, V), and the mean cross entropy over
+        tokens when targets (B, T) are given (target -100 is ignored)."""
+        B, T = idx.shape
+        if T > self.cfg.max_seq_len:
+            raise ValueError(f"sequence length {T} is over max_seq_len {self.cfg.max_seq_len}")
+        cos, sin = rope_cos_sin(T, self.head_dim, self.cfg.rope_theta, idx.device)  # (T, D) each
+        x = self.embed_tokens(idx)  # (B, T, C)
+        use_checkpoint = self.cfg.activation_checkpointing and torch.is_grad_enabled()
+        for block in self.layers:
+            if use_checkpoint:
+                x = checkpoint(block, x, cos, sin, use_reentrant=False)
+            else:
+                x = block(x, cos, sin)  # (B, T, C)
+        logits = self.lm_head(self.norm(x))  # (B, T, V)
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.float().view(B * T, -1), targets.reshape(B * T), ignore_index=-100)
+        return logits, loss
+
+
+def num_params(model: nn.Module, exclude_embeddings: bool = False) -> int:
+    """Parameter count, a tied lm_head counted once. exclude_embeddings drops
+    embed_tokens and an untied lm_head: the non-embedding N of scaling-law papers."""
+    total = 0
+    for name, param in model.named_parameters():  # shared parameters are listed once
+        if exclude_embeddings and name.split(".")[-2] in ("embed_tokens", "lm_head"):
+            continue
+        total += param.numel()
+    return total
+
+
+def non_embedding_params(cfg: ModelConfig) -> int:
+    """Parameters of the blocks and the final norm, from the shape alone."""
+    head_dim = cfg.d_model // cfg.n_heads
+    kv_dim = (cfg.n_kv_heads or cfg.n_heads) * head_dim
+    attn = cfg.d_model * (cfg.d_model + 2 * kv_dim) + cfg.d_model * cfg.d_model
+    mlp = 3 * cfg.d_model * ffn_hidden(cfg)
+    norms = 2 * cfg.d_model
+    return cfg.n_layers * (attn + mlp + norms) + cfg.d_model
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs per token, forward plus backward:
+
+        6 * N  +  12 * n_layers * seq_len * d_model
+
+    N is the non-embedding parameter count (each weight does one multiply-add, 2 FLOPs,
+    in the forward and twice that in the backward: 6). The second term is attention's
+    QK^T and AV: 2 matmuls x 2 FLOPs x seq_len x d_model per layer forward, x3 with the
+    backward. It counts the full (non-causal) score matrix, as PaLM's MFU and nanoGPT do.
+    The lm_head matmul (6 x d_model x vocab) is left out, as in those conventions.
+    """
+    return 6.0 * non_embedding_params(cfg) + 12.0 * cfg.n_layers * seq_len * cfg.d_model
