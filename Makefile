@@ -15,6 +15,10 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml requirements/constraints.txt infra/build_kenlm.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip wheel setuptools
+	# torch first, from the pinned CPU build; DeepSpeed's setup imports torch, so it builds
+	# without isolation (an isolated build would fetch a CUDA torch from PyPI).
+	$(BIN)/pip install --quiet -c requirements/constraints.txt torch
+	$(BIN)/pip install --quiet -c requirements/constraints.txt --no-build-isolation deepspeed
 	$(BIN)/pip install --quiet -c requirements/constraints.txt -e '.[dev,bench]'
 	bash infra/build_kenlm.sh $(VENV)
 	touch $(STAMP)

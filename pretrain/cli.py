@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -13,9 +14,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pretrain.config import (
-    ConfigError, DedupConfig, IngestConfig, PerplexityConfig, PipelineConfig, QualityConfig, TokenizeConfig, load_recipe,
-    validate_config,
+    ConfigError, DedupConfig, IngestConfig, PerplexityConfig, PipelineConfig, QualityConfig, TokenizeConfig,
+    TrainConfig, deep_merge, load_recipe, parse_override, validate_config,
 )
+
+# An offline tool: the local Prefect server must not try to phone home (set before Prefect is imported).
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 app = typer.Typer(
     help="Common Crawl in, a trained model out. Each command runs one stage; `run` runs the pipeline.",
@@ -294,6 +298,79 @@ def tokenize(
     console.print(f"[green]tokenized[/green] {summary['documents']} documents: {summary['tokens']['train']} train and "
                   f"{summary['tokens']['val']} validation tokens ({summary['tokens_per_s']} tokens/s, "
                   f"{summary['cache_hits']} shard(s) from cache); index in {output / 'index.json'}")
+
+
+def _train_config(config: Optional[Path], overrides: list[str], short: dict) -> TrainConfig:
+    recipe = _recipe_or_default(config)
+    raw = recipe.train.model_dump(exclude_none=True)
+    for assignment in overrides:
+        key = assignment.split("=", 1)[0]
+        raw = deep_merge(raw, parse_override(assignment.removeprefix("train.") if key.startswith("train.") else assignment))
+    raw.update({k: v for k, v in short.items() if v is not None})
+    return validate_config(TrainConfig, raw, prefix="train.")
+
+
+@app.command()
+def train(
+    config: Optional[Path] = typer.Option(None, help="A recipe YAML; its `train` section is the run's config."),
+    set_: list[str] = typer.Option([], "--set", help="Override a TrainConfig field: key=value (repeatable)."),
+    resume: bool = typer.Option(False, help="Continue from the newest checkpoint in the run folder."),
+    data: Optional[Path] = typer.Option(None, help="Token shards folder (from `pretrain tokenize`)."),
+    output: Optional[Path] = typer.Option(None, help="Run folder: checkpoints, metrics.jsonl, summary.json."),
+    model: Optional[str] = typer.Option(None, help="Named model size: tiny, small, 125m, 350m, 1b, 7b."),
+    max_steps: Optional[int] = typer.Option(None, help="Optimizer steps."),
+    num_procs: Optional[int] = typer.Option(None, help="Processes (GPUs, or CPU ranks on gloo)."),
+) -> None:
+    """Train a model with DeepSpeed (ZeRO-3 by default) on token shards."""
+    from flows.train import train_flow
+    from tasks.train.ds_config import BatchConfigError
+
+    try:
+        cfg = _train_config(config, set_, {"data_dir": str(data) if data else None,
+                                           "output_dir": str(output) if output else None,
+                                           "model_size": model, "max_steps": max_steps, "num_procs": num_procs})
+    except ConfigError as error:
+        _fail(str(error))
+    if not cfg.data_dir:
+        _fail("no token data: give --data TOKENS_DIR (or train.data_dir in the recipe)")
+    try:
+        summary = _run_with_progress("train", lambda: train_flow(config=cfg, resume=resume))
+    except (BatchConfigError, FileNotFoundError, ValueError) as error:
+        _fail(str(error))
+    except Exception as error:  # the training processes failed after their retries
+        _fail(f"{type(error).__name__}: {error}", code=1)
+    console.print(f"[green]trained[/green] {summary.get('steps')} steps: loss {summary.get('final_loss')}, "
+                  f"validation loss {summary.get('val_loss')}; run folder {cfg.output_dir}")
+
+
+@app.command("export-hf")
+def export_hf_command(
+    run_dir: Path = typer.Option(..., "--run", help="A training run folder."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for config.json + model.safetensors (+ tokenizer)."),
+    tag: Optional[str] = typer.Option(None, help="Checkpoint tag (default: the newest, e.g. step100)."),
+) -> None:
+    """Export a checkpoint as a Hugging Face `LlamaForCausalLM` folder (loads with transformers)."""
+    from models.export_hf import export_hf
+    from tasks.train.checkpoint import checkpoint_root, consolidate_fp32
+    from tasks.train.main import load_train_config
+
+    summary_path, config_path = run_dir / "summary.json", run_dir / "train_config.json"
+    if not config_path.is_file():
+        _fail(f"{run_dir} is not a training run folder (no train_config.json)")
+    cfg = load_train_config(config_path)
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    if "model" not in summary:
+        _fail(f"{summary_path} has no model shape; finish or resume the run first")
+    from pretrain.config import ModelConfig
+
+    model_cfg = ModelConfig.model_validate(summary["model"])
+    try:
+        state = consolidate_fp32(checkpoint_root(run_dir), tag)
+    except (FileNotFoundError, ValueError) as error:
+        _fail(str(error))
+    tokenizer = Path(cfg.data_dir) / "tokenizer.json"
+    out = export_hf(state, model_cfg, output, tokenizer_file=tokenizer if tokenizer.is_file() else None)
+    console.print(f"[green]exported[/green] {out} (LlamaForCausalLM, {len(state)} tensors)")
 
 
 @app.command()

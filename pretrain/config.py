@@ -339,6 +339,12 @@ class TrainConfig(_Model):
     offload_params: bool = False
     overlap_comm: bool = True
     reduce_bucket_size: int = Field(50_000_000, ge=1)
+    prefetch_bucket_size: int | None = Field(
+        None, ge=1, description="ZeRO-3 parameters fetched ahead (elements); None: 0.9 x hidden^2 (HF's auto)."
+    )
+    param_persistence_threshold: int | None = Field(
+        None, ge=0, description="ZeRO-3 keeps parameters up to this size whole; None: 10 x hidden."
+    )
     num_procs: int = Field(1, ge=1, description="Processes on this node (GPUs, or CPU ranks on gloo).")
     hostfile: str | None = Field(None, description="DeepSpeed hostfile for multi-node runs.")
     checkpoint_every_steps: int = Field(50, ge=1)
@@ -370,11 +376,11 @@ class PipelineConfig(_Model):
     train: TrainConfig = Field(default_factory=TrainConfig)
 
 
-def _deep_merge(base: dict, override: dict) -> dict:
+def deep_merge(base: dict, override: dict) -> dict:
     merged = dict(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -402,7 +408,7 @@ def _load_raw(name_or_path: str, seen: tuple[str, ...] = ()) -> dict:
         return raw
     sibling = path.parent / (base if str(base).endswith((".yaml", ".yml")) else f"{base}.yaml")
     base_ref = str(sibling) if sibling.is_file() else str(base)  # else a recipe name in configs/
-    return _deep_merge(_load_raw(base_ref, seen + (str(path.resolve()),)), raw)
+    return deep_merge(_load_raw(base_ref, seen + (str(path.resolve()),)), raw)
 
 
 def format_validation_error(error: ValidationError, prefix: str = "") -> str:
@@ -437,5 +443,5 @@ def parse_override(assignment: str) -> dict:
 def load_recipe(name_or_path: str = "local", overrides: list[str] | None = None) -> PipelineConfig:
     raw = _load_raw(name_or_path)
     for assignment in overrides or []:
-        raw = _deep_merge(raw, parse_override(assignment))
+        raw = deep_merge(raw, parse_override(assignment))
     return validate_config(PipelineConfig, raw)

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Every GPU-specific check in one run, for a CUDA machine (the suite never needs one):
+#   1. attention backend parity on CUDA (flash_attn if installed, SDPA's flash/cuDNN kernels, math) in bf16;
+#   2. a short bf16 ZeRO-3 run of the ~350M model at sequence 2048 through our launcher
+#      (synthetic token shards: throughput does not depend on the text), printing tokens/s and MFU;
+#   3. whether FP8 is available.
+# Usage (repo root):  bash bench/gpu_check.sh [STEPS] [MICRO_BATCH]
+# Offline machines: put wheels for missing packages (pydantic, deepspeed, ...) in .gpu-wheels/ first.
+set -uo pipefail
+STEPS=${1:-30}
+MICRO=${2:-8}
+OUT=${OUT:-$(mktemp -d)}
+PY=${PYTHON:-python3}
+if [ -d .gpu-wheels ]; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/gpu-site .gpu-wheels/*.whl || exit 1
+  export PYTHONPATH=/tmp/gpu-site:.
+else
+  export PYTHONPATH=.
+fi
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+$PY -c "import torch, importlib.util as u; print('torch', torch.__version__, 'cuda', torch.version.cuda,
+'flash_attn', u.find_spec('flash_attn') is not None, 'deepspeed', u.find_spec('deepspeed') is not None)"
+
+echo "== 1. attention parity (bf16, CUDA)"
+$PY -m pytest -q -p no:cacheprovider -rs -m gpu tests/test_transformer.py 2>&1 | tail -5
+
+echo "== 2. bf16 ZeRO-3, 350m, seq 2048, micro batch $MICRO, $STEPS steps"
+$PY - "$OUT" "$STEPS" "$MICRO" <<'PY'
+import json, sys
+from pathlib import Path
+
+import numpy as np
+
+from pretrain.config import TrainConfig
+from tasks.train.launch import run_training
+
+out, steps, micro = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+data = out / "tokens"
+rng = np.random.default_rng(0)
+splits = {}
+for split, n in (("train", (steps + 2) * micro * 2049 * 2), ("val", 8 * 2049 * 4)):
+    (data / split).mkdir(parents=True, exist_ok=True)
+    rng.integers(1, 32000, n, dtype=np.uint16).tofile(data / split / "synthetic.bin")
+    splits[split] = [{"file": f"{split}/synthetic.bin", "tokens": n, "documents": 1}]
+index = {"format": 1, "dtype": "uint16", "vocab_size": 32000, "eos_id": 0, "tokenizer": "tokenizer.json",
+         "splits": splits, "tokens": {k: v[0]["tokens"] for k, v in splits.items()}, "sources": {}, "seed": 0}
+(data / "index.json").write_text(json.dumps(index))
+variants = {  # the default ZeRO-3 settings, larger prefetch/persistence (one GPU), and plain data parallel
+    "zero3": {},
+    "zero3-prefetch": {"prefetch_bucket_size": 50_000_000, "param_persistence_threshold": 1_000_000},
+    "zero0": {"zero_stage": 0},
+}
+results = {}
+for name, extra in variants.items():
+    run = out / f"run-{name}"
+    cfg = TrainConfig(data_dir=str(data), output_dir=str(run), model_size="350m", seq_len=2048,
+                      micro_batch_size=micro, grad_accum_steps=1, max_steps=steps, warmup_steps=5,
+                      **{"zero_stage": 3, **extra}, precision="bf16", fp8=True, num_procs=1,
+                      checkpoint_every_steps=10**6, eval_every_steps=10**6, eval_batches=1)
+    summary = run_training(cfg, resume=False, log_callback=lambda line: None)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steady = [r for r in rows if r.get("tokens_per_s") and r.get("step", 0) > 5]
+    mfu = [r["mfu"] for r in steady if r.get("mfu") is not None]
+    results[name] = {"median_tokens_per_s": round(float(np.median([r["tokens_per_s"] for r in steady]))),
+                     "median_mfu": round(float(np.median(mfu)), 4) if mfu else None,
+                     "final_loss": summary.get("final_loss"), "fp8": summary.get("fp8")}
+    print(name, json.dumps(results[name], default=str), flush=True)
+(out / "gpu_results.json").write_text(json.dumps(results, indent=2, default=str))
+PY
+rm -rf "$OUT"/tokens "$OUT"/run-*/checkpoints

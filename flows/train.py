@@ -1,0 +1,91 @@
+"""Prefect flow: train with DeepSpeed (``tasks.train.launch.run_training``).
+
+The task launches the training processes and follows their output: progress goes
+to ``report_progress`` (the CLI's bar) and a progress artifact. A failed launch is
+retried by resuming from the newest checkpoint (``--resume``), so a crashed or
+preempted run loses at most ``checkpoint_every_steps``; a bad config is not retried.
+Artifacts: the loss curve (table, downsampled) and the summary.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.runtime import task_run
+
+from flows.common import funnel_table, publish_markdown
+from pretrain.config import TrainConfig
+from pretrain.progress import report_progress
+from tasks.train.launch import TrainingFailed, run_training
+
+STEP_LINE = re.compile(r"^step (\d+)/(\d+) loss")
+MAX_TABLE_ROWS = 200
+
+
+def retry_failed_training(task, task_run, state) -> bool:
+    """Retry (by resuming) when the training processes failed, not for a config error."""
+    try:
+        state.result()
+    except TrainingFailed:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+class _Follower:
+    """Turns the ranks' output into log lines, progress and a progress artifact."""
+
+    def __init__(self, logger):
+        self.logger = logger
+        self.artifact = create_progress_artifact(progress=0.0, key="train-progress", description="training steps")
+
+    def __call__(self, line: str) -> None:
+        self.logger.info(line)
+        match = STEP_LINE.match(line)
+        if match:
+            done, total = int(match.group(1)), int(match.group(2))
+            report_progress("train", done, total)
+            update_progress_artifact(self.artifact, progress=100.0 * done / total)
+
+
+@task(name="train", retries=2, retry_delay_seconds=10, retry_condition_fn=retry_failed_training)
+def train_task(config: TrainConfig, resume: bool = False) -> dict:
+    logger = get_run_logger()
+    resume_now = resume or task_run.run_count > 1  # a retry continues from the newest checkpoint
+    if resume_now and not resume:
+        logger.warning("attempt %d: resuming from the newest checkpoint", task_run.run_count)
+    return run_training(config, resume=resume_now, log_callback=_Follower(logger))
+
+
+def publish_training(config: TrainConfig, summary: dict) -> None:
+    metrics_path = Path(config.output_dir).resolve() / "metrics.jsonl"
+    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    train = [r for r in records if r["kind"] == "train"]
+    val = {r["step"]: r["val_loss"] for r in records if r["kind"] == "eval"}
+    stride = max(1, len(train) // MAX_TABLE_ROWS)
+    rows = [{"step": r["step"], "loss": round(r["loss"], 4), "val_loss": val.get(r["step"]), "lr": r["lr"],
+             "tokens_per_s": round(r["tokens_per_s"]), "mfu": r["mfu"]}
+            for i, r in enumerate(train) if i % stride == 0 or i == len(train) - 1]
+    create_table_artifact(key="train-loss", table=rows, description="loss per step (downsampled)")
+    if summary.get("completed"):
+        publish_markdown("train-summary", "Training", funnel_table([
+            ("steps", summary["steps"]), ("tokens", summary["tokens"]), ("final loss", f"{summary['final_loss']:.4f}"),
+            ("val loss", summary["val_loss"]), ("parameters", summary["params"]),
+            ("FLOPs per token", f"{summary['flops_per_token']:.3g}"), ("batch", summary["batch"]),
+            ("fp8", summary["fp8"]), ("checkpoint", summary["checkpoint"]),
+            ("loss curve", str(Path(config.output_dir).resolve() / "loss.png")),
+        ], header=("", "value")))
+
+
+@flow(name="train")
+def train_flow(config: TrainConfig = TrainConfig(), resume: bool = False) -> dict:
+    """Train (or resume) a model on token shards; returns RUN_DIR/summary.json."""
+    summary = train_task(config, resume)
+    publish_training(config, summary)
+    get_run_logger().info("training summary: %s", summary)
+    return summary

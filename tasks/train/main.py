@@ -1,0 +1,356 @@
+"""The training entry point that the launcher runs in every process:
+
+    python -m tasks.train.main --config RUN_DIR/train_config.json [--resume]
+
+Every rank: init distributed (gloo on CPU, nccl on CUDA), seed, build the model
+(allocated partitioned under ``deepspeed.zero.Init`` for ZeRO-3), our optimizer,
+``deepspeed.initialize``, then the loop. Rank 0 writes RUN_DIR/metrics.jsonl (one JSON
+object per line, ``kind`` train or eval), prints the same to the console, and at the
+end writes RUN_DIR/summary.json and RUN_DIR/loss.png.
+
+Checkpoints: RUN_DIR/checkpoints/step<N>, every ``checkpoint_every_steps`` and at the
+end, the newest ``keep_checkpoints`` kept. ``--resume`` continues from the newest one:
+model, optimizer, the data position and the step come back, and the learning rate is
+a function of the step, so the resumed steps are those of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pretrain.config import ModelConfig, TrainConfig
+from pretrain.provenance import atomic_write_text
+from tasks.train.checkpoint import COMPLETE_MARKER, checkpoint_root, newest_checkpoint, prune_checkpoints, tag_for
+from tasks.train.data import TokenWindows, TrainStream, eval_batches
+from tasks.train.ds_config import batch_plan, build_optimizer, deepspeed_config, lr_at, set_lr
+
+# Dense bf16 peak per device (not the sparse figure), for MFU.
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="RUN_DIR/train_config.json (a TrainConfig)")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    parser.add_argument("--local_rank", type=int, default=None, help="set by the deepspeed launcher; unused")
+    return parser.parse_args(argv)
+
+
+def load_train_config(path: str | Path) -> TrainConfig:
+    return TrainConfig.model_validate_json(Path(path).read_text())
+
+
+class Dist:
+    """This process's place: rank, world size, device; collectives that work on gloo and nccl."""
+
+    def __init__(self):
+        import deepspeed
+        import torch.distributed as dist
+
+        self.cuda = torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") == "cuda"
+        if self.cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        deepspeed.init_distributed(dist_backend="nccl" if self.cuda else "gloo")
+        self.dist = dist
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        self.device = torch.device("cuda", torch.cuda.current_device()) if self.cuda else torch.device("cpu")
+
+    def mean(self, value: float) -> float:
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
+        self.dist.all_reduce(tensor)
+        return tensor.item() / self.world_size
+
+    def gather(self, obj) -> list:
+        out = [None] * self.world_size
+        self.dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        self.dist.barrier()
+
+
+class Log:
+    """Rank 0 writes metrics.jsonl and the console; other ranks stay quiet."""
+
+    def __init__(self, run_dir: Path, rank: int):
+        self.path, self.on = run_dir / "metrics.jsonl", rank == 0
+
+    def say(self, message: str) -> None:
+        if self.on:
+            print(message, flush=True)
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records of steps after ``step`` (written before a crash, redone on resume)."""
+        if self.on and self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= step]
+            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+
+    def record(self, **fields) -> None:
+        if self.on:
+            with self.path.open("a") as out:
+                out.write(json.dumps(fields) + "\n")
+
+
+def resolve_model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
+    """The run's model shape: ``cfg.model`` or the named size, fitted to the data's vocabulary."""
+    from models.sizes import model_config
+
+    if cfg.model is not None:
+        model = cfg.model
+        if model.vocab_size < vocab_size:
+            raise ValueError(f"model.vocab_size {model.vocab_size} is smaller than the data's vocabulary {vocab_size}")
+    elif cfg.model_size:
+        model = model_config(cfg.model_size, vocab_size=vocab_size, max_seq_len=cfg.seq_len)
+    else:
+        raise ValueError("set model_size or model")
+    if model.max_seq_len < cfg.seq_len:
+        raise ValueError(f"seq_len {cfg.seq_len} is over the model's max_seq_len {model.max_seq_len}")
+    return model
+
+
+def fp8_unavailable_reason(cfg: TrainConfig, device: torch.device) -> str | None:
+    """None when FP8 training (torchao float8) can run here, else why not."""
+    if device.type != "cuda":
+        return f"not running on CUDA (device {device.type})"
+    capability = torch.cuda.get_device_capability(device)
+    if capability < (9, 0):
+        return f"compute capability {capability[0]}.{capability[1]} < 9.0 (needs Hopper or newer)"
+    if cfg.precision != "bf16":
+        return f"fp8 matmuls run inside bf16 training; precision is {cfg.precision}"
+    if importlib.util.find_spec("torchao") is None:
+        te = importlib.util.find_spec("transformer_engine") is not None
+        return ("torchao is not importable" + (" (transformer_engine is, but this trainer converts "
+                                               "Linear layers with torchao only)" if te else ""))
+    return None
+
+
+def _fp8_filter(module: torch.nn.Module, name: str) -> bool:
+    # the output head stays in bf16 (as in torchao's and torchtitan's recipes); fp8 GEMMs need dims % 16
+    return name != "lm_head" and all(d % 16 == 0 for d in getattr(module, "ds_shape", module.weight.shape))
+
+
+def build_model(model_cfg: ModelConfig, ds_config: dict, seed: int, zero_stage: int) -> torch.nn.Module:
+    """The Transformer, allocated partitioned under zero.Init for ZeRO-3.
+
+    zero.Init partitions each submodule's parameters as soon as its own __init__ returns,
+    so an init that the parent module runs afterwards (Transformer.reset_parameters) sees
+    empty partitions and changes nothing. The weights are therefore initialized again
+    here, from the seed, with the parameters gathered: every ZeRO stage starts from the
+    same weights. (Gathering holds the whole model on each rank for a moment.)
+    """
+    import deepspeed
+    import torch._dynamo  # noqa: F401  imported inside zero.Init (which patches Tensor.__new__) it fails to load
+
+    from models.transformer import Transformer
+
+    torch.manual_seed(seed)
+    with deepspeed.zero.Init(config_dict_or_path=ds_config, enabled=zero_stage == 3):
+        model = Transformer(model_cfg)
+    torch.manual_seed(seed)
+    if zero_stage == 3:
+        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=0):
+            model.reset_parameters()
+    else:
+        model.reset_parameters()
+    return model
+
+
+def parameter_counts(model: torch.nn.Module) -> dict:
+    """Elements held by this rank (its ZeRO-3 partitions, else everything) and the model's total."""
+    local = total = 0
+    for param in model.parameters():  # a tied parameter is listed once
+        total += getattr(param, "ds_numel", param.numel())
+        local += param.ds_tensor.numel() if hasattr(param, "ds_tensor") else param.numel()
+    return {"local": local, "total": total}
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16_FLOPS.items() if key in name), None)
+
+
+def train_step(engine, stream: TrainStream, accum: int, dist: Dist) -> float:
+    """One optimizer step over ``accum`` micro batches; the mean loss over micro batches and ranks."""
+    total = 0.0
+    for _ in range(accum):
+        x, y = stream.next_batch()  # (B, T) each
+        _, loss = engine(x.to(dist.device), y.to(dist.device))
+        engine.backward(loss)
+        engine.step()  # DeepSpeed steps the optimizer at the accumulation boundary only
+        total += loss.item()
+    return dist.mean(total / accum)
+
+
+@torch.no_grad()
+def evaluate(engine, windows: TokenWindows, cfg: TrainConfig, dist: Dist) -> float:
+    engine.eval()
+    losses = [engine(x.to(dist.device), y.to(dist.device))[1].item()
+              for x, y in eval_batches(windows, cfg.eval_batches, cfg.micro_batch_size, dist.rank, dist.world_size)]
+    engine.train()
+    return dist.mean(sum(losses) / len(losses))
+
+
+def save_checkpoint(engine, run_dir: Path, step: int, stream: TrainStream, cfg: TrainConfig, dist: Dist, log: Log):
+    root, tag = checkpoint_root(run_dir), tag_for(step)
+    client = {"step": step, "data": stream.state_dict(), "config": cfg.model_dump(mode="json")}
+    engine.save_checkpoint(str(root), tag=tag, client_state=client)
+    dist.barrier()
+    if dist.rank == 0:
+        atomic_write_text(root / tag / COMPLETE_MARKER, json.dumps(client, indent=2) + "\n")
+        removed = prune_checkpoints(root, cfg.keep_checkpoints)
+        log.say(f"checkpoint {root / tag}" + (f" (removed {', '.join(p.name for p in removed)})" if removed else ""))
+    dist.barrier()
+
+
+def resume(engine, run_dir: Path, stream: TrainStream, dist: Dist, log: Log) -> int:
+    """Load the newest complete checkpoint; return its step (0 when there is none)."""
+    newest = newest_checkpoint(checkpoint_root(run_dir))
+    newest = dist.gather(newest[0] if newest else None)[0]  # every rank loads rank 0's choice
+    if newest is None:
+        log.say("resume: no complete checkpoint, starting from step 0")
+        return 0
+    _, client = engine.load_checkpoint(str(checkpoint_root(run_dir)), tag=tag_for(newest))
+    if client is None or client.get("step") != newest:
+        raise RuntimeError(f"checkpoint {tag_for(newest)} did not load (client state {client!r})")
+    stream.load_state_dict(client["data"])
+    log.truncate_after(newest)
+    log.say(f"resumed from {checkpoint_root(run_dir) / tag_for(newest)} at step {newest}")
+    return newest
+
+
+def plot_losses(metrics_path: Path, png_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    train = [(r["step"], r["loss"]) for r in records if r["kind"] == "train"]
+    val = [(r["step"], r["val_loss"]) for r in records if r["kind"] == "eval"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="train")
+    if val:
+        ax.plot(*zip(*val), "o-", label="val")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+
+
+def run(cfg: TrainConfig, run_dir: Path, resume_run: bool) -> dict | None:
+    import deepspeed
+
+    dist = Dist()
+    log = Log(run_dir, dist.rank)
+    plan = batch_plan(cfg, dist.world_size)
+    log.say(plan.describe())
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    train_windows = TokenWindows(cfg.data_dir, "train", cfg.seq_len, cfg.seed)
+    val_windows = TokenWindows(cfg.data_dir, "val", cfg.seq_len, cfg.seed, shuffle=False)
+    model_cfg = resolve_model_config(cfg, train_windows.vocab_size)
+    ds_config = deepspeed_config(cfg, dist.world_size, model_cfg)
+    if dist.rank == 0:
+        atomic_write_text(run_dir / "ds_config.json", json.dumps(ds_config, indent=2) + "\n")
+        (run_dir / "summary.json").unlink(missing_ok=True)
+
+    model = build_model(model_cfg, ds_config, cfg.seed, cfg.zero_stage)
+    fp8 = {"requested": cfg.fp8, "enabled": False, "reason": None}
+    if cfg.fp8:
+        fp8["reason"] = fp8_unavailable_reason(cfg, dist.device)
+        if fp8["reason"] is None:
+            from torchao.float8 import convert_to_float8_training
+
+            convert_to_float8_training(model, module_filter_fn=_fp8_filter)
+            fp8["enabled"] = True
+            log.say("fp8: torchao float8 training on the Linear layers (lm_head in bf16)")
+        else:
+            log.say(f"fp8 unavailable: {fp8['reason']}; continuing in {cfg.precision}")
+    optimizer = build_optimizer(model, cfg)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    counts = dist.gather(parameter_counts(engine.module))
+    stream = TrainStream(train_windows, cfg.micro_batch_size, dist.rank, dist.world_size)
+    step = resume(engine, run_dir, stream, dist, log) if resume_run else 0
+    if not resume_run:
+        log.truncate_after(0)
+
+    from models.transformer import flops_per_token
+
+    flops_token = flops_per_token(model_cfg, cfg.seq_len)
+    peak = peak_flops(dist.device)
+    log.say(f"model {counts[0]['total']:,} parameters, {flops_token:,.0f} training FLOPs/token; "
+            f"rank 0 holds {counts[0]['local']:,}; zero stage {cfg.zero_stage}, {cfg.precision}, "
+            f"{dist.world_size} x {dist.device.type}")
+    loss = val_loss = None
+    while step < cfg.max_steps:
+        lr = lr_at(step, cfg)
+        set_lr(engine.optimizer, lr)
+        started = time.perf_counter()
+        loss = train_step(engine, stream, plan.grad_accum_steps, dist)
+        seconds = time.perf_counter() - started
+        step += 1
+        tokens_per_s = plan.tokens_per_step / seconds
+        flops_per_s = flops_token * tokens_per_s
+        grad_norm = engine.get_global_grad_norm()
+        grad_norm = float(grad_norm) if grad_norm is not None else None
+        mfu = flops_per_s / (peak * dist.world_size) if peak else None
+        log.record(kind="train", step=step, loss=loss, lr=lr, tokens=step * plan.tokens_per_step,
+                   tokens_per_s=tokens_per_s, flops_per_s=flops_per_s, mfu=mfu, grad_norm=grad_norm)
+        log.say(f"step {step}/{cfg.max_steps} loss {loss:.4f} lr {lr:.3e} tok/s {tokens_per_s:,.0f} "
+                f"flop/s {flops_per_s:.3e} mfu {'-' if mfu is None else format(mfu, '.1%')} "
+                f"grad_norm {'-' if grad_norm is None else format(grad_norm, '.3f')}")
+        if val_windows.windows and (step % cfg.eval_every_steps == 0 or step == cfg.max_steps):
+            val_loss = evaluate(engine, val_windows, cfg, dist)
+            log.record(kind="eval", step=step, val_loss=val_loss)
+            log.say(f"step {step} val_loss {val_loss:.4f}")
+        if step % cfg.checkpoint_every_steps == 0 or step == cfg.max_steps:
+            save_checkpoint(engine, run_dir, step, stream, cfg, dist, log)
+        if cfg.stop_after_steps is not None and step >= cfg.stop_after_steps and step < cfg.max_steps:
+            log.say(f"stopping after step {step} (stop_after_steps), as a crash would")
+            return None
+
+    summary = {
+        "completed": True, "steps": step, "tokens": step * plan.tokens_per_step, "final_loss": loss,
+        "val_loss": val_loss, "params": counts[0]["total"], "flops_per_token": flops_token,
+        "model": model_cfg.model_dump(mode="json"), "world_size": dist.world_size, "device": dist.device.type,
+        "zero_stage": cfg.zero_stage, "precision": cfg.precision, "fp8": fp8, "batch": plan.describe(),
+        "param_partition": {"local_per_rank": [c["local"] for c in counts], "total": counts[0]["total"]},
+        "checkpoint": str(checkpoint_root(run_dir) / tag_for(step)),
+    }
+    if dist.rank == 0:
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        plot_losses(log.path, run_dir / "loss.png")
+        log.say(f"done: {step} steps, loss {loss}, val_loss {val_loss}; {run_dir / 'summary.json'}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cfg = load_train_config(args.config)
+    run(cfg, Path(cfg.output_dir).resolve(), args.resume)
+    import torch.distributed as dist
+
+    dist.barrier()
+    dist.destroy_process_group()  # exiting with gloo's threads alive can abort the process
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
