@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 DATA = REPO.parent / "shared" / "data"
-ORDER = tuple(os.environ.get("BENCH_ORDER", "ours,hf").split(","))
 BOOKS = ("Pride_and_Prejudice_JaneAusten", "Great_Expectations_CharlesDickens", "Anne-of-Green-Gables")
 
 
@@ -69,7 +67,7 @@ class HFLoss(torch.nn.Module):
         return logits, F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
 
-def worker(config_path: str, steps: int, warmup: int, rounds: int) -> None:
+def worker(config_path: str, steps: int, warmup: int, rounds: int, order: tuple[str, ...]) -> None:
     import deepspeed
 
     from tasks.train.data import TokenWindows, TrainStream
@@ -100,7 +98,7 @@ def worker(config_path: str, steps: int, warmup: int, rounds: int) -> None:
     results: dict[str, list[float]] = {"ours": [], "hf": []}
     losses: dict[str, list[float]] = {"ours": [], "hf": []}
     for _ in range(rounds):
-        for name in ORDER:
+        for name in order:
             model = build(name)
             engine, *_ = deepspeed.initialize(model=model, optimizer=build_optimizer(model, cfg), config=ds_config)
             set_lr(engine.optimizer, cfg.lr)
@@ -140,6 +138,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2, help="ours, hf, ours, hf, ...: alternate to share noise")
+    parser.add_argument("--hf-first", action="store_true", help="run HF before ours in each round")
     parser.add_argument("--procs", type=int, default=2)
     parser.add_argument("--zero-stage", type=int, default=3)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
@@ -148,7 +147,8 @@ def main() -> None:
     parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # the deepspeed launcher adds it
     args = parser.parse_args()
     if args.worker:
-        return worker(args.worker, args.steps, args.warmup, args.rounds)
+        order = ("hf", "ours") if args.hf_first else ("ours", "hf")
+        return worker(args.worker, args.steps, args.warmup, args.rounds, order)
 
     from pretrain.config import TrainConfig
     from tasks.train.launch import launch_command, write_run_config
@@ -163,6 +163,7 @@ def main() -> None:
         entry = launch.argv.index("tasks.train.main")  # swap the entry point for this script's worker
         argv = launch.argv[:entry - 1] + [__file__, "--worker", str(config_path), "--steps", str(args.steps),
                                           "--warmup", str(args.warmup), "--rounds", str(args.rounds)]
+        argv += ["--hf-first"] if args.hf_first else []
         out = subprocess.run(argv, env=launch.env, cwd=REPO, capture_output=True, text=True)
         result = next((json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")), None)
         if out.returncode != 0 or result is None:

@@ -3,7 +3,8 @@
 The task launches the training processes and follows their output: progress goes
 to ``report_progress`` (the CLI's bar) and a progress artifact. A failed launch is
 retried by resuming from the newest checkpoint (``--resume``), so a crashed or
-preempted run loses at most ``checkpoint_every_steps``; a bad config is not retried.
+preempted run loses at most ``checkpoint_every_steps``; so is a run that stopped before
+``max_steps`` (``stop_after_steps``); a bad config is not retried.
 Artifacts: the loss curve (table, downsampled) and the summary.
 """
 
@@ -37,6 +38,10 @@ def retry_failed_training(task, task_run, state) -> bool:
     return False
 
 
+class TrainingIncomplete(TrainingFailed):
+    """The processes exited cleanly before max_steps (``stop_after_steps``); retried like a crash."""
+
+
 class _Follower:
     """Turns the ranks' output into log lines, progress and a progress artifact."""
 
@@ -59,7 +64,10 @@ def train_task(config: TrainConfig, resume: bool = False) -> dict:
     resume_now = resume or task_run.run_count > 1  # a retry continues from the newest checkpoint
     if resume_now and not resume:
         logger.warning("attempt %d: resuming from the newest checkpoint", task_run.run_count)
-    return run_training(config, resume=resume_now, log_callback=_Follower(logger))
+    summary = run_training(config, resume=resume_now, log_callback=_Follower(logger))
+    if not summary.get("completed"):
+        raise TrainingIncomplete(f"training stopped before max_steps ({config.max_steps}); see {summary['run_dir']}")
+    return summary
 
 
 def publish_training(config: TrainConfig, summary: dict) -> None:

@@ -339,11 +339,13 @@ class TrainConfig(_Model):
     offload_params: bool = False
     overlap_comm: bool = True
     reduce_bucket_size: int = Field(50_000_000, ge=1)
-    prefetch_bucket_size: int | None = Field(
-        None, ge=1, description="ZeRO-3 parameters fetched ahead (elements); None: 0.9 x hidden^2 (HF's auto)."
+    # Measured on one H200, 350m at seq 2048: these give 99.5k tokens/s against 77.9k with
+    # HF's "auto" values (0.9 x hidden^2 and 10 x hidden); plain data parallel gave 102.8k.
+    prefetch_bucket_size: int = Field(
+        50_000_000, ge=1, description="ZeRO-3 parameter elements fetched ahead of use."
     )
-    param_persistence_threshold: int | None = Field(
-        None, ge=0, description="ZeRO-3 keeps parameters up to this size whole; None: 10 x hidden."
+    param_persistence_threshold: int = Field(
+        1_000_000, ge=0, description="ZeRO-3 keeps parameters up to this many elements whole on every rank."
     )
     num_procs: int = Field(1, ge=1, description="Processes on this node (GPUs, or CPU ranks on gloo).")
     hostfile: str | None = Field(None, description="DeepSpeed hostfile for multi-node runs.")
@@ -355,7 +357,7 @@ class TrainConfig(_Model):
     stop_after_steps: int | None = Field(
         None, ge=1,
         description="Debug: exit after this step (and its checkpoint) without the final save, as a crash "
-                    "would; `--resume` then continues to max_steps.",
+                    "would; ignored by `--resume`, which continues to max_steps.",
     )
 
 

@@ -91,7 +91,8 @@ def test_deepspeed_config_keys():
     cfg = TrainConfig(micro_batch_size=2, grad_accum_steps=3, zero_stage=3, precision="bf16", grad_clip=0.5,
                       offload_optimizer=True, offload_params=True)
     ds = deepspeed_config(cfg, world_size=4, model=model)
-    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (24, 2, 3)
+    batch = ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]
+    assert batch == (24, 2, 3)
     assert ds["gradient_clipping"] == 0.5 and ds["bf16"] == {"enabled": True} and "fp16" not in ds
     zero = ds["zero_optimization"]
     assert {"stage", "overlap_comm", "contiguous_gradients", "reduce_bucket_size", "stage3_prefetch_bucket_size",
@@ -234,11 +235,12 @@ def test_consolidated_checkpoint_reproduces_val_loss(reference_run, shards):
 def test_resume_after_stop_repeats_the_uninterrupted_run(reference_run, shards, tmp_path):
     reference_dir, reference = reference_run
     run_dir = tmp_path / "resumed"
-    stopped = run_training(run_config(shards, run_dir, stop_after_steps=RESUME_AT), log_callback=quiet([]))
+    cfg = run_config(shards, run_dir, stop_after_steps=RESUME_AT)
+    stopped = run_training(cfg, log_callback=quiet([]))
     assert stopped == {"completed": False, "run_dir": str(run_dir)}
     assert [step for step, _ in list_checkpoints(run_dir / "checkpoints")] == [20, 40]
     lines: list[str] = []
-    resumed = run_training(run_config(shards, run_dir), resume=True, log_callback=quiet(lines))
+    resumed = run_training(cfg, resume=True, log_callback=quiet(lines))  # --resume ignores stop_after_steps
     assert any(f"resumed from {run_dir / 'checkpoints' / 'step40'} at step 40" in line for line in lines)
     expected, got = train_losses(reference_dir), train_losses(run_dir)
     assert sorted(got) == list(range(1, STEPS + 1))
@@ -259,3 +261,24 @@ def test_zero3_and_zero0_give_the_same_losses(reference_run, shards, tmp_path):
     assert max(diffs) <= 1e-5
     assert zero3[5] < zero3[1] - 0.2  # the steps compared did train
     assert math.isclose(zero0[1], math.log(1024), rel_tol=0.02)  # initialised as the model intends (std 0.02)
+
+
+@pytest.mark.integration
+def test_flow_retries_a_stopped_run_by_resuming(prefect_server, shards, tmp_path):
+    """The first attempt stops at step 4 (stop_after_steps); the task's retry resumes to step 8."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.train import train_flow
+
+    run_dir = tmp_path / "flow"
+    cfg = run_config(shards, run_dir, max_steps=8, stop_after_steps=4, checkpoint_every_steps=4, eval_every_steps=8)
+    summary = train_flow(config=cfg)
+    assert summary["completed"] and summary["steps"] == 8
+    log = (run_dir / "train.log").read_text()
+    assert "stopping after step 4" in log and f"resumed from {run_dir / 'checkpoints' / 'step4'} at step 4" in log
+    assert sorted(train_losses(run_dir)) == list(range(1, 9))
+    with get_client(sync_client=True) as client:
+        keys = {a.key for a in client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["train-loss", "train-summary"])))}
+    assert keys == {"train-loss", "train-summary"}

@@ -71,12 +71,11 @@ def _zero_section(cfg: TrainConfig, model: ModelConfig) -> dict:
         "reduce_bucket_size": cfg.reduce_bucket_size,
     }
     if cfg.zero_stage == 3:
-        hidden = model.d_model
         zero.update({
-            # DeepSpeed's suggested values for a hidden size (what HF's "auto" fills in):
-            # prefetch about one layer's big matrices ahead, keep vectors up to 10 x hidden whole.
-            "stage3_prefetch_bucket_size": cfg.prefetch_bucket_size or int(0.9 * hidden * hidden),
-            "stage3_param_persistence_threshold": cfg.param_persistence_threshold or 10 * hidden,
+            # Prefetch several layers ahead and keep vectors and small matrices whole (see
+            # TrainConfig for the measurement behind the defaults).
+            "stage3_prefetch_bucket_size": cfg.prefetch_bucket_size,
+            "stage3_param_persistence_threshold": cfg.param_persistence_threshold,
             "stage3_gather_16bit_weights_on_model_save": True,
         })
         if cfg.offload_params:

@@ -23,6 +23,7 @@ import os
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ from pretrain.config import ModelConfig, TrainConfig
 from pretrain.provenance import atomic_write_text
 from tasks.train.checkpoint import COMPLETE_MARKER, checkpoint_root, newest_checkpoint, prune_checkpoints, tag_for
 from tasks.train.data import TokenWindows, TrainStream, eval_batches
-from tasks.train.ds_config import batch_plan, build_optimizer, deepspeed_config, lr_at, set_lr
+from tasks.train.ds_config import BatchPlan, batch_plan, build_optimizer, deepspeed_config, lr_at, set_lr
 
 # Dense bf16 peak per device (not the sparse figure), for MFU.
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -254,11 +255,36 @@ def plot_losses(metrics_path: Path, png_path: Path) -> None:
     plt.close(fig)
 
 
-def run(cfg: TrainConfig, run_dir: Path, resume_run: bool) -> dict | None:
+def enable_fp8(model: torch.nn.Module, cfg: TrainConfig, dist: Dist, log: Log) -> dict:
+    """Convert the Linear layers to torchao float8 where that can run; else say why not."""
+    fp8 = {"requested": cfg.fp8, "enabled": False, "reason": None}
+    if not cfg.fp8:
+        return fp8
+    fp8["reason"] = fp8_unavailable_reason(cfg, dist.device)
+    if fp8["reason"] is not None:
+        log.say(f"fp8 unavailable: {fp8['reason']}; continuing in {cfg.precision}")
+        return fp8
+    from torchao.float8 import convert_to_float8_training
+
+    convert_to_float8_training(model, module_filter_fn=_fp8_filter)
+    log.say("fp8: torchao float8 training on the Linear layers (lm_head in bf16)")
+    return {**fp8, "enabled": True}
+
+
+@dataclass
+class Setup:
+    engine: object
+    plan: BatchPlan
+    model_cfg: ModelConfig
+    stream: TrainStream
+    val_windows: TokenWindows
+    fp8: dict
+    counts: list[dict]  # per rank: parameter elements held locally, and the total
+
+
+def set_up(cfg: TrainConfig, run_dir: Path, dist: Dist, log: Log) -> Setup:
     import deepspeed
 
-    dist = Dist()
-    log = Log(run_dir, dist.rank)
     plan = batch_plan(cfg, dist.world_size)
     log.say(plan.describe())
     random.seed(cfg.seed)
@@ -270,68 +296,23 @@ def run(cfg: TrainConfig, run_dir: Path, resume_run: bool) -> dict | None:
     if dist.rank == 0:
         atomic_write_text(run_dir / "ds_config.json", json.dumps(ds_config, indent=2) + "\n")
         (run_dir / "summary.json").unlink(missing_ok=True)
-
     model = build_model(model_cfg, ds_config, cfg.seed, cfg.zero_stage)
-    fp8 = {"requested": cfg.fp8, "enabled": False, "reason": None}
-    if cfg.fp8:
-        fp8["reason"] = fp8_unavailable_reason(cfg, dist.device)
-        if fp8["reason"] is None:
-            from torchao.float8 import convert_to_float8_training
-
-            convert_to_float8_training(model, module_filter_fn=_fp8_filter)
-            fp8["enabled"] = True
-            log.say("fp8: torchao float8 training on the Linear layers (lm_head in bf16)")
-        else:
-            log.say(f"fp8 unavailable: {fp8['reason']}; continuing in {cfg.precision}")
-    optimizer = build_optimizer(model, cfg)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    fp8 = enable_fp8(model, cfg, dist, log)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=build_optimizer(model, cfg), config=ds_config)
     counts = dist.gather(parameter_counts(engine.module))
     stream = TrainStream(train_windows, cfg.micro_batch_size, dist.rank, dist.world_size)
-    step = resume(engine, run_dir, stream, dist, log) if resume_run else 0
-    if not resume_run:
-        log.truncate_after(0)
+    return Setup(engine, plan, model_cfg, stream, val_windows, fp8, counts)
 
-    from models.transformer import flops_per_token
 
-    flops_token = flops_per_token(model_cfg, cfg.seq_len)
-    peak = peak_flops(dist.device)
-    log.say(f"model {counts[0]['total']:,} parameters, {flops_token:,.0f} training FLOPs/token; "
-            f"rank 0 holds {counts[0]['local']:,}; zero stage {cfg.zero_stage}, {cfg.precision}, "
-            f"{dist.world_size} x {dist.device.type}")
-    loss = val_loss = None
-    while step < cfg.max_steps:
-        lr = lr_at(step, cfg)
-        set_lr(engine.optimizer, lr)
-        started = time.perf_counter()
-        loss = train_step(engine, stream, plan.grad_accum_steps, dist)
-        seconds = time.perf_counter() - started
-        step += 1
-        tokens_per_s = plan.tokens_per_step / seconds
-        flops_per_s = flops_token * tokens_per_s
-        grad_norm = engine.get_global_grad_norm()
-        grad_norm = float(grad_norm) if grad_norm is not None else None
-        mfu = flops_per_s / (peak * dist.world_size) if peak else None
-        log.record(kind="train", step=step, loss=loss, lr=lr, tokens=step * plan.tokens_per_step,
-                   tokens_per_s=tokens_per_s, flops_per_s=flops_per_s, mfu=mfu, grad_norm=grad_norm)
-        log.say(f"step {step}/{cfg.max_steps} loss {loss:.4f} lr {lr:.3e} tok/s {tokens_per_s:,.0f} "
-                f"flop/s {flops_per_s:.3e} mfu {'-' if mfu is None else format(mfu, '.1%')} "
-                f"grad_norm {'-' if grad_norm is None else format(grad_norm, '.3f')}")
-        if val_windows.windows and (step % cfg.eval_every_steps == 0 or step == cfg.max_steps):
-            val_loss = evaluate(engine, val_windows, cfg, dist)
-            log.record(kind="eval", step=step, val_loss=val_loss)
-            log.say(f"step {step} val_loss {val_loss:.4f}")
-        if step % cfg.checkpoint_every_steps == 0 or step == cfg.max_steps:
-            save_checkpoint(engine, run_dir, step, stream, cfg, dist, log)
-        if cfg.stop_after_steps is not None and step >= cfg.stop_after_steps and step < cfg.max_steps:
-            log.say(f"stopping after step {step} (stop_after_steps), as a crash would")
-            return None
-
+def write_summary(run: Setup, cfg: TrainConfig, run_dir: Path, step: int, loss, val_loss, flops_token: float,
+                  dist: Dist, log: Log) -> dict:
     summary = {
-        "completed": True, "steps": step, "tokens": step * plan.tokens_per_step, "final_loss": loss,
-        "val_loss": val_loss, "params": counts[0]["total"], "flops_per_token": flops_token,
-        "model": model_cfg.model_dump(mode="json"), "world_size": dist.world_size, "device": dist.device.type,
-        "zero_stage": cfg.zero_stage, "precision": cfg.precision, "fp8": fp8, "batch": plan.describe(),
-        "param_partition": {"local_per_rank": [c["local"] for c in counts], "total": counts[0]["total"]},
+        "completed": True, "steps": step, "tokens": step * run.plan.tokens_per_step, "final_loss": loss,
+        "val_loss": val_loss, "params": run.counts[0]["total"], "flops_per_token": flops_token,
+        "model": run.model_cfg.model_dump(mode="json"), "world_size": dist.world_size,
+        "device": dist.device.type, "zero_stage": cfg.zero_stage, "precision": cfg.precision, "fp8": run.fp8,
+        "batch": run.plan.describe(),
+        "param_partition": {"local_per_rank": [c["local"] for c in run.counts], "total": run.counts[0]["total"]},
         "checkpoint": str(checkpoint_root(run_dir) / tag_for(step)),
     }
     if dist.rank == 0:
@@ -341,10 +322,54 @@ def run(cfg: TrainConfig, run_dir: Path, resume_run: bool) -> dict | None:
     return summary
 
 
+def train(cfg: TrainConfig, run_dir: Path, resume_run: bool) -> dict | None:
+    """Train to max_steps; the summary, or None when stopped early by stop_after_steps."""
+    from models.transformer import flops_per_token
+
+    dist = Dist()
+    log = Log(run_dir, dist.rank)
+    run = set_up(cfg, run_dir, dist, log)
+    engine, plan = run.engine, run.plan
+    step = resume(engine, run_dir, run.stream, dist, log) if resume_run else 0
+    if not resume_run:
+        log.truncate_after(0)
+    flops_token, peak = flops_per_token(run.model_cfg, cfg.seq_len), peak_flops(dist.device)
+    log.say(f"model {run.counts[0]['total']:,} parameters, {flops_token:,.0f} training FLOPs/token; "
+            f"rank 0 holds {run.counts[0]['local']:,}; zero stage {cfg.zero_stage}, {cfg.precision}, "
+            f"{dist.world_size} x {dist.device.type}")
+    loss = val_loss = None
+    while step < cfg.max_steps:
+        lr = lr_at(step, cfg)
+        set_lr(engine.optimizer, lr)
+        started = time.perf_counter()
+        loss = train_step(engine, run.stream, plan.grad_accum_steps, dist)
+        tokens_per_s = plan.tokens_per_step / (time.perf_counter() - started)
+        step += 1
+        flops_per_s = flops_token * tokens_per_s
+        grad_norm = engine.get_global_grad_norm()
+        grad_norm = float(grad_norm) if grad_norm is not None else None
+        mfu = flops_per_s / (peak * dist.world_size) if peak else None
+        log.record(kind="train", step=step, loss=loss, lr=lr, tokens=step * plan.tokens_per_step,
+                   tokens_per_s=tokens_per_s, flops_per_s=flops_per_s, mfu=mfu, grad_norm=grad_norm)
+        log.say(f"step {step}/{cfg.max_steps} loss {loss:.4f} lr {lr:.3e} tok/s {tokens_per_s:,.0f} "
+                f"flop/s {flops_per_s:.3e} mfu {'-' if mfu is None else format(mfu, '.1%')} "
+                f"grad_norm {'-' if grad_norm is None else format(grad_norm, '.3f')}")
+        if run.val_windows.windows and (step % cfg.eval_every_steps == 0 or step == cfg.max_steps):
+            val_loss = evaluate(engine, run.val_windows, cfg, dist)
+            log.record(kind="eval", step=step, val_loss=val_loss)
+            log.say(f"step {step} val_loss {val_loss:.4f}")
+        if step % cfg.checkpoint_every_steps == 0 or step == cfg.max_steps:
+            save_checkpoint(engine, run_dir, step, run.stream, cfg, dist, log)
+        if cfg.stop_after_steps is not None and not resume_run and cfg.stop_after_steps <= step < cfg.max_steps:
+            log.say(f"stopping after step {step} (stop_after_steps), as a crash would")
+            return None
+    return write_summary(run, cfg, run_dir, step, loss, val_loss, flops_token, dist, log)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = load_train_config(args.config)
-    run(cfg, Path(cfg.output_dir).resolve(), args.resume)
+    train(cfg, Path(cfg.output_dir).resolve(), args.resume)
     import torch.distributed as dist
 
     dist.barrier()
