@@ -12,7 +12,6 @@ place, so a reader never sees half an export.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import uuid
 from pathlib import Path
@@ -24,6 +23,7 @@ from torch import nn
 
 from models.transformer import ffn_hidden
 from pretrain.config import ModelConfig
+from pretrain.provenance import replace_dir
 
 EOS_TOKEN = "<|endoftext|>"
 _WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile, DDP / DeepSpeed engine
@@ -124,17 +124,6 @@ def _token_id(tokenizer_file: Path, token: str) -> int | None:
     return Tokenizer.from_file(str(tokenizer_file)).token_to_id(token)
 
 
-def _replace_dir(tmp: Path, out_dir: Path) -> None:
-    """Move tmp to out_dir; an existing out_dir is set aside first and removed after."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
-        os.rename(out_dir, old)
-    os.rename(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old)
-
-
 def export_hf(
     model_or_state_dict: nn.Module | Mapping[str, torch.Tensor],
     cfg: ModelConfig,
@@ -171,7 +160,7 @@ def export_hf(
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         if tokenizer_file is not None:
             _write_tokenizer(tmp, Path(tokenizer_file), eos_token, cfg.max_seq_len)
-        _replace_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

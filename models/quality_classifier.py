@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import re
 import shutil
 import time
@@ -42,6 +41,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import FeatureUnion, Pipeline
 
 from pretrain.config import ClassifierConfig
+from pretrain.provenance import replace_dir
 
 __all__ = [
     "FORMAT_VERSION", "MIN_DOCS_PER_CLASS", "EMPTY_TEXT_SCORE", "LOADS", "IncompatibleModelError",
@@ -118,7 +118,7 @@ class QualityClassifier:
         try:
             joblib.dump(self.pipeline, tmp / MODEL_FILE, compress=3)
             (tmp / META_FILE).write_text(json.dumps(self.metadata, indent=2, sort_keys=True, default=str) + "\n")
-            _replace_dir(tmp, output_dir)
+            replace_dir(tmp, output_dir)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return output_dir
@@ -138,17 +138,6 @@ class QualityClassifier:
         pipeline = joblib.load(model_path)
         LOADS[str(model_dir.resolve())] += 1
         return cls(pipeline, metadata)
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Put ``new`` at ``target``; an existing ``target`` is moved aside first, then removed."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(target, old)
-    os.replace(new, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _check_compatible(metadata: dict, model_dir: Path) -> None:

@@ -6,6 +6,8 @@ import hashlib
 import importlib
 import json
 import os
+import shutil
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -52,3 +54,15 @@ def write_info_json(folder: Path, *, stage: str, code: str, config: dict, inputs
     path = folder / "info.json"
     atomic_write_text(path, json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
     return path
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Put a finished folder ``new`` at ``target``; an existing ``target`` is moved aside
+    first and removed after, so readers never see a half-written folder."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(target, old)
+    os.replace(new, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -21,7 +21,6 @@ import hashlib
 import json
 import math
 import os
-import random
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -33,6 +32,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from pretrain.config import TokenizeConfig
 from pretrain.provenance import atomic_write_text
+from tasks.sampling import reservoir_sample
 from tasks.shards import part_path
 
 INDEX_FORMAT = 1
@@ -89,22 +89,12 @@ def read_documents(path: Path, batch_rows: int = BATCH_ROWS) -> Iterator[list[Do
 
 def sample_texts(paths: Iterable[Path], max_documents: int, seed: int) -> list[str]:
     """Up to ``max_documents`` non-empty texts drawn uniformly from the shards (reservoir sampling)."""
-    rng = random.Random(seed)
-    sample: list[str] = []
-    seen = 0
-    for path in paths:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, columns=["text"]):
-            for text in batch.column(0).to_pylist():
-                if not text:
-                    continue
-                if len(sample) < max_documents:
-                    sample.append(text)
-                else:
-                    slot = rng.randrange(seen + 1)
-                    if slot < max_documents:
-                        sample[slot] = text
-                seen += 1
-    return sample
+    def texts():
+        for path in paths:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, columns=["text"]):
+                yield from (text for text in batch.column(0).to_pylist() if text)
+
+    return reservoir_sample(texts(), max_documents, seed)
 
 
 # ---------------------------------------------------------------- tokenizer

@@ -10,6 +10,8 @@ from typing import Iterator
 
 import pyarrow.parquet as pq
 
+from tasks.sampling import reservoir_sample
+
 TEXT_SUFFIXES = (".txt", ".txt.gz", ".text")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")
 PARQUET_SUFFIXES = (".parquet",)
@@ -93,18 +95,7 @@ def iter_corpus(specs: list[str], text_field: str = "text") -> Iterator[str]:
 
 def sample_corpus(specs: list[str], max_documents: int, seed: int = 0, text_field: str = "text") -> list[str]:
     """Up to ``max_documents`` documents drawn uniformly (reservoir sampling, fixed seed)."""
-    import random
-
-    rng = random.Random(seed)
-    sample: list[str] = []
-    for seen, text in enumerate(iter_corpus(specs, text_field)):
-        if len(sample) < max_documents:
-            sample.append(text)
-        else:
-            slot = rng.randrange(seen + 1)
-            if slot < max_documents:
-                sample[slot] = text
-    return sample
+    return reservoir_sample(iter_corpus(specs, text_field), max_documents, seed)
 
 
 def corpus_identity(specs: list[str]) -> list[str]:
