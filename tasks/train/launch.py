@@ -67,6 +67,7 @@ def launch_command(cfg: TrainConfig, config_path: Path, resume: bool, cuda: bool
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
     env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("PYTHONFAULTHANDLER", "1")  # a rank that aborts prints every thread's Python stack
     env.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")  # torch deprecations inside DeepSpeed, per rank
     if cuda or cfg.hostfile:
         runner = [sys.executable, "-m", "deepspeed.launcher.runner", "--master_port", str(free_port())]

@@ -168,12 +168,15 @@ def build_model(model_cfg: ModelConfig, ds_config: dict, seed: int, zero_stage: 
 
 
 def parameter_counts(model: torch.nn.Module) -> dict:
-    """Elements held by this rank (its ZeRO-3 partitions, else everything) and the model's total."""
-    local = total = 0
+    """Parameter elements of the model (total), of this rank's ZeRO-3 partitions (local; all
+    of them without ZeRO-3), and held whole between steps (resident: under ZeRO-3 only the
+    parameters under ``param_persistence_threshold``; call outside forward/backward)."""
+    local = total = resident = 0
     for param in model.parameters():  # a tied parameter is listed once
         total += getattr(param, "ds_numel", param.numel())
         local += param.ds_tensor.numel() if hasattr(param, "ds_tensor") else param.numel()
-    return {"local": local, "total": total}
+        resident += param.data.numel()  # 0 for a released ZeRO-3 parameter
+    return {"local": local, "total": total, "resident": resident}
 
 
 def peak_flops(device: torch.device) -> float | None:
@@ -306,13 +309,15 @@ def set_up(cfg: TrainConfig, run_dir: Path, dist: Dist, log: Log) -> Setup:
 
 def write_summary(run: Setup, cfg: TrainConfig, run_dir: Path, step: int, loss, val_loss, flops_token: float,
                   dist: Dist, log: Log) -> dict:
+    counts = dist.gather(parameter_counts(run.engine.module))  # after training: persistent parameters are gathered
     summary = {
         "completed": True, "steps": step, "tokens": step * run.plan.tokens_per_step, "final_loss": loss,
         "val_loss": val_loss, "params": run.counts[0]["total"], "flops_per_token": flops_token,
         "model": run.model_cfg.model_dump(mode="json"), "world_size": dist.world_size,
         "device": dist.device.type, "zero_stage": cfg.zero_stage, "precision": cfg.precision, "fp8": run.fp8,
         "batch": run.plan.describe(),
-        "param_partition": {"local_per_rank": [c["local"] for c in run.counts], "total": run.counts[0]["total"]},
+        "param_partition": {"local_per_rank": [c["local"] for c in counts],
+                            "resident_per_rank": [c["resident"] for c in counts], "total": counts[0]["total"]},
         "checkpoint": str(checkpoint_root(run_dir) / tag_for(step)),
     }
     if dist.rank == 0:
