@@ -38,7 +38,27 @@ def part_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.part")
 
 
-class ShardWriter:
+class AtomicOutput:
+    """A file written under a temporary name: ``commit`` renames it into place, ``abort``
+    removes it. As a context manager it commits on success and aborts on an exception."""
+
+    def commit(self):
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+class ShardWriter(AtomicOutput):
     """Write rows in batches to a temporary file; ``commit`` renames it into place.
 
     Output depends only on the rows: no timestamps or random names end up in the
@@ -81,12 +101,3 @@ class ShardWriter:
     def abort(self) -> None:
         self._writer.close()
         self._tmp.unlink(missing_ok=True)
-
-    def __enter__(self) -> ShardWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.abort()

@@ -33,7 +33,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from pretrain.config import TokenizeConfig
 from pretrain.provenance import atomic_write_text
 from tasks.sampling import reservoir_sample
-from tasks.shards import part_path
+from tasks.shards import AtomicOutput, part_path
 
 INDEX_FORMAT = 1
 TOKENIZER_FILE = "tokenizer.json"
@@ -216,7 +216,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-class PackedWriter:
+class PackedWriter(AtomicOutput):
     """Appends token ids to a temporary file; ``commit`` renames it into place."""
 
     def __init__(self, path: Path, dtype: np.dtype):
@@ -252,12 +252,6 @@ class PackedWriter:
     def abort(self) -> None:
         self._handle.close()
         self._tmp.unlink(missing_ok=True)
-
-    def __enter__(self) -> PackedWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.commit() if exc_type is None else self.abort()
 
 
 def tokenize_shard(in_path: Path, train_path: Path, val_path: Path, tokenizer_path: Path,
