@@ -361,6 +361,38 @@ class TrainConfig(_Model):
     )
 
 
+class RefreshConfig(_Model):
+    """Scheduled Common Crawl refresh: ingest and filter the newest crawl's files not yet in the dataset."""
+
+    index_url: str = Field(
+        "https://index.commoncrawl.org/collinfo.json", description="The crawl list; the newest CC-MAIN id is taken."
+    )
+    crawl: str | None = Field(
+        None, pattern=r"^CC-MAIN-\d{4}-\d{2}$", description="Refresh this crawl id instead of the newest one."
+    )
+    dataset_dir: str = Field("runs/cc-refresh", description="Dataset root: shards per crawl, ledger, run reports.")
+    max_files_per_run: int | None = Field(
+        10, ge=1, description="New WARC files taken per run (listing order); the rest wait for the next run."
+    )
+    ingest: IngestConfig = Field(
+        default_factory=IngestConfig,
+        description="Extraction settings; `languages` selects languages, `cc_base_url` is the data host "
+                    "(inputs and file selection come from the crawl listing).",
+    )
+    filter: FilterConfig = Field(default_factory=FilterConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @model_validator(mode="after")
+    def _no_file_selection_in_ingest(self) -> RefreshConfig:
+        chosen = {name: getattr(self.ingest, name) for name in ("inputs", "max_files", "num_shards", "shard_index")}
+        defaults = {"inputs": [], "max_files": None, "num_shards": 1, "shard_index": 0}
+        wrong = [f"ingest.{name}" for name, value in chosen.items() if value != defaults[name]]
+        if wrong:
+            raise ValueError(f"{', '.join(wrong)} must be left unset: the refresh takes its files from the crawl "
+                             "listing (use crawl and max_files_per_run)")
+        return self
+
+
 class PipelineConfig(_Model):
     """A whole recipe: what `pretrain run` and the Prefect deployments take."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -10,8 +11,8 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
 
-from pretrain.config import IngestConfig
-from tasks.fetch import open_remote_lines
+from pretrain.config import DownloadConfig, IngestConfig
+from tasks.fetch import open_remote_lines, read_remote_bytes
 
 CRAWL_ID = re.compile(r"^CC-MAIN-\d{4}-\d{2}$")
 _CRAWL_IN_PATH = re.compile(r"CC-MAIN-\d{4}-\d{2}(?!\d)")
@@ -128,6 +129,35 @@ def resolve_inputs(cfg: IngestConfig) -> list[InputFile]:
             f"shard {cfg.shard_index} of {cfg.num_shards} keeps none"
         )
     return selected
+
+
+def crawl_order(crawl_id: str) -> tuple[int, int]:
+    """(year, week) of a ``CC-MAIN-YYYY-WW`` id: later crawls sort higher."""
+    year, week = crawl_id.removeprefix("CC-MAIN-").split("-")
+    return int(year), int(week)
+
+
+def list_crawls(index_url: str, cfg: DownloadConfig) -> list[str]:
+    """The ``CC-MAIN-YYYY-WW`` ids in a ``collinfo.json`` (a JSON list of ``{"id": ...}``), newest first.
+
+    The order comes from the ids, not from the file; entries with other ids (the
+    2008-2012 ARC crawls) are ignored.
+    """
+    body = read_remote_bytes(index_url, cfg)
+    try:
+        entries = json.loads(body)
+    except ValueError as error:
+        raise ValueError(f"crawl index {index_url}: not JSON ({error})") from None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and "id" in e for e in entries):
+        raise ValueError(f"crawl index {index_url}: expected a JSON list of objects with an `id`")
+    crawls = sorted({e["id"] for e in entries if CRAWL_ID.match(str(e["id"]))}, key=crawl_order, reverse=True)
+    if not crawls:
+        raise ValueError(f"crawl index {index_url}: no crawl id of the form CC-MAIN-YYYY-WW among {len(entries)} entries")
+    return crawls
+
+
+def newest_crawl(index_url: str, cfg: DownloadConfig) -> str:
+    return list_crawls(index_url, cfg)[0]
 
 
 def input_identity(f: InputFile) -> str:
