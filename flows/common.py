@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+import socket
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 from prefect.artifacts import create_markdown_artifact
 from prefect.futures import as_completed
 from prefect.tasks import exponential_backoff
 
+from pretrain.paths import PathPolicy, policy_from_env, root_is_configured
 from pretrain.progress import report_progress
 from pretrain.provenance import atomic_write_text
 from tasks.errors import describe_error, is_transient_error
@@ -80,3 +87,56 @@ def funnel_table(rows: list[tuple[str, object]], header: tuple[str, str] = ("sta
 
 def publish_markdown(key: str, title: str, lines: list[str]) -> None:
     create_markdown_artifact(key=key, markdown="\n".join([f"# {title}", "", *lines]), description=title)
+
+
+def parameter_policy() -> PathPolicy | None:
+    """The confinement for this flow run's path and URL parameters; None when they are trusted.
+
+    Runs created from a deployment (UI, API, schedule; their subflows too) are
+    confined to the data root, as is every run where ``PRETRAIN_DATA_ROOT`` is set.
+    A flow called directly by the local user (the CLI, a script) is not.
+    """
+    from prefect.runtime import deployment
+
+    if root_is_configured() or deployment.id:
+        return policy_from_env()
+    return None
+
+
+class OutputInUse(RuntimeError):
+    """Another run is writing the same output folder."""
+
+
+class OutputNotWritable(PermissionError):
+    """The output folder cannot be created or written."""
+
+
+@contextlib.contextmanager
+def output_lock(folder: Path, stage: str) -> Iterator[Path]:
+    """Hold an exclusive lock on ``folder`` (``folder/.lock``) while a run writes into it.
+
+    A second run on the same folder fails at once, naming the holder, instead of
+    racing the first one on report.json and info.json. The kernel drops the lock
+    when its process dies, so a killed run leaves no stale lock behind.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(folder / ".lock", "a+")
+    except OSError as error:
+        raise OutputNotWritable(f"{stage}: output folder {folder} is not writable: {error}") from error
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown holder"
+            raise OutputInUse(f"{stage}: output folder {folder} is being written by another run ({holder}); "
+                              "wait for it to finish or choose another folder") from None
+        handle.seek(0)
+        handle.truncate()
+        since = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        handle.write(f"{stage}, pid {os.getpid()} on {socket.gethostname()}, since {since}\n")
+        handle.flush()
+        yield folder
+    finally:
+        handle.close()  # closing releases the lock

@@ -27,7 +27,8 @@ from prefect.artifacts import create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import (
-    SHARD_TASK_OPTIONS, file_identity, funnel_table, gather, parquet_shards, publish_markdown, write_report,
+    SHARD_TASK_OPTIONS, file_identity, funnel_table, gather, output_lock, parameter_policy, parquet_shards,
+    publish_markdown, write_report,
 )
 from pretrain.config import DedupConfig, RayConfig
 from pretrain.provenance import code_version, stable_hash, write_info_json
@@ -204,14 +205,24 @@ def dedup_flow(config: DedupConfig, input_dir: str, output_dir: str, ray_config:
     """Deduplicate the Parquet shards of ``input_dir`` into ``output_dir`` (same shard names).
 
     Also writes ``dedup/clusters/<shard>.parquet``, ``info.json`` and ``report.json``;
-    raises DedupFailed if a stage's tasks fail after their retries.
+    raises DedupFailed if a stage's tasks fail after their retries. A run from a
+    deployment has its paths confined to the data root (``pretrain.paths``); a second
+    run on the same output folder fails at once (``OutputInUse``).
     """
-    logger = get_run_logger()
-    started = time.perf_counter()
+    policy = parameter_policy()
+    if policy is not None:
+        input_dir, output_dir = str(policy.path(input_dir, "input_dir")), str(policy.path(output_dir, "output_dir"))
     inputs = parquet_shards(input_dir)
     out = Path(output_dir).resolve()
     if out == Path(input_dir).resolve():
         raise ValueError(f"output_dir must differ from input_dir ({out}): shards keep their names")
+    with output_lock(out, "dedup"):
+        return _dedup(config, inputs, input_dir, out, ray_config)
+
+
+def _dedup(config: DedupConfig, inputs: list[Path], input_dir: str, out: Path, ray_config: RayConfig) -> dict:
+    logger = get_run_logger()
+    started = time.perf_counter()
     layout, hits = Layout(out), {}
     ensure_ray(ray_config)
     logger.info("dedup: %d shard(s) from %s into %s, %d key slot(s) x %d partition(s)",

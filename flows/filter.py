@@ -17,8 +17,12 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.common import SHARD_TASK_OPTIONS, file_identity, funnel_table, gather, parquet_shards, publish_markdown, write_report
+from flows.common import (
+    SHARD_TASK_OPTIONS, file_identity, funnel_table, gather, output_lock, parameter_policy, parquet_shards,
+    publish_markdown, write_report,
+)
 from pretrain.config import FilterConfig, RayConfig
+from pretrain.paths import PathPolicy
 from pretrain.provenance import code_version, stable_hash, write_info_json
 from tasks.filter_runner import FILTER_MODULES, filter_shard
 from tasks.ray_runtime import ensure_ray
@@ -92,14 +96,34 @@ def publish(summary: dict) -> None:
                               description=f"{name}: {entry['in']} in, {entry['seconds']} s")
 
 
+def confine_parameters(policy: PathPolicy, config: FilterConfig, input_dir: str,
+                       output_dir: str) -> tuple[FilterConfig, str, str]:
+    """Check an untrusted run's folders and list locations; the config with confined lists, the folders."""
+    url = config.url
+    lists = {name: [policy.location(entry, f"filter.url.{name}[{i}]") for i, entry in enumerate(getattr(url, name))]
+             for name in ("blocklist_paths", "banned_words_paths", "soft_banned_words_paths")}
+    confined = config.model_copy(update={"url": url.model_copy(update=lists)})
+    return confined, str(policy.path(input_dir, "input_dir")), str(policy.path(output_dir, "output_dir"))
+
+
 @flow(name="filter", task_runner=ThreadPoolTaskRunner(max_workers=16))
 def filter_flow(config: FilterConfig, input_dir: str, output_dir: str, ray_config: RayConfig = RayConfig()) -> dict:
-    """Apply the heuristic filter chain to every shard of ``input_dir``."""
+    """Apply the heuristic filter chain to every shard of ``input_dir``.
+
+    A run from a deployment has its paths confined to the data root (``pretrain.paths``);
+    a second run on the same output folder fails at once (``OutputInUse``).
+    """
+    policy = parameter_policy()
+    if policy is not None:
+        config, input_dir, output_dir = confine_parameters(policy, config, input_dir, output_dir)
+    shards = parquet_shards(input_dir)
+    with output_lock(Path(output_dir), "filter") as out:
+        return _filter(config, shards, input_dir, out, ray_config)
+
+
+def _filter(config: FilterConfig, shards: list[Path], input_dir: str, out: Path, ray_config: RayConfig) -> dict:
     logger = get_run_logger()
     started = time.perf_counter()
-    shards = parquet_shards(input_dir)
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     removed_dir = out / "removed"
     ensure_ray(ray_config)
     logger.info("filtering %d shard(s) from %s into %s (chain: %s)", len(shards), input_dir, out, config.order)

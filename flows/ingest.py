@@ -18,12 +18,13 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.common import SHARD_TASK_OPTIONS, gather, write_report
+from flows.common import SHARD_TASK_OPTIONS, gather, output_lock, parameter_policy, write_report
 from pretrain.config import IngestConfig, RayConfig
+from pretrain.paths import PathPolicy, redact_url
 from pretrain.provenance import code_version, stable_hash, write_info_json
 from tasks.ingest import INGEST_MODULES, ingest_input
 from tasks.ray_runtime import ensure_ray
-from tasks.sources import InputFile, input_identity, resolve_inputs
+from tasks.sources import CRAWL_ID, InputFile, input_identity, resolve_inputs
 
 # Fields of IngestConfig that change a shard's content (inputs/selection and fetch
 # settings do not).
@@ -123,18 +124,53 @@ def publish(summary: dict, output_dir: Path) -> None:
         create_table_artifact(key="ingest-shards", table=rows, description="Per-shard ingestion report")
 
 
+def confine_parameters(policy: PathPolicy, config: IngestConfig, output_dir: str) -> tuple[IngestConfig, str]:
+    """Check an untrusted run's paths and URLs before anything is read or written.
+
+    Returns the config with local inputs made absolute under the data root, and the output folder.
+    """
+    inputs = [entry if CRAWL_ID.match(entry.strip()) else policy.location(entry.strip(), f"ingest.inputs[{i}]")
+              for i, entry in enumerate(config.inputs)]
+    policy.url(config.cc_base_url, "ingest.cc_base_url")
+    download = config.download
+    if download.download_dir:
+        download = download.model_copy(update={
+            "download_dir": str(policy.path(download.download_dir, "ingest.download.download_dir"))})
+    confined = config.model_copy(update={"inputs": inputs, "download": download})
+    return confined, str(policy.path(output_dir, "output_dir"))
+
+
+def confine_files(policy: PathPolicy, files: list[InputFile]) -> None:
+    """After expansion: globs and listings may have led elsewhere (a symlink, a listed URL)."""
+    for item in files:
+        if item.kind == "local":
+            policy.path(item.uri, "ingest.inputs (expanded)")
+        else:
+            policy.url(item.uri, "ingest.inputs (expanded)")
+
+
 @flow(name="ingest", task_runner=ThreadPoolTaskRunner(max_workers=16))
 def ingest_flow(config: IngestConfig, output_dir: str = "runs/local/ingest", ray_config: RayConfig = RayConfig()) -> dict:
     """Ingest WARC inputs into one Parquet shard per file under ``output_dir``.
 
     Writes ``report.json`` (counts per stage and per drop reason) and ``info.json``;
     raises IngestFailed, after every other shard is done, if any file failed.
+    A run from a deployment has its paths confined to the data root (``pretrain.paths``);
+    a second run on the same output folder fails at once (``OutputInUse``).
     """
+    policy = parameter_policy()
+    if policy is not None:
+        config, output_dir = confine_parameters(policy, config, output_dir)
+    with output_lock(Path(output_dir), "ingest") as out:
+        return _ingest(config, out, ray_config, policy)
+
+
+def _ingest(config: IngestConfig, out: Path, ray_config: RayConfig, policy: PathPolicy | None) -> dict:
     logger = get_run_logger()
     started = time.perf_counter()
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     files = resolve_inputs(config)
+    if policy is not None:
+        confine_files(policy, files)
     logger.info("ingesting %d input file(s) into %s", len(files), out)
     ensure_ray(ray_config)
 
@@ -145,14 +181,15 @@ def ingest_flow(config: IngestConfig, output_dir: str = "runs/local/ingest", ray
         runner = ingest_shard.with_options(refresh_cache=not shard.exists())
         futures[runner.submit(item, str(shard), config, name)] = item
 
-    reports, failures, cache_hits = gather("ingest", {f: item.uri for f, item in futures.items()}, logger)
+    labels = {future: redact_url(item.uri) for future, item in futures.items()}
+    reports, failures, cache_hits = gather("ingest", labels, logger)
     reports.sort(key=lambda r: r["shard"])
 
     summary = summarize(reports, failures, time.perf_counter() - started)
     summary["cache_hits"] = cache_hits
     write_info_json(
-        out, stage="ingest", code=code_version(*INGEST_MODULES), config=config.model_dump(),
-        inputs=[item.uri for item in files],
+        out, stage="ingest", code=code_version(*INGEST_MODULES), config=redacted(config),
+        inputs=[redact_url(item.uri) for item in files],
     )
     publish(summary, out)
     logger.info(
@@ -163,3 +200,11 @@ def ingest_flow(config: IngestConfig, output_dir: str = "runs/local/ingest", ray
         raise IngestFailed(f"{len(failures)} of {len(files)} input files failed: " + "; ".join(
             f"{f['input']} ({f['error']})" for f in failures))
     return summary
+
+
+def redacted(config: IngestConfig) -> dict:
+    """The config for info.json, without credentials in its URLs."""
+    dump = config.model_dump()
+    dump["inputs"] = [redact_url(entry) for entry in dump["inputs"]]
+    dump["cc_base_url"] = redact_url(dump["cc_base_url"])
+    return dump

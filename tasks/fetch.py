@@ -32,6 +32,7 @@ import requests
 import urllib3
 
 from pretrain.config import DownloadConfig
+from pretrain.paths import redact_url
 
 T = TypeVar("T")
 ProgressFn = Callable[[int, "int | None"], None]
@@ -123,6 +124,26 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}"
 
 
+def _failure(url: str, tries: int, error: BaseException) -> str:
+    """The message of a final failure: the URL without credentials, the tries, the cause.
+
+    The cause's own text can hold the URL too (requests puts it in connection
+    errors), so credentials are removed from it as well.
+    """
+    cause = _describe(error)
+    safe = redact_url(url)
+    if safe != url:
+        cause = cause.replace(url, safe)
+        userinfo = urlparse(url).netloc.rsplit("@", 1)[0]
+        cause = cause.replace(userinfo, "***")
+    return f"GET {safe} failed after {tries} attempts: {cause}"
+
+
+def _cause(url: str, error: BaseException) -> BaseException | None:
+    """The chained cause, dropped when the URL holds credentials (tracebacks print it in full)."""
+    return None if redact_url(url) != url else error
+
+
 def _with_retries(url: str, cfg: DownloadConfig, attempt_fn: Callable[[int], T]) -> T:
     """Run ``attempt_fn(attempt)`` until it succeeds, fails permanently or runs out of tries.
 
@@ -137,10 +158,10 @@ def _with_retries(url: str, cfg: DownloadConfig, attempt_fn: Callable[[int], T])
             tries = attempt + 1
             if transient is None:
                 if isinstance(error, (_Permanent, OSError, requests.RequestException, *_REMOTE_LIB_ERRORS)):
-                    raise FetchError(f"GET {url} failed after {tries} attempts: {_describe(error)}") from error
+                    raise FetchError(_failure(url, tries, error)) from _cause(url, error)
                 raise
             if tries == cfg.max_attempts:
-                raise FetchError(f"GET {url} failed after {tries} attempts: {_describe(transient)}") from error
+                raise FetchError(_failure(url, tries, transient)) from _cause(url, error)
             _sleep(backoff_delay(attempt, cfg, transient.retry_after))
     raise AssertionError("unreachable: max_attempts >= 1")
 

@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 from pretrain.config import IngestConfig
+from pretrain.paths import redact_url
 from tasks.decode import decode_html
 from tasks.extract import extract_text
 from tasks.fetch import fetch_to_file
@@ -109,8 +110,8 @@ def ingest_input(item: InputFile, shard_path: Path, cfg: IngestConfig) -> dict:
     staged = staging_dir(cfg, shard_path.parent) / f"{item.shard_name}-{hashlib.sha256(item.uri.encode()).hexdigest()[:8]}.warc.gz"
     staged.parent.mkdir(parents=True, exist_ok=True)
     fetch_to_file(item.uri, staged, cfg.download)
-    try:
-        return ingest_warc(staged, shard_path, cfg, warc_path=item.uri, crawl=crawl)
+    try:  # credentials in a URL (user:password@) never reach documents or reports
+        return ingest_warc(staged, shard_path, cfg, warc_path=redact_url(item.uri), crawl=crawl)
     finally:
         if not cfg.download.keep_downloads:
             staged.unlink(missing_ok=True)

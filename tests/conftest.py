@@ -44,11 +44,12 @@ def prefect_server():
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray instance for the whole session (2 CPUs, small object store)."""
+    """One local Ray instance for the whole session (2 CPUs, small object store), on loopback only."""
     import ray
 
-    ray.init(num_cpus=2, object_store_memory=256 * 1024 * 1024, include_dashboard=False,
-             _node_ip_address="127.0.0.1", log_to_driver=False)
+    from tasks.ray_runtime import start_local_ray
+
+    start_local_ray(num_cpus=2, object_store_memory_mb=256)
     yield ray
     ray.shutdown()
 
