@@ -301,6 +301,10 @@ class ModelConfig(_Model):
         "auto", description="auto: flash_attn on CUDA if installed, else SDPA, else plain math."
     )
     activation_checkpointing: bool = False
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto", description="torch.compile the elementwise functions (norms, RoPE, SwiGLU, loss) into fused "
+                            "kernels; auto: on CUDA only (CPU compiles are slow to start and gain little)."
+    )
 
     @model_validator(mode="after")
     def _check_heads(self) -> ModelConfig:

@@ -130,6 +130,26 @@ def test_activation_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-5, msg=name)
 
 
+def test_compiled_kernels_match_eager():
+    """compile="on": norms, RoPE, SwiGLU and the loss run as torch.compile'd fused
+    functions (the default on CUDA); same loss and gradients as eager, with GQA."""
+    torch.manual_seed(0)
+    eager = Transformer(tiny_cfg(n_kv_heads=2, attention="sdpa", compile="off"))
+    fused = Transformer(tiny_cfg(n_kv_heads=2, attention="sdpa", compile="on"))
+    fused.load_state_dict(eager.state_dict())
+    idx, targets = torch.randint(0, VOCAB, (2, 32)), torch.randint(0, VOCAB, (2, 32))
+    losses = []
+    for model in (eager, fused):
+        loss = model(idx, targets)[1]
+        loss.backward()
+        losses.append(loss.item())
+    assert abs(losses[0] - math.log(VOCAB)) < 0.5
+    assert losses[1] == pytest.approx(losses[0], rel=1e-6)
+    for (name, a), (_, b) in zip(eager.named_parameters(), fused.named_parameters()):
+        assert a.grad is not None and a.grad.abs().sum() > 0, name
+        torch.testing.assert_close(b.grad, a.grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
 def test_tied_embeddings_and_init():
     torch.manual_seed(0)
     cfg = tiny_cfg(n_layers=8, d_model=128)
@@ -165,8 +185,9 @@ def test_flops_per_token_for_a_known_shape():
     # 125m shape: N = 12 x (4 x 768^2 + 3 x 768 x 2048 + 2 x 768) + 768 = 84,953,856
     cfg = model_config("125m", vocab_size=50_304, max_seq_len=2048)
     assert non_embedding_params(cfg) == 84_953_856
-    expected = 6 * 84_953_856 + 12 * 12 * 2048 * 768
-    assert flops_per_token(cfg, seq_len=2048) == expected == 736_215_552
+    # plus the output head's matmul, 6 x 50,304 x 768 = 231,800,832
+    expected = 6 * (84_953_856 + 50_304 * 768) + 12 * 12 * 2048 * 768
+    assert flops_per_token(cfg, seq_len=2048) == expected == 968_016_384
     assert flops_per_token(cfg, seq_len=1024) < expected
 
 
@@ -211,9 +232,17 @@ def test_gpu_backends_agree_in_bf16(kv_heads):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_model_auto_matches_math_in_bf16():
     torch.manual_seed(0)
-    ref = Transformer(tiny_cfg(n_kv_heads=2, attention="math")).cuda().to(torch.bfloat16).eval()
-    auto = Transformer(tiny_cfg(n_kv_heads=2, attention="auto")).cuda().to(torch.bfloat16).eval()
+    # auto: flash_attn or SDPA, and the compiled fused functions; the reference is eager math
+    ref = Transformer(tiny_cfg(n_kv_heads=2, attention="math", compile="off")).cuda().to(torch.bfloat16)
+    auto = Transformer(tiny_cfg(n_kv_heads=2, attention="auto")).cuda().to(torch.bfloat16)
     auto.load_state_dict(ref.state_dict())
     idx = torch.randint(0, VOCAB, (2, 64), device="cuda")
-    with torch.no_grad():
-        torch.testing.assert_close(auto(idx)[0].float(), ref(idx)[0].float(), atol=5e-2, rtol=5e-2)
+    targets = torch.randint(0, VOCAB, (2, 64), device="cuda")
+    outputs = []
+    for model in (ref, auto):
+        logits, loss = model(idx, targets)
+        loss.backward()
+        outputs.append((logits.float(), loss.item(), model.lm_head.weight.grad.float()))
+    torch.testing.assert_close(outputs[1][0], outputs[0][0], atol=5e-2, rtol=5e-2)
+    assert outputs[1][1] == pytest.approx(outputs[0][1], rel=1e-2)
+    torch.testing.assert_close(outputs[1][2], outputs[0][2], atol=5e-2, rtol=5e-2)

@@ -147,8 +147,8 @@ def build_model(model_cfg: ModelConfig, ds_config: dict, seed: int, zero_stage: 
     zero.Init partitions each submodule's parameters as soon as its own __init__ returns,
     so an init that the parent module runs afterwards (Transformer.reset_parameters) sees
     empty partitions and changes nothing. The weights are therefore initialized again
-    here, from the seed, with the parameters gathered: every ZeRO stage starts from the
-    same weights. (Gathering holds the whole model on each rank for a moment.)
+    here, from the seed, each module's parameters gathered in turn (a layer at a time,
+    never the whole model): every ZeRO stage starts from the same weights.
     """
     import deepspeed
     import torch._dynamo  # noqa: F401  imported inside zero.Init (which patches Tensor.__new__) it fails to load
@@ -160,8 +160,7 @@ def build_model(model_cfg: ModelConfig, ds_config: dict, seed: int, zero_stage: 
         model = Transformer(model_cfg)
     torch.manual_seed(seed)
     if zero_stage == 3:
-        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=0):
-            model.reset_parameters()
+        model.reset_parameters(lambda params: deepspeed.zero.GatheredParameters(params, modifier_rank=0))
     else:
         model.reset_parameters()
     return model
