@@ -397,6 +397,52 @@ class RefreshConfig(_Model):
         return self
 
 
+class SweepShape(_Model):
+    """One model of a scaling sweep (vocabulary and context come from the data and the run)."""
+
+    n_layers: int = Field(ge=1)
+    d_model: int = Field(ge=8)
+    n_heads: int = Field(ge=1)
+
+
+def _cpu_sweep_train() -> TrainConfig:
+    return TrainConfig(model_size=None, seq_len=128, micro_batch_size=8, precision="fp32", zero_stage=0,
+                       num_procs=1, lr=3e-3, eval_batches=8, keep_checkpoints=1)
+
+
+class SweepConfig(_Model):
+    """A scaling sweep: every shape trained at every compute budget, then L(N, D) fitted to
+    the final validation losses. The defaults are a CPU grid that runs in minutes."""
+
+    budgets_flops: list[float] = Field(
+        default_factory=lambda: [3e10, 1e11], min_length=1,
+        description="Compute budgets in FLOPs, C = 6 x N x D with N counting embeddings (Hoffmann et al. 2022); "
+                    "a run's tokens are C / (6 N), rounded to whole optimizer steps.",
+    )
+    shapes: list[SweepShape] = Field(
+        default_factory=lambda: [SweepShape(n_layers=1, d_model=64, n_heads=2),
+                                 SweepShape(n_layers=2, d_model=96, n_heads=3),
+                                 SweepShape(n_layers=2, d_model=128, n_heads=4)],
+        min_length=1, description="Model shapes trained at every budget (3 or more give IsoFLOP parabolas).",
+    )
+    train: TrainConfig = Field(
+        default_factory=_cpu_sweep_train,
+        description="Every run's settings; data_dir, output_dir, model, max_steps, warmup and the eval and "
+                    "checkpoint cadence are set per run.",
+    )
+    min_steps: int = Field(5, ge=1, description="A run with fewer optimizer steps is an error: raise its budget.")
+    warmup_fraction: float = Field(0.1, ge=0, lt=1, description="Warmup steps as a share of each run's steps.")
+    bootstrap: int = Field(100, ge=0, description="Bootstrap resamples for the fit's confidence intervals.")
+
+    @field_validator("budgets_flops")
+    @classmethod
+    def _positive_budgets(cls, budgets: list[float]) -> list[float]:
+        bad = [b for b in budgets if not b > 0]
+        if bad:
+            raise ValueError(f"budgets must be positive FLOPs, got {bad}")
+        return sorted(budgets)
+
+
 class PipelineConfig(_Model):
     """A whole recipe: what `pretrain run` and the Prefect deployments take."""
 
