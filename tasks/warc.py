@@ -98,40 +98,74 @@ def _next_record_start(stream: BinaryIO, after: int, gzipped: bool) -> int | Non
 
 
 def _records_skipping_corruption(stream: BinaryIO, counts: Counter, gzipped: bool):
-    """fastwarc records; on a corrupt record, count it and resume at the next readable one."""
+    """(record, offset) from fastwarc; on a corrupt record, count it, yield ``(None, offset of the
+    last good record)`` and resume at the next readable one."""
     start, last_record = 0, -1
     while True:
         stream.seek(start)
         try:
             for record in ArchiveIterator(stream, parse_http=True):
                 last_record = start + record.stream_pos
-                yield record
+                yield record, last_record
             return
         except OSError:
             counts["corrupt_record"] += 1
+            yield None, last_record
             resume = _next_record_start(stream, max(last_record, start), gzipped)
             if resume is None:
                 return
             start = resume
 
 
-def iter_html_pages(
-    stream: BinaryIO, counts: Counter, *, max_html_bytes: int, info: dict | None = None
-) -> Iterator[HtmlPage]:
-    """Yield HTTP 200 HTML responses; count every record by type and every skip by reason.
+_CONTENT_LENGTH = re.compile(rb"^content-length:\s*(\d+)\s*$", re.IGNORECASE | re.MULTILINE)
 
-    ``info`` (if given) receives ``crawl`` from the warcinfo record (its isPartOf).
-    Records whose payload is shorter than their declared length (a file cut short)
-    are skipped as ``truncated_record``; the records before them are kept.
+
+def _raw_record(stream: BinaryIO, offset: int, gzipped: bool, limit: int) -> tuple[bytes, bool]:
+    """Up to ``limit`` bytes of the record at ``offset`` (its gzip member alone, decompressed);
+    and whether the whole record (member) was read."""
+    stream.seek(offset)
+    if not gzipped:
+        data = stream.read(limit)
+        return data, len(data) < limit
+    inflate, data = zlib.decompressobj(31), b""
+    while not inflate.eof and len(data) < limit:
+        chunk = stream.read(1 << 16)
+        if not chunk:
+            break
+        try:
+            data += inflate.decompress(chunk, limit - len(data))
+        except zlib.error:
+            return data, True
+    return data, inflate.eof
+
+
+def record_length_is_honest(stream: BinaryIO, offset: int, gzipped: bool) -> bool:
+    """Whether the record at ``offset`` ends where its Content-Length says: its block is followed
+    by CRLF CRLF and, in a gzipped WARC, by the end of its own gzip member.
+
+    A record that declares more bytes than it has swallows the start of the next record
+    (fastwarc reads across members); one that declares fewer leaves bytes behind. Both
+    show up as a corrupt record right after it; this tells the liar from an honest
+    record followed by junk.
     """
-    first = stream.read(4)
-    if not first:
-        counts["empty_file"] += 1
-        return
-    if not (first.startswith(b"\x1f\x8b") or first.startswith(b"WARC")):
-        raise BadWarcError(f"not a WARC file (starts with {first!r}, expected gzip or 'WARC/')")
-    stream.seek(0)
-    for record in _records_skipping_corruption(stream, counts, gzipped=first.startswith(b"\x1f\x8b")):
+    head, _ = _raw_record(stream, offset, gzipped, 1 << 16)
+    header_end = head.find(b"\r\n\r\n")
+    match = _CONTENT_LENGTH.search(head[:header_end]) if header_end != -1 else None
+    if match is None:
+        return False
+    end = header_end + 4 + int(match.group(1))
+    data, whole = _raw_record(stream, offset, gzipped, end + 4 + (1 if gzipped else 0))
+    if data[end:end + 4] != b"\r\n\r\n":
+        return False
+    return whole and len(data) == end + 4 if gzipped else True
+
+
+def _html_pages(stream: BinaryIO, counts: Counter, gzipped: bool, max_html_bytes: int, info: dict | None):
+    """(page, offset) of each HTML response, and ``(None, offset)`` where the stream broke after ``offset``."""
+    for record, offset in _records_skipping_corruption(stream, counts, gzipped):
+        if record is None:
+            yield None, offset
+            continue
         counts["records_read"] += 1
         if record.record_type == WarcRecordType.warcinfo:
             if info is not None and "crawl" not in info:
@@ -153,8 +187,6 @@ def iter_html_pages(
         if len(payload) < declared:
             counts["truncated_record"] += 1
             continue
-        counts["html_responses"] += 1
-        counts["html_bytes"] += len(payload)
         yield HtmlPage(
             url=record.headers.get("WARC-Target-URI", ""),
             record_id=record.record_id or "",
@@ -162,4 +194,41 @@ def iter_html_pages(
             payload=payload,
             http_charset=record.http_charset,
             warc_truncated=bool(record.headers.get("WARC-Truncated")),
-        )
+        ), offset
+
+
+def iter_html_pages(
+    stream: BinaryIO, counts: Counter, *, max_html_bytes: int, info: dict | None = None
+) -> Iterator[HtmlPage]:
+    """Yield HTTP 200 HTML responses; count every record by type and every skip by reason.
+
+    ``info`` (if given) receives ``crawl`` from the warcinfo record (its isPartOf).
+    Records whose payload is shorter than their declared length (a file cut short)
+    are skipped as ``truncated_record``; the records before them are kept. A page is
+    held back until the next record parses: when the stream breaks right after it and
+    its Content-Length does not match its bytes, it is skipped as
+    ``content_length_mismatch`` (its payload would hold part of the next record).
+    """
+    first = stream.read(4)
+    if not first:
+        counts["empty_file"] += 1
+        return
+    if not (first.startswith(b"\x1f\x8b") or first.startswith(b"WARC")):
+        raise BadWarcError(f"not a WARC file (starts with {first!r}, expected gzip or 'WARC/')")
+    stream.seek(0)
+    gzipped = first.startswith(b"\x1f\x8b")
+    pending: tuple[HtmlPage, int] | None = None
+    for page, offset in _html_pages(stream, counts, gzipped, max_html_bytes, info):
+        if page is None and pending is not None and pending[1] == offset:
+            if not record_length_is_honest(stream, offset, gzipped):
+                counts["content_length_mismatch"] += 1
+                pending = None
+        if pending is not None:
+            counts["html_responses"] += 1
+            counts["html_bytes"] += len(pending[0].payload)
+            yield pending[0]
+        pending = (page, offset) if page is not None else None
+    if pending is not None:
+        counts["html_responses"] += 1
+        counts["html_bytes"] += len(pending[0].payload)
+        yield pending[0]
