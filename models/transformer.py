@@ -23,7 +23,9 @@ module's parameters as it is called) stay outside the compiled code.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -105,8 +107,28 @@ _COMPILED: dict[str, object] = {}
 
 
 def compile_enabled(mode: str, device: torch.device) -> bool:
-    """Whether ``ModelConfig.compile`` = mode compiles the fused functions for tensors on device."""
-    return mode == "on" or (mode == "auto" and device.type == "cuda")
+    """Whether ``ModelConfig.compile`` = mode compiles the fused functions for tensors on device.
+
+    "on" always does (a failure to compile is an error); "auto" does on CUDA when a probe
+    compile works there, and otherwise warns once and stays eager."""
+    if mode == "on":
+        return True
+    return mode == "auto" and device.type == "cuda" and _compile_works(device.type)
+
+
+@functools.cache
+def _compile_works(device_type: str) -> bool:
+    """Compile and run (forward and backward) a small fused function once on device_type."""
+    try:
+        x = torch.randn(8, 32, device=device_type, requires_grad=True)
+        probe = torch.compile(_swiglu, dynamic=False)
+        probe(x, x).sum().backward()
+        return True
+    except Exception as error:  # no Triton, no C compiler, an unsupported GPU, ...
+        warnings.warn(f"torch.compile does not work on {device_type} here ({type(error).__name__}: {error}); "
+                      "the model's fused functions run eagerly (slower). Set model.compile='on' to see the error.",
+                      stacklevel=2)
+        return False
 
 
 def kernel(name: str, mode: str, device: torch.device):

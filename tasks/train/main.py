@@ -328,7 +328,7 @@ def write_summary(run: Setup, cfg: TrainConfig, run_dir: Path, step: int, loss, 
 
 def train(cfg: TrainConfig, run_dir: Path, resume_run: bool) -> dict | None:
     """Train to max_steps; the summary, or None when stopped early by stop_after_steps."""
-    from models.transformer import flops_per_token
+    from models.transformer import compile_enabled, flops_per_token
 
     dist = Dist()
     log = Log(run_dir, dist.rank)
@@ -340,7 +340,8 @@ def train(cfg: TrainConfig, run_dir: Path, resume_run: bool) -> dict | None:
     flops_token, peak = flops_per_token(run.model_cfg, cfg.seq_len), peak_flops(dist.device)
     log.say(f"model {run.counts[0]['total']:,} parameters, {flops_token:,.0f} training FLOPs/token; "
             f"rank 0 holds {run.counts[0]['local']:,}; zero stage {cfg.zero_stage}, {cfg.precision}, "
-            f"{dist.world_size} x {dist.device.type}")
+            f"{dist.world_size} x {dist.device.type}; fused functions "
+            f"{'compiled' if compile_enabled(run.model_cfg.compile, dist.device) else 'eager'}")
     loss = val_loss = None
     while step < cfg.max_steps:
         lr = lr_at(step, cfg)
