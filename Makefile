@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: setup run test test-fast server bench lock clean
+.PHONY: setup run test test-fast test-faults server bench lock clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,10 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not integration"
+
+# The whole fault suite, slow part included (kill -9 per stage, load); `make test` runs the fast part.
+test-faults: setup
+	PRETRAIN_SLOW_FAULTS=1 $(BIN)/python -m pytest -q -m faults tests/faults tests/test_security.py
 
 server: setup
 	$(BIN)/prefect server start --host 127.0.0.1 --port 4200

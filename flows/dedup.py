@@ -39,6 +39,7 @@ from tasks.dedup.clusters import build_clusters
 from tasks.dedup.hashing import hash_shard, stage1_outputs
 from tasks.dedup.layout import REASONS, Layout, key_slots
 from tasks.ray_runtime import ensure_ray
+from tasks.shards import check_document_shard
 
 
 
@@ -64,6 +65,7 @@ def stage_key(stage: str, upstream: str, output_dir: str, *extra) -> str:
 
 @ray.remote(num_cpus=1, max_retries=3)
 def _hash_on_ray(shard_path: str, shard: str, output_dir: str, config: DedupConfig) -> dict:
+    check_document_shard(Path(shard_path), required=("id", "text"))
     return hash_shard(Path(shard_path), shard, Layout(Path(output_dir)), config)
 
 

@@ -26,6 +26,7 @@ from pretrain.paths import PathPolicy
 from pretrain.provenance import code_version, stable_hash, write_info_json
 from tasks.filter_runner import FILTER_MODULES, filter_shard
 from tasks.ray_runtime import ensure_ray
+from tasks.shards import check_document_shard
 
 
 class FilterFailed(RuntimeError):
@@ -44,6 +45,7 @@ def filter_cache_key(context, parameters: dict) -> str:
 
 @ray.remote(num_cpus=1, max_retries=3)
 def _filter_on_ray(in_path: str, out_path: str, config: FilterConfig, removed_dir: str) -> dict:
+    check_document_shard(Path(in_path), required=("text",))
     return filter_shard(Path(in_path), Path(out_path), config, Path(removed_dir))
 
 

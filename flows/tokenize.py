@@ -24,6 +24,7 @@ from flows.common import SHARD_TASK_OPTIONS, file_identity, funnel_table, gather
 from pretrain.config import RayConfig, TokenizeConfig
 from pretrain.provenance import code_version, stable_hash, write_info_json
 from tasks.ray_runtime import ensure_ray
+from tasks.shards import check_document_shard
 from tasks.tokenize import (
     INDEX_FILE, SPLITS, TOKENIZE_MODULES, TOKENIZER_FILE, build_index, build_tokenizer, check_weights,
     file_sha256, input_shards, tokenize_shard, write_index,
@@ -112,6 +113,7 @@ def tokenize_flow(config: TokenizeConfig, input_dirs: list[str], output_dir: str
     if config.tokenizer and not Path(config.tokenizer).is_file():
         raise FileNotFoundError(f"no tokenizer file at {config.tokenizer}")
     shards = input_shards(input_dirs)
+    check_input_shards([path for _, path in shards])
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / INDEX_FILE).unlink(missing_ok=True)  # present only while the folder is complete and consistent
@@ -153,6 +155,18 @@ def tokenize_flow(config: TokenizeConfig, input_dirs: list[str], output_dir: str
     logger.info("tokenize: %d documents, %d train and %d val tokens (%d shard(s) from cache)",
                 summary["documents"], index["tokens"]["train"], index["tokens"]["val"], cache_hits)
     return summary
+
+
+def check_input_shards(paths: list[Path]) -> None:
+    """Every shard feeds the tokenizer, so an unusable one stops the run up front, by name."""
+    problems = []
+    for path in paths:
+        try:
+            check_document_shard(path, required=("text",))
+        except ValueError as error:
+            problems.append(str(error))
+    if problems:
+        raise TokenizeFailed(f"{len(problems)} of {len(paths)} input shards are unusable: " + "; ".join(problems))
 
 
 def _remove_stale(out: Path, names: set[str]) -> None:

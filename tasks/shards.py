@@ -101,3 +101,22 @@ class ShardWriter(AtomicOutput):
     def abort(self) -> None:
         self._writer.close()
         self._tmp.unlink(missing_ok=True)
+
+
+def check_document_shard(path: Path, required: tuple[str, ...] = ("text",)) -> pa.Schema:
+    """The schema of a document shard, or a ValueError naming the file and what is wrong with it.
+
+    ``required`` columns must exist; ``text``, ``id`` and ``url`` must hold strings.
+    """
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowException, OSError) as error:
+        raise ValueError(f"{path}: not a readable Parquet file ({type(error).__name__}: {error})") from None
+    missing = [name for name in required if name not in schema.names]
+    if missing:
+        raise ValueError(f"{path}: a document shard needs column(s) {missing}, it has {schema.names}")
+    for name in ("text", "id", "url"):
+        if name in schema.names and not (pa.types.is_string(schema.field(name).type)
+                                         or pa.types.is_large_string(schema.field(name).type)):
+            raise ValueError(f"{path}: the `{name}` column must hold strings, it holds {schema.field(name).type}")
+    return schema

@@ -24,6 +24,8 @@ from httpserver import FaultyHTTPServer
 from pretrain.paths import PathPolicy, UnsafePathError, policy_from_env, redact_url
 from tasks.demo import write_demo_data
 
+pytestmark = pytest.mark.faults
+
 
 def is_loopback(ip: str) -> bool:
     address = ipaddress.ip_address(ip.split("%")[0])
