@@ -435,6 +435,214 @@ def run(
     console.print_json(json.dumps(summary, default=str))
 
 
+@app.command()
+def refresh(
+    dataset: Path = typer.Option(..., "--dataset", "-d", help="Dataset root: filtered/<crawl>/, ledger/, runs/."),
+    crawl: Optional[str] = typer.Option(None, help="A crawl id (CC-MAIN-YYYY-WW); default: the newest in the index."),
+    max_files: Optional[int] = typer.Option(None, help="New WARC files to take this run (default 10)."),
+    languages: Optional[str] = typer.Option(None, help="Comma-separated ISO 639-1 codes to keep, e.g. en,fr."),
+    index_url: Optional[str] = typer.Option(None, help="collinfo.json URL (default: index.commoncrawl.org)."),
+    config: Optional[Path] = typer.Option(None, help="A recipe YAML; its ingest, filter and ray sections apply."),
+) -> None:
+    """Append the newest crawl's WARC files that the dataset does not have yet (ingest + filters)."""
+    from flows.refresh import RefreshFailed, cc_refresh_flow
+    from pretrain.config import RefreshConfig
+    from tasks.refresh import RefreshLocked
+
+    try:
+        recipe = _recipe_or_default(config)
+        ingest_cfg = recipe.ingest.model_dump(exclude={"inputs", "max_files", "num_shards", "shard_index"})
+        if languages is not None:
+            ingest_cfg["languages"] = languages
+        options = {"dataset_dir": str(dataset), "crawl": crawl, "max_files_per_run": max_files, "index_url": index_url}
+        cfg = validate_config(RefreshConfig, {
+            **{key: value for key, value in options.items() if value is not None},
+            "ingest": ingest_cfg, "filter": recipe.filter.model_dump(), "ray": recipe.ray.model_dump(),
+        }, prefix="refresh.")
+    except ConfigError as error:
+        _fail(str(error))
+    try:
+        summary = _run_with_progress("refresh", lambda: cc_refresh_flow(config=cfg))
+    except RefreshLocked as error:
+        _fail(str(error))
+    except RefreshFailed as error:
+        _fail(f"{error}\nreports: {dataset / 'runs'}", code=1)
+    except (FileNotFoundError, ValueError) as error:
+        _fail(str(error))
+    console.print(f"[green]{summary['crawl']}[/green]: {summary['files_new']} new file(s), "
+                  f"{summary['files_skipped']} already in the dataset, {summary['files_deferred']} left for later; "
+                  f"{summary['documents_kept']} of {summary['documents_ingested']} documents kept")
+    console.print(f"dataset manifest: {dataset / 'manifest.json'}")
+
+
+scaling_app = typer.Typer(help="Scaling laws: plan a run (Chinchilla), fit L(N, D) to runs, run a sweep.",
+                          no_args_is_help=True)
+app.add_typer(scaling_app, name="scaling")
+
+
+def _plan_budget(flops, gpu_hours, device, mfu, tokens, tokens_dir) -> tuple[str, float, dict]:
+    """("flops" or "tokens", the amount, how it was derived) from the plan options."""
+    from pretrain.scaling import flops_from_gpu_hours, tokens_in_index
+
+    given = [name for name, value in (("--flops", flops), ("--gpu-hours", gpu_hours),
+                                      ("--tokens/--tokens-dir", tokens or tokens_dir)) if value is not None]
+    if len(given) != 1 or (tokens is not None and tokens_dir is not None):
+        raise typer.BadParameter(f"give one of --flops, --gpu-hours or --tokens/--tokens-dir (got {given or 'none'})")
+    if gpu_hours is not None:
+        if device is None or mfu is None:
+            raise typer.BadParameter("--gpu-hours needs --device and --mfu")
+        budget = flops_from_gpu_hours(gpu_hours, device, mfu)
+        return "flops", budget, {"gpu_hours": gpu_hours, "device": device, "mfu": mfu}
+    if flops is not None:
+        return "flops", flops, {}
+    if tokens_dir is not None:
+        return "tokens", float(tokens_in_index(tokens_dir)), {"tokens_dir": str(tokens_dir)}
+    return "tokens", tokens, {}
+
+
+def _model_params(model: str, vocab_size: int, seq_len: int) -> float:
+    from models.sizes import MODEL_SIZES, model_config
+    from pretrain.scaling import total_params
+
+    if model in MODEL_SIZES:
+        return float(total_params(model_config(model, vocab_size, seq_len)))
+    try:
+        return float(model)
+    except ValueError:
+        raise typer.BadParameter(f"--model: {model!r} is neither a named size ({', '.join(MODEL_SIZES)}) "
+                                 "nor a parameter count") from None
+
+
+def _print_plan(out: dict) -> None:
+    shape = out["model"]
+    typer.echo(f"law {out['law']}: L = {out['law_params']['E']:.4g} + {out['law_params']['A']:.4g}/N^"
+               f"{out['law_params']['alpha']:.4g} + {out['law_params']['B']:.4g}/D^{out['law_params']['beta']:.4g}")
+    typer.echo(f"budget            {out['flops']:.4g} FLOPs ({out['method']})")
+    typer.echo(f"parameters N      {out['n_params']:.4g}")
+    typer.echo(f"tokens D          {out['n_tokens']:.4g}")
+    typer.echo(f"tokens per parameter {out['tokens_per_param']:.1f}")
+    typer.echo(f"predicted loss    {out['loss']:.4f} nats/token")
+    typer.echo(f"closest config    {shape['name']}: n_layers {shape['n_layers']}, d_model {shape['d_model']}, "
+               f"n_heads {shape['n_heads']} ({shape['params']:.4g} parameters with a {shape['vocab_size']} vocabulary)")
+    epochs = out.get("epochs_for_model")
+    if epochs:
+        typer.echo(f"model {epochs['model']} ({epochs['n_params']:.4g} parameters): compute-optimal at "
+                   f"{epochs['optimal_tokens']:.4g} tokens = {epochs['epochs']:.2f} epochs of the data"
+                   + (" (more than 4: repeated data is worth less, Muennighoff et al. 2023)"
+                      if epochs["repeats_too_much"] else ""))
+
+
+@scaling_app.command("plan")
+def scaling_plan(
+    flops: Optional[float] = typer.Option(None, help="Training compute budget in FLOPs, e.g. 1e21."),
+    gpu_hours: Optional[float] = typer.Option(None, help="Budget as GPU-hours (with --device and --mfu)."),
+    device: Optional[str] = typer.Option(None, help="h100, h200 or a100 (dense bf16 peak)."),
+    mfu: Optional[float] = typer.Option(None, help="Model FLOPs utilisation, e.g. 0.4."),
+    tokens: Optional[float] = typer.Option(None, help="Tokens the data has: plan the model for them."),
+    tokens_dir: Optional[Path] = typer.Option(None, help="Token shards folder: its index.json's train tokens."),
+    law: str = typer.Option("chinchilla", help="chinchilla, epoch, or a JSON file from `scaling fit --json`."),
+    seq_len: Optional[int] = typer.Option(None, help="Count attention FLOPs at this sequence length (numeric optimum)."),
+    vocab_size: Optional[int] = typer.Option(None, help="Vocabulary for the config's embeddings (default: the "
+                                             "tokens dir's, else 32000)."),
+    model: Optional[str] = typer.Option(None, help="With --tokens: epochs a named size or N-parameter model needs."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Compute-optimal N and D for a budget (or the best N for the tokens you have)."""
+    from pretrain.scaling import (
+        ScalingError, closest_model_shape, epochs_needed, load_law, optimal_allocation, plan_for_tokens, total_params,
+    )
+
+    try:
+        kind, amount, source = _plan_budget(flops, gpu_hours, device, mfu, tokens, tokens_dir)
+        if model is not None and kind != "tokens":
+            raise typer.BadParameter("--model needs --tokens or --tokens-dir (it reports epochs of that data)")
+        scaling_law = load_law(law)
+        plan = optimal_allocation(amount, scaling_law, seq_len=seq_len) if kind == "flops" \
+            else plan_for_tokens(amount, scaling_law)
+        if vocab_size is None and tokens_dir is not None:
+            vocab_size = json.loads((tokens_dir / "index.json").read_text()).get("vocab_size")
+        vocab, context = vocab_size or 32_000, seq_len or 2048
+        name, shape = closest_model_shape(plan.n_params, vocab_size=vocab, seq_len=context)
+        out = {**plan.to_dict(), **source, "law_params": scaling_law.params(),
+               "model": {"name": name, **shape.model_dump(include={"n_layers", "d_model", "n_heads", "n_kv_heads",
+                                                                   "vocab_size"}), "params": total_params(shape)}}
+        if model is not None:
+            out["epochs_for_model"] = {"model": model,
+                                       **epochs_needed(_model_params(model, vocab, context), amount, scaling_law)}
+    except (ScalingError, typer.BadParameter) as error:
+        _fail(str(error.message if isinstance(error, typer.BadParameter) else error))
+    if as_json:
+        typer.echo(json.dumps(out, indent=2))
+    else:
+        _print_plan(out)
+
+
+@scaling_app.command("fit")
+def scaling_fit(
+    csv_path: Path = typer.Option(..., "--csv", help="One row per training run."),
+    params_col: str = typer.Option(..., help="Column of parameter counts N."),
+    loss_col: str = typer.Option(..., help="Column of final (validation) losses."),
+    tokens_col: Optional[str] = typer.Option(None, help="Column of training tokens D."),
+    flops_col: Optional[str] = typer.Option(None, help="Column of training FLOPs (D = FLOPs / 6N)."),
+    plot: Optional[Path] = typer.Option(None, help="PNG to write (default: next to the CSV, <name>-fit.png)."),
+    bootstrap: int = typer.Option(100, min=0, help="Bootstrap resamples for the confidence intervals."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Fit L(N, D) (Huber on log loss, L-BFGS from a grid) and IsoFLOP parabolas; plot them."""
+    from pretrain.scaling import LAW_FIELDS, ScalingError, fit_law, isoflop_fits, plot_fit, read_runs_csv
+
+    try:
+        runs = read_runs_csv(csv_path, params_col, loss_col, tokens_col=tokens_col, flops_col=flops_col)
+        fit = fit_law(runs.n_params, runs.n_tokens, runs.losses, bootstrap=bootstrap, name=csv_path.stem)
+    except ScalingError as error:
+        _fail(str(error))
+    isoflop = isoflop_fits(runs.n_params, runs.losses, runs.flops)
+    png = plot_fit(plot or csv_path.with_name(f"{csv_path.stem}-fit.png"), runs, fit.law, isoflop)
+    out = {**fit.to_dict(), "isoflop": isoflop.to_dict(), "plot": str(png)}
+    if as_json:
+        typer.echo(json.dumps(out, indent=2))
+        return
+    typer.echo(f"{len(runs)} runs; {fit.confidence:.0%} intervals from {bootstrap} bootstrap resamples")
+    for key in LAW_FIELDS:
+        low, high = fit.intervals.get(key, (float("nan"), float("nan")))
+        typer.echo(f"  {key:<6} {out[key]:>10.4g}   [{low:.4g}, {high:.4g}]")
+    typer.echo(f"N_opt ~ C^{fit.law.a:.3f}, D_opt ~ C^{fit.law.b:.3f}; IsoFLOP parabolas: a = {isoflop.a}, "
+               f"b = {isoflop.b}")
+    typer.echo(f"plot: {png}")
+
+
+@scaling_app.command("sweep")
+def scaling_sweep(
+    data: Path = typer.Option(..., help="Token shards folder (from `pretrain tokenize`)."),
+    output: Path = typer.Option(Path("runs/sweep"), "--output", "-o", help="Sweep folder: runs/, sweep.csv, fit.json, sweep.png."),
+    config: Optional[Path] = typer.Option(None, help="A SweepConfig YAML (default: the CPU grid; configs/sweep-gpu.yaml)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a SweepConfig field: key=value (repeatable)."),
+) -> None:
+    """Train a grid of models at several compute budgets, then fit L(N, D) to their losses."""
+    import yaml
+
+    from flows.sweep import sweep_flow
+    from pretrain.config import SweepConfig
+    from pretrain.scaling import ScalingError
+
+    try:
+        raw = (yaml.safe_load(config.read_text()) or {}) if config else {}
+        for assignment in set_:
+            raw = deep_merge(raw, parse_override(assignment))
+        cfg = validate_config(SweepConfig, raw, prefix="sweep.")
+    except (ConfigError, OSError) as error:
+        _fail(str(error))
+    try:
+        result = _run_with_progress("sweep", lambda: sweep_flow(config=cfg, data_dir=str(data), output_dir=str(output)))
+    except (ScalingError, FileNotFoundError) as error:
+        _fail(str(error))
+    except Exception as error:  # a training run failed after its retries
+        _fail(f"{type(error).__name__}: {error}", code=1)
+    console.print(f"[green]sweep[/green] {result['runs']} runs in {result['seconds']} s: "
+                  + ", ".join(f"{k} {result[k]:.4g}" for k in ("E", "A", "B", "alpha", "beta")))
+    console.print(f"table {result['csv']}, fit {result['fit']}, plot {result['plot']}")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

@@ -185,8 +185,9 @@ def shape_for_params(n_params: float, aspect_ratio: float = DEFAULT_ASPECT_RATIO
 
 def training_flops_per_token(n_params: float, seq_len: int | None,
                              aspect_ratio: float = DEFAULT_ASPECT_RATIO) -> float:
-    """6 N plus attention's 12 x n_layers x seq_len x d_model (the training code's count,
-    ``models.transformer.flops_per_token``), on the shape ``shape_for_params`` gives N."""
+    """6 N plus attention's 12 x n_layers x seq_len x d_model, on the shape ``shape_for_params``
+    gives N: the training code's count (``models.transformer.flops_per_token``) for a model
+    with tied embeddings, whose 6 N includes the output head."""
     if not seq_len:
         return 6.0 * n_params
     n_layers, d_model = shape_for_params(n_params, aspect_ratio)
@@ -429,7 +430,7 @@ def _check_runs(n_params, n_tokens, losses) -> tuple[np.ndarray, np.ndarray, np.
             raise ScalingError(f"{name}: expected one value per run ({len(arrays[0])}), got shape {values.shape}")
         bad = np.flatnonzero(~(np.isfinite(values) & (values > 0)))
         if bad.size:
-            raise ScalingError(f"{name}: run {int(bad[0])} has {values[bad[0]]!r}; every value must be positive")
+            raise ScalingError(f"{name}: run {int(bad[0])} has {float(values[bad[0]])!r}; every value must be positive")
     return arrays[0], arrays[1], arrays[2]
 
 
@@ -622,3 +623,82 @@ def plot_fit(path: str | Path, runs: Runs, law: ScalingLaw, isoflop: IsoFlopResu
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+# ---------------------------------------------------------------- sweep grid
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One training run of a sweep: a shape at a budget, its steps and its TrainConfig."""
+
+    label: str
+    budget_flops: float
+    n_params: int  # with embeddings
+    steps: int
+    config: Any  # TrainConfig
+
+
+def plan_sweep(sweep, data_dir: str | Path, output_dir: str | Path) -> list[SweepRun]:
+    """Every (budget, shape) of a ``SweepConfig`` as a run in OUTPUT/runs/<label>.
+
+    Tokens are C / (6 N), N with embeddings, rounded to whole optimizer steps; a run
+    under ``min_steps`` is an error that names its budget and shape.
+    """
+    from pretrain.config import ModelConfig, TrainConfig
+    from tasks.tokenize import TokenShards
+    from tasks.train.ds_config import batch_plan
+
+    vocab_size = TokenShards.open(data_dir).vocab_size
+    base = sweep.train.model_dump(exclude={"model", "model_size"})
+    tokens_per_step = batch_plan(sweep.train, sweep.train.num_procs).tokens_per_step
+    runs = []
+    for budget in sweep.budgets_flops:
+        for shape in sweep.shapes:
+            model = ModelConfig(vocab_size=vocab_size, max_seq_len=sweep.train.seq_len, **shape.model_dump())
+            n_params = total_params(model)
+            steps = round(budget / (6.0 * n_params * tokens_per_step))
+            label = f"c{budget:.0e}-{shape.n_layers}x{shape.d_model}".replace("+", "")
+            if steps < sweep.min_steps:
+                raise ScalingError(
+                    f"sweep.budgets_flops: budget {budget:.3g} gives shape {shape.n_layers}x{shape.d_model} "
+                    f"({n_params:,} parameters) {steps} steps of {tokens_per_step:,} tokens, under min_steps "
+                    f"{sweep.min_steps}; raise the budget to at least "
+                    f"{6.0 * n_params * tokens_per_step * sweep.min_steps:.3g}")
+            fields = {**base, "data_dir": str(data_dir), "output_dir": str(Path(output_dir) / "runs" / label),
+                      "model": model.model_dump(), "model_size": None, "max_steps": steps,
+                      "warmup_steps": round(sweep.warmup_fraction * steps), "eval_every_steps": steps,
+                      "checkpoint_every_steps": steps, "stop_after_steps": None}
+            runs.append(SweepRun(label, budget, n_params, steps, TrainConfig.model_validate(fields)))
+    return runs
+
+
+SWEEP_COLUMNS = ("label", "budget_flops", "n_layers", "d_model", "n_heads", "n_params", "n_params_non_embedding",
+                 "steps", "tokens", "flops_6nd", "train_flops", "final_loss", "val_loss")
+
+
+def sweep_row(run: SweepRun, summary: dict) -> dict[str, Any]:
+    """One row of sweep.csv from a finished run's summary.json."""
+    from models.transformer import non_embedding_params
+
+    model = run.config.model
+    if summary.get("val_loss") is None:
+        raise ScalingError(f"run {run.label}: no validation loss in its summary (empty val split?)")
+    return {"label": run.label, "budget_flops": run.budget_flops, "n_layers": model.n_layers,
+            "d_model": model.d_model, "n_heads": model.n_heads, "n_params": summary["params"],
+            "n_params_non_embedding": non_embedding_params(model), "steps": summary["steps"],
+            "tokens": summary["tokens"], "flops_6nd": 6.0 * summary["params"] * summary["tokens"],
+            "train_flops": summary["flops_per_token"] * summary["tokens"], "final_loss": summary["final_loss"],
+            "val_loss": summary["val_loss"]}
+
+
+def write_csv(path: str | Path, rows: list[dict], columns: tuple[str, ...] = SWEEP_COLUMNS) -> Path:
+    from pretrain.provenance import atomic_write_text
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(Path(path), buffer.getvalue())
+    return Path(path)
