@@ -26,10 +26,11 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from flows.common import funnel_table, publish_markdown
+from flows.common import funnel_table, parameter_policy, publish_markdown
 from flows.filter import FilterFailed, filter_flow
 from flows.ingest import IngestFailed, ingest_flow
 from pretrain.config import RefreshConfig
+from pretrain.paths import PathPolicy, redact_url
 from pretrain.provenance import atomic_write_text
 from tasks.refresh import Layout, Ledger, Plan, RefreshLock, clear_work, commit_file, lock_owner, manifest, plan_refresh, relative_path
 from tasks.sources import InputFile, newest_crawl, resolve_inputs
@@ -47,6 +48,13 @@ def find_crawl(config: RefreshConfig) -> str:
 @task(name="list-crawl-files", cache_policy=NO_CACHE)
 def list_crawl_files(crawl: str, config: RefreshConfig) -> list[InputFile]:
     return resolve_inputs(config.ingest.model_copy(update={"inputs": [crawl]}))
+
+
+def confine_parameters(policy: PathPolicy, config: RefreshConfig) -> RefreshConfig:
+    """A deployment run's dataset folder must stay under the data root, its URLs use allowed schemes."""
+    policy.url(config.index_url, "index_url")
+    policy.url(config.ingest.cc_base_url, "ingest.cc_base_url")
+    return config.model_copy(update={"dataset_dir": str(policy.path(config.dataset_dir, "dataset_dir"))})
 
 
 def _read_report(folder: Path) -> dict:
@@ -77,20 +85,20 @@ def _run_stages(plan: Plan, config: RefreshConfig, work: Path) -> tuple[dict, di
 
 def _commit(plan: Plan, layout: Layout, work: Path, ingested: dict, filtered: dict, run: str) -> tuple[list, list]:
     """Move each fully processed file into the dataset and record it; (ledger entries, failures)."""
-    by_uri = {report["input"]: report for report in ingested.get("shards", [])}
+    by_uri = {report["input"]: report for report in ingested.get("shards", [])}  # URLs as redact_url wrote them
     by_shard = {Path(report["input"]).name: report for report in filtered.get("reports", [])}
     errors = {f["input"]: f["error"] for f in ingested.get("failed", []) + filtered.get("failed", [])}
     ledger, entries, failures = Ledger(layout), [], []
     for item in plan.new:
         name = f"{item.shard_name}.parquet"
-        ingest_report, filter_report = by_uri.get(item.uri), by_shard.get(name)
+        ingest_report, filter_report = by_uri.get(redact_url(item.uri)), by_shard.get(name)
         if ingest_report is None or filter_report is None:
-            cause = errors.get(item.uri) or errors.get(str(work / "ingest" / name)) or "no shard written"
-            failures.append({"input": item.uri, "error": cause})
+            cause = errors.get(redact_url(item.uri)) or errors.get(str(work / "ingest" / name)) or "no shard written"
+            failures.append({"input": redact_url(item.uri), "error": cause})
             continue
         commit_file(layout, plan.crawl, item.shard_name, work / "ingest", work / "filter")
         entry = {
-            "path": relative_path(item.uri), "uri": item.uri, "crawl": plan.crawl, "run": run,
+            "path": relative_path(item.uri), "uri": redact_url(item.uri), "crawl": plan.crawl, "run": run,
             "shard": str((layout.filtered(plan.crawl) / name).relative_to(layout.root)),
             "records_read": ingest_report["records_read"], "html_responses": ingest_report["html_responses"],
             "documents_ingested": ingest_report["documents"], "documents_kept": filter_report["documents_kept"],
@@ -104,7 +112,7 @@ def _commit(plan: Plan, layout: Layout, work: Path, ingested: dict, filtered: di
 def _summary(config: RefreshConfig, plan: Plan, listed: int, entries: list, failures: list, filtered: dict) -> dict:
     return {
         "crawl": plan.crawl,
-        "index_url": config.index_url,
+        "index_url": redact_url(config.index_url),
         "dataset_dir": config.dataset_dir,
         "files_listed": listed,
         "files_new": len(entries),
@@ -135,6 +143,9 @@ def _publish(summary: dict, layout: Layout, run_dir: Path, work: Path) -> None:
 @flow(name="cc-refresh")
 def cc_refresh_flow(config: RefreshConfig = RefreshConfig()) -> dict:
     """Ingest and filter the newest crawl's WARC files that the dataset does not have yet."""
+    policy = parameter_policy()
+    if policy is not None:
+        config = confine_parameters(policy, config)
     logger = get_run_logger()
     started = time.perf_counter()
     layout = Layout(Path(config.dataset_dir))

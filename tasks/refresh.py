@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO
 
+from pretrain.paths import redact_url
 from pretrain.provenance import atomic_write_text
 from tasks.sources import InputFile
 
@@ -71,7 +72,7 @@ class Layout:
 def relative_path(uri: str) -> str:
     """The host-independent part of a WARC URL (``crawl-data/...``), so a mirror change reprocesses nothing."""
     marker = uri.find("crawl-data/")
-    return uri[marker:] if marker != -1 else uri
+    return uri[marker:] if marker != -1 else redact_url(uri)
 
 
 class RefreshLock:

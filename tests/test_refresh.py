@@ -13,9 +13,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from httpserver import FaultyHTTPServer, http_server  # noqa: F401
+from typer.testing import CliRunner
 
 from flows.refresh import cc_refresh_flow
+from pretrain.cli import app
 from pretrain.config import DownloadConfig, IngestConfig, RefreshConfig
 from tasks.demo import write_demo_data
 from tasks.refresh import LOCK_NAME, Layout, Ledger, LedgerConflict, RefreshLock, RefreshLocked, plan_refresh
@@ -155,8 +158,12 @@ def test_refresh_appends_only_new_files_of_the_newest_crawl(services, fake_cc, t
     assert {k: after[k] for k in before} == before
     assert len(after) > len(before)
 
-    idle = cc_refresh_flow(config=config)
-    assert (idle["files_new"], idle["files_skipped"], idle["documents_ingested"]) == (0, 3, 0)
+    recipe = tmp_path / "recipe.yaml"  # the same run from the command line: nothing left to do
+    recipe.write_text(yaml.safe_dump({"ingest": {"cc_base_url": fake_cc.server.base_url}}))
+    result = CliRunner().invoke(app, ["refresh", "--dataset", str(dataset), "--config", str(recipe),
+                                      "--index-url", config.index_url, "--max-files", "2"])
+    assert result.exit_code == 0, result.output
+    assert f"{OLD}: 0 new file(s), 3 already in the dataset, 0 left for later" in " ".join(result.output.split())
     assert fake_cc.warc_requests() == {path: 1 for path in old_paths}  # nothing downloaded
 
     before = parquet_bytes(dataset)
