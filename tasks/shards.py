@@ -52,10 +52,14 @@ class AtomicOutput:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
+        if exc_type is not None:
             self.abort()
+            return
+        try:
+            self.commit()
+        except BaseException:  # e.g. the disk filled up while the footer was written
+            self.abort()
+            raise
 
 
 class ShardWriter(AtomicOutput):
@@ -73,7 +77,11 @@ class ShardWriter(AtomicOutput):
         self._pending: list[dict] = []
         path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = part_path(path)
-        self._writer = pq.ParquetWriter(self._tmp, schema, compression=COMPRESSION)
+        try:
+            self._writer = pq.ParquetWriter(self._tmp, schema, compression=COMPRESSION)
+        except BaseException:
+            self._tmp.unlink(missing_ok=True)
+            raise
 
     def write(self, row: dict) -> None:
         self._pending.append(row)
@@ -99,8 +107,12 @@ class ShardWriter(AtomicOutput):
         return self.path
 
     def abort(self) -> None:
-        self._writer.close()
-        self._tmp.unlink(missing_ok=True)
+        try:
+            self._writer.close()  # on a full disk this raises too: the file must go all the same
+        except OSError:
+            pass
+        finally:
+            self._tmp.unlink(missing_ok=True)
 
 
 def check_document_shard(path: Path, required: tuple[str, ...] = ("text",)) -> pa.Schema:
