@@ -323,3 +323,30 @@ def test_cc_refresh_deployment_is_scheduled_limited_and_takes_valid_parameters()
     assert ConcurrencyLimitStrategy(limit["collision_strategy"]) == ConcurrencyLimitStrategy.CANCEL_NEW
     config = cc_refresh_flow.validate_parameters(refresh["parameters"])["config"]
     assert config.max_files_per_run and config.ingest.languages == ["en"]
+
+
+@pytest.mark.integration
+def test_the_server_cancels_a_cc_refresh_run_that_would_overlap(prefect_server):
+    """prefect.yaml's concurrency_limit, registered on the real server: a second run is cancelled, not run."""
+    import uuid
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import ConcurrencyOptions
+    from prefect.states import Completed, Pending, Running
+
+    limit = deployment("cc-refresh")["concurrency_limit"]
+    with get_client(sync_client=True) as client:
+        flow_id = client.create_flow_from_name("cc-refresh")
+        deployment_id = client.create_deployment(
+            flow_id=flow_id, name=f"cc-refresh-{uuid.uuid4().hex[:8]}", entrypoint="flows/refresh.py:cc_refresh_flow",
+            concurrency_limit=limit["limit"],
+            concurrency_options=ConcurrencyOptions(collision_strategy=limit["collision_strategy"]),
+        )
+        first, second, later = (client.create_flow_run_from_deployment(deployment_id) for _ in range(3))
+        assert client.set_flow_run_state(first.id, Pending()).status.value == "ACCEPT"
+        client.set_flow_run_state(first.id, Running())
+        rejected = client.set_flow_run_state(second.id, Pending())
+        assert rejected.status.value == "REJECT"
+        assert client.read_flow_run(second.id).state.type.value == "CANCELLED"
+        client.set_flow_run_state(first.id, Completed())  # its slot is released
+        assert client.set_flow_run_state(later.id, Pending()).status.value == "ACCEPT"
