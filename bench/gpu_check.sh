@@ -12,6 +12,7 @@
 set -uo pipefail
 STEPS=${1:-20}
 MICRO=${2:-16}
+VARIANTS=${VARIANTS:-zero3,zero0,zero3-eager}
 OUT=${OUT:-$(mktemp -d)}
 PY=${PYTHON:-python3}
 if [ -d .gpu-wheels ]; then
@@ -20,7 +21,7 @@ if [ -d .gpu-wheels ]; then
 else
   export PYTHONPATH=.
 fi
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 TORCH_LOGS=${TORCH_LOGS:-recompiles}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PY -c "import torch, importlib.util as u; print('torch', torch.__version__, 'cuda', torch.version.cuda,
 'flash_attn', u.find_spec('flash_attn') is not None, 'deepspeed', u.find_spec('deepspeed') is not None)"
@@ -46,7 +47,7 @@ for name in ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION"):
 PY
 
 echo "== 2. bf16 350m, seq 2048, micro batch $MICRO, $STEPS steps"
-$PY - "$OUT" "$STEPS" "$MICRO" <<'PY'
+$PY - "$OUT" "$STEPS" "$MICRO" "$VARIANTS" <<'PY'
 import json, sys, time
 from pathlib import Path
 
@@ -68,11 +69,12 @@ index = {"format": 1, "dtype": "uint16", "vocab_size": 32000, "eos_id": 0, "toke
          "splits": splits, "tokens": {k: v[0]["tokens"] for k, v in splits.items()}, "sources": {}, "seed": 0}
 (data / "index.json").write_text(json.dumps(index))
 eager = model_config("350m", vocab_size=32000, max_seq_len=2048, compile="off")
-variants = {  # the defaults (fused functions compiled on CUDA), the same eager, plain data parallel
+variants = {  # the defaults (fused functions compiled on CUDA), plain data parallel, the defaults eager
     "zero3": {"fp8": True},
-    "zero3-eager": {"model": eager},
     "zero0": {"zero_stage": 0},
+    "zero3-eager": {"model": eager},
 }
+variants = {name: variants[name] for name in (sys.argv[4].split(",") if len(sys.argv) > 4 else variants)}
 results = {}
 for name, extra in variants.items():
     run = out / f"run-{name}"
@@ -93,13 +95,19 @@ for name, extra in variants.items():
     results[name] = {"median_tokens_per_s": round(float(np.median([r["tokens_per_s"] for r in steady]))),
                      "median_mfu": round(float(np.median(mfu)), 4) if mfu else None,
                      "final_loss": summary.get("final_loss"), "fp8": summary.get("fp8"),
-                     "wall_s": round(time.time() - started), "flops_per_token": summary.get("flops_per_token")}
+                     "wall_s": round(time.time() - started), "flops_per_token": summary.get("flops_per_token"),
+                     "tokens_per_s_by_step": [round(r["tokens_per_s"]) for r in rows if r.get("tokens_per_s")],
+                     "recompile_log_lines": sum("ecompil" in line for line in lines)}
     print(name, json.dumps(results[name], default=str), next((l for l in lines if "fused functions" in l), ""),
           sep="\n  ", flush=True)
 (out / "gpu_results.json").write_text(json.dumps(results, indent=2, default=str))
 PY
 
-echo "== 3. bench/train.py: ours vs HF LlamaForCausalLM, ZeRO-3 bf16, 350m, seq 2048, micro batch $MICRO"
+echo "== 3. profile: ZeRO-3, 350m, the defaults"
+$PY bench/train_profile.py --data "$OUT/tokens" --size 350m --seq-len 2048 --micro-batch "$MICRO" --rows 14 \
+  2>&1 | grep -v -i "warn\|USDT\|return func" | cut -c1-150
+
+echo "== 4. bench/train.py: ours vs HF LlamaForCausalLM, ZeRO-3 bf16, 350m, seq 2048, micro batch $MICRO"
 $PY bench/train.py --size 350m --seq-len 2048 --micro-batch "$MICRO" --steps 10 --warmup 3 --rounds 1 \
   --procs 1 --zero-stage 3 --precision bf16 --data "$OUT/tokens" 2>&1 | tail -6
 rm -rf "$OUT"/tokens "$OUT"/run-*/checkpoints
