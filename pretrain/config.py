@@ -443,21 +443,49 @@ class SweepConfig(_Model):
         return sorted(budgets)
 
 
+class QualityTrainingConfig(_Model):
+    """Training the quality models inside `pretrain run`, when `quality` names no model folders."""
+
+    reference: list[str] = Field(
+        default_factory=list,
+        description="Reference text for the perplexity model and the classifier's positives: files, globs or "
+                    "folders (.txt[.gz], JSONL, Parquet). Empty with demo_data: the generated demo reference.",
+    )
+    negatives: Literal["ingest", "filter_removed"] = Field(
+        "ingest", description="The classifier's negatives: the ingested web documents (DCLM's choice), or the "
+                              "documents the heuristic filters removed (OUTPUT/filter/removed).",
+    )
+    max_documents: int = Field(20_000, ge=10, description="Documents sampled per class for the classifier.")
+
+
 class PipelineConfig(_Model):
-    """A whole recipe: what `pretrain run` and the Prefect deployments take."""
+    """A whole recipe: what `pretrain run` and the Prefect deployments take.
+
+    The stages write under ``output_dir``: ingest/, filter/, dedup/, quality/, tokens/, train/;
+    ``train.data_dir`` and ``train.output_dir`` are set by the pipeline (tokens/, train/).
+    """
 
     name: str = "local"
     output_dir: str = Field("runs/local", description="Root folder of every stage's output.")
     demo_data: bool = Field(
         False, description="Write the offline demo WARCs under OUTPUT/demo-data and ingest them."
     )
+    until: Literal["ingest", "filter", "dedup", "quality", "tokenize", "train"] = Field(
+        "train", description="Run the stages up to and including this one."
+    )
     ray: RayConfig = Field(default_factory=RayConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
+    quality_training: QualityTrainingConfig = Field(default_factory=QualityTrainingConfig)
     tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    export_hf: bool = Field(True, description="Export the trained model as a Hugging Face folder (OUTPUT/train/hf).")
+    plan_model_size: bool = Field(
+        False, description="Pick the model from the training tokens obtained with the scaling planner "
+                           "(pretrain.scaling: compute-optimal size, closest shape), instead of train.model_size.",
+    )
 
 
 def deep_merge(base: dict, override: dict) -> dict:

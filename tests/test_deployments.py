@@ -1,27 +1,102 @@
-"""deployments/prefect.yaml points at real flows with parameters they accept."""
+"""deployments/prefect.yaml: valid entrypoints and parameters, and the `pretrain` deployment run for real.
+
+The integration test registers every deployment on the session's real Prefect server
+(`prefect deploy --all`), starts a process worker on the `cpu` pool, and triggers
+`pretrain` twice through the REST API, as the UI's Run button does.
+"""
+
+from __future__ import annotations
 
 import importlib
+import json
+import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
-from pretrain.config import IngestConfig, PipelineConfig
+from pretrain.config import PipelineConfig, load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
 
 
-def test_every_deployment_entrypoint_and_parameters_are_valid():
+def deployments() -> dict[str, dict]:
     spec = yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())
-    names = set()
-    for deployment in spec["deployments"]:
-        path, func = deployment["entrypoint"].split(":")
-        module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
-        flow = getattr(module, func)
-        names.add(deployment["name"])
-        params = deployment.get("parameters", {})
-        assert set(params) <= set(flow.parameters.properties), deployment["name"]
-        if flow.name == "ingest":
-            IngestConfig.model_validate(params["config"])
-        else:
-            PipelineConfig.model_validate(params["config"])
-    assert {"ingest", "pretrain"} <= names
+    return {deployment["name"]: deployment for deployment in spec["deployments"]}
+
+
+def entrypoint_flow(deployment: dict):
+    path, func = deployment["entrypoint"].split(":")
+    return getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), func)
+
+
+@pytest.mark.parametrize("name", sorted(deployments()))
+def test_deployment_entrypoint_and_parameters_are_valid(name):
+    deployment = deployments()[name]
+    flow = entrypoint_flow(deployment)
+    params = deployment.get("parameters", {})
+    assert set(params) <= set(flow.parameters.properties), name
+    flow.validate_parameters(params)  # the flow's own typed signature, as the worker will apply it
+    assert deployment["work_pool"]["name"], name
+
+
+def test_pretrain_deployment_is_the_local_recipe_one_run_at_a_time():
+    deployment = deployments()["pretrain"]
+    assert PipelineConfig.model_validate(deployment["parameters"]["config"]) == load_recipe("local")
+    assert deployment["concurrency_limit"]["limit"] == 1
+    assert {"ingest", "pretrain"} <= set(deployments())
+
+
+@pytest.fixture
+def worker(prefect_server, tmp_path):
+    """Deployments registered and a process worker running, against the session's Prefect server."""
+    from prefect_rest import deploy_all, ensure_work_pools, prefect_env, start_worker, stop_worker
+
+    env = prefect_env(prefect_server, PRETRAIN_DATA_ROOT=str(tmp_path), PREFECT_LOGGING_LEVEL="INFO")
+    ensure_work_pools(env)
+    deploy_all(env)
+    process = start_worker(env, "cpu", log_path=tmp_path / "worker.log")
+    yield process
+    stop_worker(process)
+
+
+def run_pretrain(rest, parameters: dict, worker, label: str) -> dict:
+    deployment = rest.deployment("pretrain", "pretrain")
+    created = rest.create_flow_run(deployment["id"], parameters, name=label)
+    run = rest.wait_for(created["id"], timeout=900, worker=worker)
+    assert run["state_type"] == "COMPLETED", (run["state_name"], "\n".join(rest.logs(run["id"])[-40:]))
+    return run
+
+
+@pytest.mark.integration
+def test_pretrain_deployment_runs_from_the_api_then_reruns_from_cache(prefect_server, worker, tmp_path):
+    from prefect_rest import PrefectREST, run_seconds
+
+    rest = PrefectREST(prefect_server)
+    out = tmp_path / "run"
+    config = load_recipe("local", [f"output_dir={out}", "train.max_steps=20", "train.eval_every_steps=10",
+                                   "train.checkpoint_every_steps=20"])
+    parameters = {"config": config.model_dump(mode="json")}
+
+    first = run_pretrain(rest, parameters, worker, "first")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["cache_hits"] == dict.fromkeys(["ingest", "filter", "dedup", "quality", "tokenize", "train"], False)
+    assert (Path(summary["model"]["hf_dir"]) / "model.safetensors").is_file()
+    assert summary["model"]["steps"] == 20 and 0 < summary["model"]["val_loss"] < 6.0
+    keys = {artifact["key"] for artifact in rest.artifacts(first["id"])}
+    assert {"pretrain-report", "pretrain-funnel", "pretrain-loss-curve", "pretrain-score-histograms",
+            "pretrain-scaling"} <= keys
+    first_tasks = [t for fid in rest.flow_run_tree(first["id"]) for t in rest.task_runs([fid])]
+    assert len(rest.flow_run_tree(first["id"])) > 6  # every stage ran its subflow(s)
+
+    second = run_pretrain(rest, parameters, worker, "second")
+    tree = rest.flow_run_tree(second["id"])
+    tasks = rest.task_runs(tree)
+    assert tree == [second["id"]]  # no stage started a subflow
+    assert sorted(t["name"] for t in tasks) == sorted(["dedup", "filter", "ingest", "quality", "tokenize", "train"])
+    assert {t["state_name"] for t in tasks} == {"Cached"}
+    assert json.loads((out / "summary.json").read_text())["cached_stages"] == 6
+    print(f"\npretrain deployment: first run {run_seconds(first):.1f} s ({len(first_tasks)} task runs), "
+          f"second run {run_seconds(second):.1f} s ({len(tasks)} task runs, all Cached), "
+          f"ratio {run_seconds(second) / run_seconds(first):.2f}")

@@ -221,7 +221,7 @@ def test_pretrain_run_local_recipe_writes_summary(services, tmp_path):
     from flows.pretrain import pretrain_flow
     from pretrain.config import load_recipe
 
-    cfg = load_recipe("local", [f"output_dir={tmp_path / 'run'}", "ray.num_cpus=2"])
+    cfg = load_recipe("local", [f"output_dir={tmp_path / 'run'}", "ray.num_cpus=2", "until=dedup"])
     summary = pretrain_flow(config=cfg)
     written = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert written == json.loads(json.dumps(summary, default=str))
