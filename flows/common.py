@@ -117,7 +117,10 @@ def output_lock(folder: Path, stage: str) -> Iterator[Path]:
 
     A second run on the same folder fails at once, naming the holder, instead of
     racing the first one on report.json and info.json. The kernel drops the lock
-    when its process dies, so a killed run leaves no stale lock behind.
+    when its process dies, so a killed run leaves no stale lock behind. Temporary
+    files of writers that were killed (``.*.part``, never read as complete) are
+    removed on the way in and out: while the lock is held no live writer of
+    another run owns them, and this run's tasks have all finished on the way out.
     """
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -137,6 +140,16 @@ def output_lock(folder: Path, stage: str) -> Iterator[Path]:
         since = datetime.now(timezone.utc).isoformat(timespec="seconds")
         handle.write(f"{stage}, pid {os.getpid()} on {socket.gethostname()}, since {since}\n")
         handle.flush()
+        remove_stale_parts(folder)
         yield folder
+        remove_stale_parts(folder)
     finally:
         handle.close()  # closing releases the lock
+
+
+def remove_stale_parts(folder: Path) -> int:
+    """Delete the temporary ``.*.part`` files under ``folder``; how many there were."""
+    stale = list(folder.rglob(".*.part"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)

@@ -82,10 +82,10 @@ class WorkerKiller(threading.Thread):
         super().__init__(daemon=True)
         self.title, self.after_s = title, after_s
         self.killed: list[int] = []
-        self._stop = threading.Event()
+        self._done = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.is_set() and not self.killed:
+        while not self._done.is_set() and not self.killed:
             for proc in psutil.process_iter(["name", "cmdline"]):
                 title = " ".join(proc.info["cmdline"] or []) or proc.info["name"] or ""
                 if title.startswith(self.title):
@@ -99,6 +99,6 @@ class WorkerKiller(threading.Thread):
             time.sleep(0.02)
 
     def stop(self) -> list[int]:
-        self._stop.set()
+        self._done.set()
         self.join(timeout=5)
         return self.killed
