@@ -41,6 +41,7 @@ from tasks.tokenize import INDEX_FILE
 KEY_FILE = "sweep_key.txt"
 TRAIN_MODULES = ("tasks.train.main", "tasks.train.data", "tasks.train.ds_config", "models.transformer")
 MIN_RUNS = 5  # the law has five parameters
+FIT_STARTS = 8  # L-BFGS from the 8 best points of the paper's grid (a sweep has few runs; they agree)
 
 
 def run_key(run: SweepRun) -> str:
@@ -76,7 +77,7 @@ def fit_rows(rows: list[dict], bootstrap: int, out: Path) -> dict:
     """Fit the law and the IsoFLOP parabolas to the runs; write fit.json and sweep.png."""
     runs = Runs(*(np.array([row[k] for row in rows], dtype=float)
                   for k in ("n_params", "tokens", "val_loss", "budget_flops")))
-    fit = fit_law(runs.n_params, runs.n_tokens, runs.losses, bootstrap=bootstrap, name="sweep")
+    fit = fit_law(runs.n_params, runs.n_tokens, runs.losses, starts=FIT_STARTS, bootstrap=bootstrap, name="sweep")
     isoflop = isoflop_fits(runs.n_params, runs.losses, runs.flops)
     result = {**fit.to_dict(), "isoflop": isoflop.to_dict()}
     atomic_write_text(out / "fit.json", json.dumps(result, indent=2) + "\n")

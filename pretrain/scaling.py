@@ -37,6 +37,10 @@ import numpy as np
 
 LAW_FIELDS = ("E", "A", "B", "alpha", "beta")
 HUBER_DELTA = 1e-3
+MAX_ITERATIONS = 1000  # L-BFGS iterations per start; a flat direction (E -> 0 on runs far from it) needs many
+# Box for (a, b, e, alpha, beta), A = e^a etc.: wide enough for any real fit, it only keeps a degenerate
+# problem (few runs, a bootstrap sample of repeated runs) from running off to overflow.
+FIT_BOUNDS = ((-30.0, 60.0), (-30.0, 60.0), (-30.0, 10.0), (0.0, 5.0), (0.0, 5.0))
 DEFAULT_ASPECT_RATIO = 64.0  # d_model / n_layers; Kaplan et al. 2020 (Fig. 5): loss is flat over a wide range
 DATA_REPEAT_WARN_EPOCHS = 4.0  # Muennighoff et al. 2023: up to ~4 epochs cost little against fresh data
 
@@ -357,18 +361,18 @@ def _terms(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray) -> np.ndarra
 def huber_objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_loss: np.ndarray,
                     delta: float = HUBER_DELTA) -> tuple[float, np.ndarray]:
     """Sum over runs of Huber(LSE(a - alpha log N, b - beta log D, e) - log L), and its gradient."""
-    terms = _terms(theta, log_n, log_d)[0]  # (points, 3)
-    top = terms.max(axis=1, keepdims=True)
-    weights = np.exp(terms - top)
-    total = weights.sum(axis=1, keepdims=True)
-    lse = (top + np.log(total))[:, 0]
-    value, slope = _huber(lse - log_loss, delta)
-    w = weights / total  # d lse / d (term)
-    grad = np.array([
-        (slope * w[:, 0]).sum(), (slope * w[:, 1]).sum(), (slope * w[:, 2]).sum(),
-        -(slope * w[:, 0] * log_n).sum(), -(slope * w[:, 1] * log_d).sum(),
-    ])
-    return float(value.sum()), grad
+    a, b, e, alpha, beta = theta
+    t1, t2 = a - alpha * log_n, b - beta * log_d
+    top = np.maximum(np.maximum(t1, t2), e)
+    w1, w2, w3 = np.exp(t1 - top), np.exp(t2 - top), np.exp(e - top)
+    total = w1 + w2 + w3
+    r = top + np.log(total) - log_loss
+    small = np.abs(r) <= delta
+    value = np.where(small, 0.5 * r * r, delta * (np.abs(r) - 0.5 * delta)).sum()
+    slope = np.where(small, r, delta * np.sign(r)) / total  # Huber' x d lse / d term, per term below
+    g1, g2 = slope * w1, slope * w2
+    grad = np.array([g1.sum(), g2.sum(), (slope * w3).sum(), -(g1 * log_n).sum(), -(g2 * log_d).sum()])
+    return float(value), grad
 
 
 def _objective_at_starts(starts: np.ndarray, log_n, log_d, log_loss, delta: float) -> np.ndarray:
@@ -392,8 +396,9 @@ def _minimise(starts: np.ndarray, log_n, log_d, log_loss, delta: float) -> tuple
 
     best_theta, best_value = None, math.inf
     for start in starts:
-        result = minimize(scaled, start, jac=True, method="L-BFGS-B",
-                          options={"maxiter": 2000, "ftol": 1e-14, "gtol": 1e-10})
+        result = minimize(scaled, np.clip(start, *np.array(FIT_BOUNDS).T), jac=True, method="L-BFGS-B",
+                          bounds=FIT_BOUNDS,
+                          options={"maxiter": MAX_ITERATIONS, "ftol": 1e-14, "gtol": 1e-10})
         if result.fun < best_value:
             best_theta, best_value = result.x, float(result.fun)
     return best_theta, best_value / scale
