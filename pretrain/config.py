@@ -415,14 +415,14 @@ class SweepConfig(_Model):
     the final validation losses. The defaults are a CPU grid that runs in minutes."""
 
     budgets_flops: list[float] = Field(
-        default_factory=lambda: [3e10, 1e11], min_length=1,
+        default_factory=lambda: [1e10, 3e10], min_length=1,
         description="Compute budgets in FLOPs, C = 6 x N x D with N counting embeddings (Hoffmann et al. 2022); "
                     "a run's tokens are C / (6 N), rounded to whole optimizer steps.",
     )
     shapes: list[SweepShape] = Field(
-        default_factory=lambda: [SweepShape(n_layers=1, d_model=64, n_heads=2),
-                                 SweepShape(n_layers=2, d_model=96, n_heads=3),
-                                 SweepShape(n_layers=2, d_model=128, n_heads=4)],
+        default_factory=lambda: [SweepShape(n_layers=1, d_model=32, n_heads=2),
+                                 SweepShape(n_layers=1, d_model=64, n_heads=2),
+                                 SweepShape(n_layers=2, d_model=64, n_heads=2)],
         min_length=1, description="Model shapes trained at every budget (3 or more give IsoFLOP parabolas).",
     )
     train: TrainConfig = Field(
