@@ -295,8 +295,8 @@ def _generated_shapes(n_params: float, vocab_size: int, seq_len: int, aspect_rat
         probe = ModelConfig(vocab_size=vocab_size, n_layers=1, d_model=d_model, n_heads=d_model // head_dim,
                             max_seq_len=seq_len)
         per_layer = total_params(probe.model_copy(update={"n_layers": 2})) - total_params(probe)
-        layers = round((n_params - (total_params(probe) - per_layer)) / per_layer)
-        if 1 <= layers <= 256:
+        layers = max(1, round((n_params - (total_params(probe) - per_layer)) / per_layer))
+        if layers <= 256:
             yield f"{layers}x{d_model}", probe.model_copy(update={"n_layers": layers})
 
 
@@ -319,9 +319,7 @@ def closest_model_shape(n_params: float, vocab_size: int = 32_000, seq_len: int 
     named = min(((name, model_config(name, vocab_size, seq_len)) for name in MODEL_SIZES), key=lambda x: error(x[1]))
     if error(named[1]) <= math.log(1 + NAMED_SIZE_TOLERANCE):
         return named
-    generated = list(_generated_shapes(n_params, vocab_size, seq_len, aspect_ratio))
-    if not generated:
-        return named
+    generated = list(_generated_shapes(n_params, vocab_size, seq_len, aspect_ratio)) + [named]
     return min(generated, key=lambda item: error(item[1])
                + 0.05 * abs(math.log2(item[1].d_model / item[1].n_layers / aspect_ratio)))
 
@@ -383,8 +381,8 @@ def _objective_at_starts(starts: np.ndarray, log_n, log_d, log_loss, delta: floa
 
 
 def _minimise(starts: np.ndarray, log_n, log_d, log_loss, delta: float) -> tuple[np.ndarray, float]:
-    """Best L-BFGS result over ``starts``. The objective is divided by delta^2 so that its
-    scale is near 1: L-BFGS-B's relative stopping rule otherwise stops at once (the early
+    """Best L-BFGS result over ``starts``. The objective is divided by delta^2 and the number
+    of runs so that its scale is near 1: L-BFGS-B's relative stopping rule otherwise stops at once (the early
     stop Besiroglu et al. 2024 found in the original fit)."""
     from scipy.optimize import minimize
 

@@ -305,6 +305,14 @@ def test_cli_fit_prints_parameters_and_writes_the_plot(tmp_path):
     assert fit["E"] == pytest.approx(EPOCH.E, rel=0.05)
     assert fit["isoflop"]["a"] == pytest.approx(EPOCH.a, abs=0.05)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    law_file = tmp_path / "law.json"
+    law_file.write_text(result.stdout)  # a fit is a law the planner takes
+    result = CliRunner().invoke(app, ["scaling", "plan", "--flops", "1e20", "--law", str(law_file), "--json"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert plan["law"] == "law" and plan["law_params"]["E"] == fit["E"]
+    fitted = ScalingLaw(**{k: fit[k] for k in ("E", "A", "B", "alpha", "beta")})
+    assert plan["n_params"] == pytest.approx(optimal_allocation(1e20, fitted).n_params)
     result = CliRunner().invoke(app, ["scaling", "fit", "--csv", str(path), "--params-col", "N",
                                       "--flops-col", "flops", "--loss-col", "loss"])
     assert result.exit_code == 2 and "--params-col: no column 'N'" in result.output
