@@ -514,22 +514,26 @@ def _model_params(model: str, vocab_size: int, seq_len: int) -> float:
 
 
 def _print_plan(out: dict) -> None:
-    shape = out["model"]
-    typer.echo(f"law {out['law']}: L = {out['law_params']['E']:.4g} + {out['law_params']['A']:.4g}/N^"
-               f"{out['law_params']['alpha']:.4g} + {out['law_params']['B']:.4g}/D^{out['law_params']['beta']:.4g}")
-    typer.echo(f"budget            {out['flops']:.4g} FLOPs ({out['method']})")
-    typer.echo(f"parameters N      {out['n_params']:.4g}")
-    typer.echo(f"tokens D          {out['n_tokens']:.4g}")
-    typer.echo(f"tokens per parameter {out['tokens_per_param']:.1f}")
-    typer.echo(f"predicted loss    {out['loss']:.4f} nats/token")
-    typer.echo(f"closest config    {shape['name']}: n_layers {shape['n_layers']}, d_model {shape['d_model']}, "
-               f"n_heads {shape['n_heads']} ({shape['params']:.4g} parameters with a {shape['vocab_size']} vocabulary)")
+    law, shape = out["law_params"], out["model"]
+    lines = [
+        ("law", f"{out['law']}: L = {law['E']:.4g} + {law['A']:.4g} / N^{law['alpha']:.4g} + "
+                f"{law['B']:.4g} / D^{law['beta']:.4g}"),
+        ("budget", f"{out['flops']:.4g} FLOPs ({out['method']})"),
+        ("parameters N", f"{out['n_params']:.4g}"),
+        ("tokens D", f"{out['n_tokens']:.4g}"),
+        ("tokens per parameter", f"{out['tokens_per_param']:.1f}"),
+        ("predicted loss", f"{out['loss']:.4f} nats/token"),
+        ("closest config", f"{shape['name']}: n_layers {shape['n_layers']}, d_model {shape['d_model']}, n_heads "
+                           f"{shape['n_heads']} ({shape['params']:.4g} parameters, vocabulary {shape['vocab_size']})"),
+    ]
     epochs = out.get("epochs_for_model")
     if epochs:
-        typer.echo(f"model {epochs['model']} ({epochs['n_params']:.4g} parameters): compute-optimal at "
-                   f"{epochs['optimal_tokens']:.4g} tokens = {epochs['epochs']:.2f} epochs of the data"
-                   + (" (more than 4: repeated data is worth less, Muennighoff et al. 2023)"
-                      if epochs["repeats_too_much"] else ""))
+        lines.append((f"model {epochs['model']}", f"{epochs['n_params']:.4g} parameters, compute-optimal at "
+                      f"{epochs['optimal_tokens']:.4g} tokens = {epochs['epochs']:.2f} epochs of the data"
+                      + (" (over 4: repeated data is worth less, Muennighoff et al. 2023)"
+                         if epochs["repeats_too_much"] else "")))
+    for label, value in lines:
+        typer.echo(f"{label:<22}{value}")
 
 
 @scaling_app.command("plan")
