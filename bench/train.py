@@ -93,6 +93,11 @@ def worker(config_path: str, steps: int, warmup: int, rounds: int, order: tuple[
         with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=0,
                                                enabled=cfg.zero_stage == 3):
             model.model.apply(model.model._init_weights)
+        if cfg.zero_stage == 3 and cfg.zero3_leaf_layers:  # the same ZeRO-3 granularity as ours
+            from deepspeed.utils import set_z3_leaf_modules
+            from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+            set_z3_leaf_modules(model, [LlamaDecoderLayer])
         return model
 
     results: dict[str, list[float]] = {"ours": [], "hf": []}
