@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: setup run test test-fast test-faults server bench lock clean
+.PHONY: setup run test test-fast test-faults server deploy worker ui-screenshot bench lock clean
 
 setup: $(STAMP)
 
@@ -36,8 +36,26 @@ test-fast: setup
 test-faults: setup
 	PRETRAIN_SLOW_FAULTS=1 $(BIN)/python -m pytest -q -m faults tests/faults tests/test_security.py
 
+# Prefect server + UI on 127.0.0.1:4200 (SQLite in ~/.prefect; PostgreSQL for production: see README).
 server: setup
 	$(BIN)/prefect server start --host 127.0.0.1 --port 4200
+
+# Work pools (cpu: process, gpu: Kubernetes) and every deployment of deployments/prefect.yaml,
+# on the server at PREFECT_API_URL (default: make server's).
+deploy: setup
+	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:4200/api} $(BIN)/python scripts/prefect_rest.py deploy
+
+# A process worker on the cpu pool; its flow runs start in this repository ($$PRETRAIN_REPO_DIR).
+worker: setup
+	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:4200/api} PRETRAIN_REPO_DIR=$(CURDIR) \
+	  $(BIN)/prefect worker start --pool cpu --type process
+
+# A server, worker and pretrain run of its own, then headless Chromium screenshots of the run page
+# (docs/ui-run.png), the Artifacts page (-artifacts.png) and its report (-report.png); installs chromium
+# with apt-get if missing.
+ui-screenshot: setup
+	bash scripts/install_chromium.sh
+	$(BIN)/python scripts/ui_screenshot.py --output docs/ui-run.png
 
 bench: setup
 	$(BIN)/python bench/extraction.py

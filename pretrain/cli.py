@@ -419,7 +419,7 @@ def run(
     output: Optional[Path] = typer.Option(None, help="Output root (default: the recipe's output_dir)."),
     set_: list[str] = typer.Option([], "--set", help="Override a recipe field: key.path=value (repeatable)."),
 ) -> None:
-    """Run the pipeline on a recipe; writes OUTPUT/summary.json."""
+    """Run the pipeline on a recipe (ingest, filters, dedup, quality, tokenize, train); writes OUTPUT/summary.json."""
     from flows.pretrain import pretrain_flow
 
     try:
@@ -432,7 +432,33 @@ def run(
         summary = _run_with_progress(f"run {cfg.name}", lambda: pretrain_flow(config=cfg))
     except Exception as error:  # the flow already logged the details
         _fail(f"{type(error).__name__}: {error}", code=1)
-    console.print_json(json.dumps(summary, default=str))
+    _print_run_summary(summary)
+
+
+def _print_run_summary(summary: dict) -> None:
+    """Where every output is, the funnel, cache hits and the model (stdout; logs go to stderr)."""
+    from rich.table import Table
+
+    out = Console()
+    funnel = {row["stage"]: row for row in summary["funnel"]}
+    table = Table(title=f"pretrain run {summary['recipe']} ({summary['seconds']} s)")
+    for column in ("stage", "output", "documents", "tokens", "from cache"):
+        table.add_column(column, justify="right" if column in ("documents", "tokens") else "left")
+    for name, stage in summary["stages"].items():
+        row = funnel.get(name, {})
+        tokens = row.get("tokens")
+        table.add_row(name, stage["output"], str(row.get("documents") or ""),
+                      "" if tokens is None else ("~" if row.get("tokens_estimated") else "") + f"{tokens:,}",
+                      "yes" if stage["cached"] else "no")
+    out.print(table)
+    model = summary.get("model")
+    if model:
+        out.print(f"model: {model['hf_dir'] or model['checkpoint']} ({model['params']:,} parameters, "
+                  f"{model['steps']} steps), validation loss {model['val_loss']:.4f}")
+        out.print(f"loss curve: {model['loss_curve']}")
+    out.print(f"report figures: {Path(summary['output_dir']) / 'report'}")
+    out.print(f"summary: {Path(summary['output_dir']) / 'summary.json'} "
+              f"({summary['cached_stages']} of {len(summary['stages'])} stages from cache; ~ = estimated tokens)")
 
 
 @app.command()

@@ -91,8 +91,13 @@ class PrefectREST:
         self.api_url = api_url.rstrip("/")
         self.client = httpx.Client(base_url=self.api_url, timeout=30)
 
-    def _json(self, method: str, path: str, **kwargs):
-        response = self.client.request(method, path, **kwargs)
+    def _json(self, method: str, path: str, attempts: int = 6, **kwargs):
+        """One API call; 503 (SQLite busy) and 429 are retried with backoff, as Prefect's own client does."""
+        for attempt in range(attempts):
+            response = self.client.request(method, path, **kwargs)
+            if response.status_code not in (429, 503):
+                break
+            time.sleep(min(8.0, 0.5 * 2 ** attempt))
         if response.status_code >= 400:
             raise PrefectRunError(f"{method} {self.api_url}{path}: HTTP {response.status_code}: {response.text[:500]}")
         return response.json()
