@@ -52,6 +52,17 @@ def screenshot(url: str, png: Path, chromium: str, wait_ms: int = 20_000) -> Pat
     return png
 
 
+def rendered_text(url: str, chromium: str, wait_ms: int = 20_000) -> str:
+    """The page's DOM after its scripts ran (``--dump-dom``), to check what a screenshot shows."""
+    with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
+        argv = [chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                f"--user-data-dir={profile}", f"--virtual-time-budget={wait_ms}", "--dump-dom", url]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=180)
+    if done.returncode != 0:
+        raise PrefectRunError(f"chromium --dump-dom failed ({done.returncode}) on {url}: {done.stderr[-2000:]}")
+    return done.stdout
+
+
 def distinct_colours(png: Path) -> int:
     """How many colours the image has: a blank or error page has a handful, a rendered UI hundreds."""
     from PIL import Image

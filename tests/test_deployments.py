@@ -48,16 +48,17 @@ def test_pretrain_deployment_is_the_local_recipe_one_run_at_a_time():
     assert {"ingest", "pretrain"} <= set(deployments())
 
 
-@pytest.fixture
-def worker(prefect_server, tmp_path):
+@pytest.fixture(scope="module")
+def worker(prefect_server, tmp_path_factory):
     """Deployments registered and a process worker running, against the session's Prefect server."""
     from prefect_rest import deploy_all, ensure_work_pools, prefect_env, start_worker, stop_worker
 
+    tmp_path = tmp_path_factory.mktemp("deployments")
     env = prefect_env(prefect_server, PRETRAIN_DATA_ROOT=str(tmp_path), PREFECT_LOGGING_LEVEL="INFO")
     ensure_work_pools(env)
     deploy_all(env)
     process = start_worker(env, "cpu", log_path=tmp_path / "worker.log")
-    yield process
+    yield process, tmp_path
     stop_worker(process)
 
 
@@ -69,10 +70,14 @@ def run_pretrain(rest, parameters: dict, worker, label: str) -> dict:
     return run
 
 
+FIRST_RUN: dict = {}
+
+
 @pytest.mark.integration
-def test_pretrain_deployment_runs_from_the_api_then_reruns_from_cache(prefect_server, worker, tmp_path):
+def test_pretrain_deployment_runs_from_the_api_then_reruns_from_cache(prefect_server, worker):
     from prefect_rest import PrefectREST, run_seconds
 
+    worker, tmp_path = worker
     rest = PrefectREST(prefect_server)
     out = tmp_path / "run"
     config = load_recipe("local", [f"output_dir={out}", "train.max_steps=20", "train.eval_every_steps=10",
@@ -80,6 +85,7 @@ def test_pretrain_deployment_runs_from_the_api_then_reruns_from_cache(prefect_se
     parameters = {"config": config.model_dump(mode="json")}
 
     first = run_pretrain(rest, parameters, worker, "first")
+    FIRST_RUN.update(first)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["cache_hits"] == dict.fromkeys(["ingest", "filter", "dedup", "quality", "tokenize", "train"], False)
     assert (Path(summary["model"]["hf_dir"]) / "model.safetensors").is_file()
@@ -100,3 +106,33 @@ def test_pretrain_deployment_runs_from_the_api_then_reruns_from_cache(prefect_se
     print(f"\npretrain deployment: first run {run_seconds(first):.1f} s ({len(first_tasks)} task runs), "
           f"second run {run_seconds(second):.1f} s ({len(tasks)} task runs, all Cached), "
           f"ratio {run_seconds(second) / run_seconds(first):.2f}")
+
+
+@pytest.mark.integration
+def test_ui_screenshot_of_the_completed_run(prefect_server, tmp_path):
+    """The UI (served by a second server process on the session's database) shows the run; needs chromium."""
+    from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
+    from prefect_rest import PrefectREST
+    from ui_screenshot import (
+        distinct_colours, find_chromium, free_port, rendered_text, screenshot, start_server, stop_server,
+    )
+
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("no chromium on PATH: run bash scripts/install_chromium.sh (or set CHROMIUM) for the UI screenshot")
+    if not FIRST_RUN:
+        pytest.skip("the deployment run test did not complete")
+    port = free_port()
+    server = start_server(tmp_path / "home", port, tmp_path / "server.log",
+                          database_url=PREFECT_API_DATABASE_CONNECTION_URL.value(), services=False)
+    try:
+        PrefectREST(f"http://127.0.0.1:{port}/api").wait_healthy(timeout=180)
+        url = f"http://127.0.0.1:{port}/runs/flow-run/{FIRST_RUN['id']}"
+        png = screenshot(url, tmp_path / "run.png", chromium)
+        dom = rendered_text(url, chromium)
+    finally:
+        stop_server(server)
+    assert distinct_colours(png) > 300  # a rendered page; a blank or error page has a handful
+    assert "Completed" in dom and FIRST_RUN["name"] in dom  # the run's name ("first") and state
+    for stage in ("ingest", "filter", "dedup", "quality", "tokenize", "train"):
+        assert stage in dom
