@@ -40,14 +40,17 @@ from tasks.langid import identify_language  # noqa: E402
 from tasks.warcwriter import warc_date, warc_record, http_response_block, record_id, write_warc  # noqa: E402
 
 
-def build_warc(path: Path, repeat: int) -> int:
-    """One WARC of len(pages) x repeat response records; returns the record count."""
+def build_warc(path: Path, repeat: int, first_copy: int = 0) -> int:
+    """One WARC of len(pages) x repeat response records; returns the record count.
+
+    Copies are numbered from ``first_copy``, so WARCs built with disjoint ranges hold distinct URLs and ids.
+    """
     expectations = json.loads((DATA / "expectations.json").read_text())
     pages = [(key, gzip.decompress((DATA / "html" / f"{key}.html.gz").read_bytes())) for key in sorted(expectations)]
     start = datetime(2024, 3, 1, tzinfo=timezone.utc)
 
     def records():
-        for copy in range(repeat):
+        for copy in range(first_copy, first_copy + repeat):
             for n, (key, body) in enumerate(pages):
                 base = (expectations[key].get("url") or f"https://example.org/{key}").strip().replace(" ", "%20")
                 url = f"{base}#copy{copy}"
