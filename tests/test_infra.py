@@ -297,7 +297,7 @@ def test_train_deployment_runs_on_the_gpu_pool_with_as_many_ranks_as_gpus():
     from tasks.train.ds_config import batch_plan
 
     train = deployment("train")
-    assert train["entrypoint"] == "flows/train.py:train_flow" and train["work_pool"]["name"] == "gpu"
+    assert train["entrypoint"] == "flows.train:train_flow" and train["work_pool"]["name"] == "gpu"
     variables = train["work_pool"]["job_variables"]
     jsonschema.validate(variables, gpu_pool()["variables"])
     config = TrainConfig.model_validate(train["parameters"]["config"])
@@ -315,7 +315,7 @@ def test_cc_refresh_deployment_is_scheduled_limited_and_takes_valid_parameters()
 
     PrefectYamlModel.model_validate(yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text()))
     refresh = deployment("cc-refresh")
-    assert refresh["entrypoint"] == "flows/refresh.py:cc_refresh_flow" and refresh["work_pool"]["name"] == "cpu"
+    assert refresh["entrypoint"] == "flows.refresh:cc_refresh_flow" and refresh["work_pool"]["name"] == "cpu"
     (schedule,) = refresh["schedules"]
     CronSchedule(cron=schedule["cron"], timezone=schedule.get("timezone"))
     limit = refresh["concurrency_limit"]
@@ -338,7 +338,7 @@ def test_the_server_cancels_a_cc_refresh_run_that_would_overlap(prefect_server):
     with get_client(sync_client=True) as client:
         flow_id = client.create_flow_from_name("cc-refresh")
         deployment_id = client.create_deployment(
-            flow_id=flow_id, name=f"cc-refresh-{uuid.uuid4().hex[:8]}", entrypoint="flows/refresh.py:cc_refresh_flow",
+            flow_id=flow_id, name=f"cc-refresh-{uuid.uuid4().hex[:8]}", entrypoint="flows.refresh:cc_refresh_flow",
             concurrency_limit=limit["limit"],
             concurrency_options=ConcurrencyOptions(collision_strategy=limit["collision_strategy"]),
         )
