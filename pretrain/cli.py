@@ -645,7 +645,7 @@ def scaling_fit(
 def scaling_sweep(
     data: Path = typer.Option(..., help="Token shards folder (from `pretrain tokenize`)."),
     output: Path = typer.Option(Path("runs/sweep"), "--output", "-o", help="Sweep folder: runs/, sweep.csv, fit.json, sweep.png."),
-    config: Optional[Path] = typer.Option(None, help="A SweepConfig YAML (default: the CPU grid; configs/sweep-gpu.yaml)."),
+    config: Optional[Path] = typer.Option(None, help="A SweepConfig YAML (default: the CPU grid; configs/sweep/gpu.yaml)."),
     set_: list[str] = typer.Option([], "--set", help="Override a SweepConfig field: key=value (repeatable)."),
 ) -> None:
     """Train a grid of models at several compute budgets, then fit L(N, D) to their losses."""
