@@ -2,7 +2,7 @@
 it): the final files equal a clean run's, no partial file is read as complete, no document twice.
 
 The flow-process kill of ingestion is in tests/test_ingest_flow.py; a training run stopped
-mid-way and resumed is in tests/test_train.py. Here: a worker kill in every Ray stage (in
+mid-way and resumed is in tests/test_train.py, one killed with -9 and resumed in test_kill_train.py. Here: a worker kill in every Ray stage (in
 `make test`), and flow-process kills of filter, dedup and tokenize (slow: `make test-faults`).
 """
 
