@@ -2,7 +2,9 @@
 
 Output (see ``tasks.tokenize``): ``tokenizer.json``, ``train/`` and ``val/`` ``.bin``
 files, ``index.json`` (written last: its presence means the folder is complete),
-``report.json`` and ``info.json``; artifact: splits and the source mixture.
+``report.json`` and ``info.json``; artifact: splits and the source mixture. The run holds
+the output folder's lock (``flows.common.output_lock``), which also removes the ``.*.part``
+files of killed writers on the way in and out.
 
 Caching: the tokenizer task is keyed on the input shards' identities, the
 tokenizer settings, the code version and the output folder; each shard task on
@@ -20,8 +22,12 @@ import ray
 from prefect import flow, get_run_logger, task
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.common import SHARD_TASK_OPTIONS, file_identity, funnel_table, gather, publish_markdown, write_report
+from flows.common import (
+    SHARD_TASK_OPTIONS, file_identity, funnel_table, gather, output_lock, parameter_policy, publish_markdown,
+    write_report,
+)
 from pretrain.config import RayConfig, TokenizeConfig
+from pretrain.paths import PathPolicy
 from pretrain.provenance import code_version, stable_hash, write_info_json
 from tasks.ray_runtime import ensure_ray
 from tasks.shards import check_document_shard
@@ -103,19 +109,38 @@ def publish(summary: dict) -> None:
     publish_markdown("tokenize-mixture", "Tokenized data", lines)
 
 
+def confine_parameters(policy: PathPolicy, config: TokenizeConfig, input_dirs: list[str],
+                       output_dir: str) -> tuple[TokenizeConfig, list[str], str]:
+    """Check an untrusted run's folders and tokenizer file before anything is read or written."""
+    if config.tokenizer:
+        config = config.model_copy(update={"tokenizer": str(policy.path(config.tokenizer, "tokenize.tokenizer"))})
+    inputs = [str(policy.path(folder, f"input_dirs[{i}]")) for i, folder in enumerate(input_dirs)]
+    return config, inputs, str(policy.path(output_dir, "output_dir"))
+
+
 @flow(name="tokenize", task_runner=ThreadPoolTaskRunner(max_workers=16))
 def tokenize_flow(config: TokenizeConfig, input_dirs: list[str], output_dir: str,
                   ray_config: RayConfig = RayConfig()) -> dict:
-    """Train or load a byte-level BPE tokenizer and write packed train/val token shards with index.json."""
-    logger = get_run_logger()
-    started = time.perf_counter()
+    """Train or load a byte-level BPE tokenizer and write packed train/val token shards with index.json.
+
+    A run from a deployment has its paths confined to the data root (``pretrain.paths``);
+    a second run on the same output folder fails at once (``OutputInUse``).
+    """
+    policy = parameter_policy()
+    if policy is not None:
+        config, input_dirs, output_dir = confine_parameters(policy, config, input_dirs, output_dir)
     check_weights(config.weights)
     if config.tokenizer and not Path(config.tokenizer).is_file():
         raise FileNotFoundError(f"no tokenizer file at {config.tokenizer}")
     shards = input_shards(input_dirs)
     check_input_shards([path for _, path in shards])
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with output_lock(Path(output_dir), "tokenize") as out:
+        return _tokenize(config, shards, out, ray_config)
+
+
+def _tokenize(config: TokenizeConfig, shards: list[tuple[str, Path]], out: Path, ray_config: RayConfig) -> dict:
+    logger = get_run_logger()
+    started = time.perf_counter()
     (out / INDEX_FILE).unlink(missing_ok=True)  # present only while the folder is complete and consistent
     ensure_ray(ray_config)
 

@@ -153,3 +153,29 @@ def test_a_second_run_on_the_same_output_fails_clearly_and_the_first_is_not_corr
     again = ingest_flow(config=IngestConfig(inputs=[str(tmp_path / "in")]), output_dir=str(out))  # lock released
     assert again["cache_hits"] == 8
     shutil.rmtree(stage.ray_tmp, ignore_errors=True)
+
+
+def test_tokenize_takes_the_output_lock_and_sheds_stale_part_files(services, tmp_path):
+    from flows.common import output_lock
+    from flows.ingest import ingest_flow
+    from flows.tokenize import tokenize_flow
+    from pretrain.config import TokenizeConfig
+
+    write_demo_data(tmp_path / "in", n_files=2, articles_per_file=20)
+    ingest_flow(config=IngestConfig(inputs=[str(tmp_path / "in")]), output_dir=str(tmp_path / "shards"))
+    out = tmp_path / "tokens"
+    run = lambda: tokenize_flow(config=TokenizeConfig(vocab_size=400), input_dirs=[str(tmp_path / "shards")],  # noqa
+                                output_dir=str(out))
+    with output_lock(out, "another run"):
+        with pytest.raises(OutputInUse, match=f"tokenize: output folder {out} is being written by another run "
+                                              r"\(another run, pid \d+"):
+            run()
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]  # refused before writing anything
+
+    (out / "train").mkdir()
+    stale = [out / "train" / ".demo-00000.bin.4242-0badcafe.part", out / ".tokenizer.json.4242-0badcafe.part"]
+    for path in stale:
+        path.write_bytes(b"\x00" * 10)  # what a killed writer leaves
+    summary = run()
+    assert summary["documents"] > 0 and part_files(out) == []
+    assert sorted(p.name for p in (out / "train").glob("*.bin")) == ["demo-00000.bin", "demo-00001.bin"]

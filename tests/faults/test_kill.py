@@ -2,8 +2,9 @@
 it): the final files equal a clean run's, no partial file is read as complete, no document twice.
 
 The flow-process kill of ingestion is in tests/test_ingest_flow.py; a training run stopped
-mid-way and resumed is in tests/test_train.py, one killed with -9 and resumed in test_kill_train.py. Here: a worker kill in every Ray stage (in
-`make test`), and flow-process kills of filter, dedup and tokenize (slow: `make test-faults`).
+mid-way and resumed is in tests/test_train.py, one killed with -9 and resumed in
+test_kill_train.py. Here: a worker kill in every Ray stage (in `make test`), and flow-process
+kills of filter, dedup and tokenize (slow: `make test-faults`).
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ def test_killing_a_ray_worker_mid_tokenize_loses_and_duplicates_nothing(services
     index = json.loads((tmp_path / "k" / "index.json").read_text())
     assert index == json.loads((tmp_path / "clean" / "index.json").read_text())
     assert index["documents"]["train"] + index["documents"]["val"] == len(rows_of(ingested / "ingest"))
+    assert part_files(tmp_path / "k") == []  # the killed worker's .bin.part files were removed
 
 
 def kill_then_rerun(args: list[str], out: Path, started, api_url: str) -> None:
@@ -147,3 +149,4 @@ def test_killing_the_tokenize_process_then_rerunning_gives_the_clean_result(serv
                   output_dir=str(tmp_path / "clean"))
     assert shard_bytes(out, "*/*.bin") == shard_bytes(tmp_path / "clean", "*/*.bin")
     assert (out / "index.json").read_text() == (tmp_path / "clean" / "index.json").read_text()
+    assert part_files(out) == []
