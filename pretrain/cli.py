@@ -34,6 +34,15 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _clear_failures() -> tuple[type[Exception], ...]:
+    """Failures whose message says everything (which folder, which field, which URL): no traceback, exit 2."""
+    from flows.common import OutputInUse, OutputNotWritable
+    from pretrain.paths import UnsafePathError
+    from tasks.fetch import FetchError
+
+    return OutputInUse, OutputNotWritable, UnsafePathError, FetchError
+
+
 def _progress() -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=console, transient=False)
@@ -87,6 +96,8 @@ def ingest(
         summary = _run_with_progress("ingest", lambda: ingest_flow(config=cfg, output_dir=str(output), ray_config=ray_cfg))
     except IngestFailed as error:
         _fail(f"{error}\nreport: {output / 'report.json'}", code=1)
+    except _clear_failures() as error:
+        _fail(str(error))
     except (FileNotFoundError, ValueError) as error:
         _fail(str(error))
     _print_ingest_summary(summary, output)
@@ -132,6 +143,8 @@ def filter_(
             config=recipe.filter, input_dir=str(input), output_dir=str(output), ray_config=ray_cfg))
     except FilterFailed as error:
         _fail(f"{error}\nreport: {output / 'report.json'}", code=1)
+    except _clear_failures() as error:
+        _fail(str(error))
     except FileNotFoundError as error:
         _fail(str(error))
     console.print(f"[green]kept[/green] {summary.get('documents_kept', 0)} of {summary.get('documents_in', 0)} "
@@ -166,7 +179,9 @@ def dedup(
     try:
         summary = _run_with_progress("dedup", lambda: dedup_flow(
             config=cfg, input_dir=str(input), output_dir=str(output), ray_config=ray_cfg))
-    except FileNotFoundError as error:
+    except _clear_failures() as error:
+        _fail(str(error))
+    except (FileNotFoundError, ValueError) as error:
         _fail(str(error))
     console.print(f"[green]kept[/green] {summary.get('documents_kept', 0)} of {summary.get('documents_in', 0)} documents")
     _print_drops(summary.get("dropped", {}))
@@ -257,6 +272,8 @@ def score(
             config=cfg, input_dir=str(input), output_dir=str(output), ray_config=ray_cfg))
     except QualityFailed as error:
         _fail(f"{error}\nreport: {output / 'report.json'}", code=1)
+    except _clear_failures() as error:
+        _fail(str(error))
     except (FileNotFoundError, ValueError) as error:
         _fail(str(error))
     console.print(f"[green]kept[/green] {summary['documents_kept']} of {summary['documents_in']} documents; "
@@ -293,6 +310,8 @@ def tokenize(
             config=cfg, input_dirs=[str(p) for p in input], output_dir=str(output), ray_config=ray_cfg))
     except TokenizeFailed as error:
         _fail(f"{error}\nreport: {output / 'report.json'}", code=1)
+    except _clear_failures() as error:
+        _fail(str(error))
     except (FileNotFoundError, ValueError) as error:
         _fail(str(error))
     console.print(f"[green]tokenized[/green] {summary['documents']} documents: {summary['tokens']['train']} train and "

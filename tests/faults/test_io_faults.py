@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 from faultlib import StageProcess, assert_no_duplicate_ids, part_files, rows_of, shard_bytes
 from httpserver import FaultyHTTPServer
 
@@ -179,3 +180,35 @@ def test_tokenize_takes_the_output_lock_and_sheds_stale_part_files(services, tmp
     summary = run()
     assert summary["documents"] > 0 and part_files(out) == []
     assert sorted(p.name for p in (out / "train").glob("*.bin")) == ["demo-00000.bin", "demo-00001.bin"]
+
+
+def escaped_the_cli(output: str) -> bool:
+    """The exception went up through the command (a traceback with its frames), not caught by it.
+
+    The flow run's own log keeps the traceback Prefect writes for a failed run; that one has no CLI frame.
+    """
+    return f'File "{REPO / "pretrain" / "cli.py"}"' in output
+
+
+def test_the_cli_fails_with_the_clear_message_on_a_locked_or_escaping_output(services, tmp_path):
+    from flows.common import output_lock
+
+    write_demo_data(tmp_path / "in", n_files=1, articles_per_file=2)
+    out = tmp_path / "locked"
+    with output_lock(out, "another run"):
+        stage = StageProcess(["ingest", "--input", str(tmp_path / "in"), "--output", str(out)], services)
+        code, output = stage.finish(timeout_s=300)
+    shutil.rmtree(stage.ray_tmp, ignore_errors=True)
+    text = " ".join(output.split())  # rich wraps long lines
+    assert code == 2, output[-2000:]
+    assert f"error: ingest: output folder {out} is being written by another run (another run, pid" in text
+    assert not escaped_the_cli(output) and list(out.glob("*.parquet")) == []
+
+    stage = StageProcess(["filter", "--input", "in", "--output", "../escaped"], services,
+                         PRETRAIN_DATA_ROOT=str(tmp_path))
+    code, output = stage.finish(timeout_s=300)
+    shutil.rmtree(stage.ray_tmp, ignore_errors=True)
+    text = " ".join(output.split())
+    assert code == 2, output[-2000:]
+    assert "error: output_dir: '../escaped' resolves to" in text and "outside the data root" in text
+    assert not escaped_the_cli(output) and not (tmp_path.parent / "escaped").exists()
