@@ -20,8 +20,11 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_image_artifact, create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.common import SHARD_TASK_OPTIONS, file_identity, funnel_table, gather, parquet_shards, write_report
+from flows.common import (
+    SHARD_TASK_OPTIONS, file_identity, funnel_table, gather, parameter_policy, parquet_shards, write_report,
+)
 from pretrain.config import ClassifierConfig, PerplexityConfig, QualityConfig, RayConfig
+from pretrain.paths import PathPolicy
 from pretrain.provenance import code_version, stable_hash, write_info_json
 from tasks.quality.corpus import corpus_identity, sample_corpus
 from tasks.quality.score import (
@@ -64,16 +67,35 @@ def train_classifier_task(positive: list[str], negative: list[str], output_dir: 
     return train_classifier(positives, negatives, Path(output_dir), config, sources=sources)
 
 
+def confine_corpus(policy: PathPolicy, specs: list[str], field: str) -> list[str]:
+    """Training text locations of an untrusted run: under the data root, or URLs with an allowed scheme."""
+    return [policy.location(spec, f"{field}[{i}]") for i, spec in enumerate(specs)]
+
+
 @flow(name="train-perplexity")
 def train_perplexity_flow(reference: list[str], output_dir: str, config: PerplexityConfig = PerplexityConfig()) -> dict:
-    """Train a CCNet-style KenLM perplexity model on reference text (text, JSONL or Parquet)."""
+    """Train a CCNet-style KenLM perplexity model on reference text (text, JSONL or Parquet).
+
+    A run from a deployment has its paths confined to the data root (``pretrain.paths``).
+    """
+    policy = parameter_policy()
+    if policy is not None:
+        reference = confine_corpus(policy, reference, "reference")
+        output_dir = str(policy.path(output_dir, "output_dir"))
     return train_perplexity_task(reference, output_dir, config)
 
 
 @flow(name="train-classifier")
 def train_classifier_flow(positive: list[str], negative: list[str], output_dir: str,
                           config: ClassifierConfig = ClassifierConfig(), max_documents: int = 20_000) -> dict:
-    """Train the quality classifier: reference text (positive) vs web documents (negative)."""
+    """Train the quality classifier: reference text (positive) vs web documents (negative).
+
+    A run from a deployment has its paths confined to the data root (``pretrain.paths``).
+    """
+    policy = parameter_policy()
+    if policy is not None:
+        positive, negative = confine_corpus(policy, positive, "positive"), confine_corpus(policy, negative, "negative")
+        output_dir = str(policy.path(output_dir, "output_dir"))
     return train_classifier_task(positive, negative, output_dir, config, max_documents)
 
 
@@ -211,10 +233,22 @@ def summarize(applied: list[dict], failures: list[dict], cutoffs: Cutoffs, hits:
     }
 
 
+def confine_parameters(policy: PathPolicy, config: QualityConfig, input_dir: str,
+                       output_dir: str) -> tuple[QualityConfig, str, str]:
+    """Check an untrusted run's folders and model folders before anything is read or written."""
+    models = {name: str(policy.path(value, f"quality.{name}")) for name in ("perplexity_model", "classifier_model")
+              if (value := getattr(config, name))}
+    return (config.model_copy(update=models), str(policy.path(input_dir, "input_dir")),
+            str(policy.path(output_dir, "output_dir")))
+
+
 @flow(name="quality-score", task_runner=ThreadPoolTaskRunner(max_workers=16))
 def score_flow(config: QualityConfig, input_dir: str, output_dir: str, ray_config: RayConfig = RayConfig()) -> dict:
     """Score every shard (perplexity, quality_score, ppl_bucket) into OUTPUT/scored and keep by the rule
-    into OUTPUT/kept."""
+    into OUTPUT/kept. A run from a deployment has its paths confined to the data root (``pretrain.paths``)."""
+    policy = parameter_policy()
+    if policy is not None:
+        config, input_dir, output_dir = confine_parameters(policy, config, input_dir, output_dir)
     logger = get_run_logger()
     started = time.perf_counter()
     _check_models(config)

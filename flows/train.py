@@ -18,8 +18,9 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.runtime import task_run
 
-from flows.common import funnel_table, publish_markdown
+from flows.common import funnel_table, parameter_policy, publish_markdown
 from pretrain.config import TrainConfig
+from pretrain.paths import PathPolicy
 from pretrain.progress import report_progress
 from tasks.train.launch import TrainingFailed, run_training
 
@@ -90,9 +91,24 @@ def publish_training(config: TrainConfig, summary: dict) -> None:
         ], header=("", "value")))
 
 
+def confine_parameters(policy: PathPolicy, config: TrainConfig) -> TrainConfig:
+    """Check an untrusted run's data, run folder and hostfile before anything is read or written."""
+    updates = {"output_dir": str(policy.path(config.output_dir, "train.output_dir"))}
+    for field in ("data_dir", "hostfile"):
+        if getattr(config, field):
+            updates[field] = str(policy.path(getattr(config, field), f"train.{field}"))
+    return config.model_copy(update=updates)
+
+
 @flow(name="train")
 def train_flow(config: TrainConfig = TrainConfig(), resume: bool = False) -> dict:
-    """Train (or resume) a model on token shards; returns RUN_DIR/summary.json."""
+    """Train (or resume) a model on token shards; returns RUN_DIR/summary.json.
+
+    A run from a deployment has its paths confined to the data root (``pretrain.paths``).
+    """
+    policy = parameter_policy()
+    if policy is not None:
+        config = confine_parameters(policy, config)
     summary = train_task(config, resume)
     publish_training(config, summary)
     get_run_logger().info("training summary: %s", summary)
