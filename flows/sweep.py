@@ -28,7 +28,7 @@ import numpy as np
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from flows.common import file_identity, funnel_table, publish_markdown
+from flows.common import file_identity, funnel_table, parameter_policy, publish_markdown
 from flows.train import train_task
 from pretrain.config import SweepConfig
 from pretrain.progress import report_progress
@@ -101,11 +101,16 @@ def publish(rows: list[dict], result: dict, out: Path) -> None:
 
 @flow(name="scaling-sweep")
 def sweep_flow(config: SweepConfig = SweepConfig(), data_dir: str = "", output_dir: str = "runs/sweep") -> dict:
-    """Train the sweep grid on token shards, fit L(N, D); returns fit.json's content and the paths."""
+    """Train the sweep grid on token shards, fit L(N, D); returns fit.json's content and the paths.
+
+    A run from a deployment has data_dir and output_dir confined to the data root (``pretrain.paths``)."""
     logger = get_run_logger()
     started = time.perf_counter()
     if not data_dir:
         raise ScalingError("data_dir: give a token shards folder (from `pretrain tokenize`)")
+    policy = parameter_policy()
+    if policy is not None:
+        data_dir, output_dir = str(policy.path(data_dir, "data_dir")), str(policy.path(output_dir, "output_dir"))
     out = Path(output_dir).resolve()
     runs = plan_sweep(config, Path(data_dir).resolve(), out)
     if len(runs) < MIN_RUNS:

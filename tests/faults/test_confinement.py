@@ -73,3 +73,12 @@ def test_the_train_flow_refuses_escaping_paths(services, root):
         (lambda: train_flow(config=TrainConfig(data_dir="in", output_dir="run", hostfile="~/.ssh/hosts")),
          "^train.hostfile: .*home-relative"),
     ])
+
+
+def test_the_sweep_flow_refuses_escaping_paths(services, root):
+    from flows.sweep import sweep_flow
+
+    refused(root, [
+        (lambda: sweep_flow(data_dir="../secret", output_dir="sweep"), "^data_dir: '../secret' resolves to"),
+        (lambda: sweep_flow(data_dir="in", output_dir="/tmp/escaped-sweep"), "^output_dir: '/tmp/escaped-sweep'"),
+    ])
