@@ -5,6 +5,7 @@ Environment is set before Prefect is imported so its settings pick it up.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -57,3 +58,42 @@ def ray_session():
 @pytest.fixture
 def services(prefect_server, ray_session):
     return prefect_server
+
+
+# ---------------------------------------------------------------- the fault ledger
+
+_LEDGER = pytest.StashKey[list]()
+
+
+@pytest.fixture
+def ledger(request):
+    """``ledger(fault, outcome, **counts)``: record a fault tried, its outcome and what was checked.
+
+    Rows with the same fault and outcome (a parametrized test) are merged, their counts summed. The table
+    is printed at the end of the session and written as JSON to $PRETRAIN_FAULT_LEDGER when set.
+    """
+    records = request.config.stash.setdefault(_LEDGER, [])
+    return lambda fault, outcome, **counts: records.append({"fault": fault, "outcome": outcome, "counts": counts})
+
+
+def _merged(records: list[dict]) -> list[dict]:
+    rows: dict[tuple, dict] = {}
+    for record in records:
+        row = rows.setdefault((record["fault"], record["outcome"]), {**record, "counts": {}})
+        for name, value in record["counts"].items():
+            row["counts"][name] = row["counts"].get(name, 0) + value
+    return list(rows.values())
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    rows = _merged(config.stash.get(_LEDGER, []))
+    if not rows:
+        return
+    terminalreporter.write_sep("=", f"fault ledger: {len(rows)} faults")
+    terminalreporter.write_line("| fault | outcome | counts |\n| --- | --- | --- |")
+    for row in rows:
+        counts = ", ".join(f"{name} {value:,}" for name, value in row["counts"].items())
+        terminalreporter.write_line(f"| {row['fault']} | {row['outcome']} | {counts} |")
+    if path := os.environ.get("PRETRAIN_FAULT_LEDGER"):
+        Path(path).write_text(json.dumps(rows, indent=1) + "\n")
+        terminalreporter.write_line(f"fault ledger written to {path}")

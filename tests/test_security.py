@@ -69,7 +69,7 @@ def ray_session_pids(ray) -> set[int]:
 
 
 @pytest.mark.integration
-def test_ray_listens_on_loopback_only(ray_session):
+def test_ray_listens_on_loopback_only(ray_session, ledger):
     ray = ray_session
 
     @ray.remote
@@ -77,26 +77,31 @@ def test_ray_listens_on_loopback_only(ray_session):
         return os.getpid()
 
     worker_pids = set(ray.get([worker_pid.remote() for _ in range(4)]))
-    sockets = listening_sockets(ray_session_pids(ray))
+    pids = ray_session_pids(ray)
+    sockets = listening_sockets(pids)
     names = {name for _, _, _, name in sockets}
     assert {"gcs_server", "raylet"} <= names, sockets  # the check must see Ray's servers to mean anything
     assert worker_pids & {pid for _, _, pid, _ in sockets}, "a worker's gRPC server should be among them"
     exposed = [s for s in sockets if not is_loopback(s[0])]
     assert exposed == [], f"Ray sockets on non-loopback addresses: {exposed}"
+    ledger("network exposure: Ray's listening sockets", "all on loopback", processes=len(pids), sockets=len(sockets))
 
 
 @pytest.mark.integration
-def test_prefect_server_listens_on_loopback_only(prefect_server):
+def test_prefect_server_listens_on_loopback_only(prefect_server, ledger):
     from urllib.parse import urlsplit
 
     from prefect.settings import get_current_settings
 
     port = urlsplit(prefect_server).port
     assert urlsplit(prefect_server).hostname == "127.0.0.1"
-    sockets = [s for s in listening_sockets({p.pid for p in psutil.process_iter()}) if s[1] == port]
+    pids = {p.pid for p in psutil.process_iter()}
+    sockets = [s for s in listening_sockets(pids) if s[1] == port]
     assert sockets, f"nothing listens on the Prefect server's port {port}"
     assert all(is_loopback(ip) for ip, *_ in sockets), sockets
     assert get_current_settings().server.api.host == "127.0.0.1"  # what `prefect server start` binds by default
+    ledger("network exposure: the Prefect server's port", "listens on loopback only", processes=len(pids),
+           sockets=len(sockets))
 
 
 # ---------------------------------------------------------------- path confinement (unit)
@@ -109,7 +114,7 @@ def policy(tmp_path) -> PathPolicy:
     return PathPolicy(root=root)
 
 
-def test_paths_under_the_root_are_accepted(policy):
+def test_paths_under_the_root_are_accepted(policy, ledger):
     root = policy.root.resolve()
     assert policy.path("data/x.warc.gz", "f") == root / "data" / "x.warc.gz"
     assert policy.path(str(root / "data"), "f") == root / "data"
@@ -117,6 +122,7 @@ def test_paths_under_the_root_are_accepted(policy):
     assert policy.location("data/*.warc.gz", "f") == str(root / "data" / "*.warc.gz")
     assert policy.location("file://data/a.warc", "f") == str(root / "data" / "a.warc")
     assert policy.location("s3://commoncrawl/crawl-data/x.warc.gz", "f") == "s3://commoncrawl/crawl-data/x.warc.gz"
+    ledger("paths: under the data root (relative, absolute, .., glob, file://, s3://)", "accepted", paths=6)
 
 
 @pytest.mark.parametrize("value,reason", [
@@ -127,17 +133,19 @@ def test_paths_under_the_root_are_accepted(policy):
     ("", "not a usable path"),
     ("data/\x00x", "not a usable path"),
 ])
-def test_escaping_paths_are_rejected_naming_the_field(policy, value, reason):
+def test_escaping_paths_are_rejected_naming_the_field(policy, value, reason, ledger):
     with pytest.raises(UnsafePathError, match=reason) as info:
         policy.path(value, "ingest.output_dir")
     assert str(info.value).startswith("ingest.output_dir: ")
+    ledger("paths: escaping (../, /etc, ~/, empty, NUL byte)", "UnsafePathError naming the field", paths=1)
 
 
-def test_a_symlink_out_of_the_root_is_rejected(policy, tmp_path):
+def test_a_symlink_out_of_the_root_is_rejected(policy, tmp_path, ledger):
     (tmp_path / "secret").mkdir()
     (policy.root / "data" / "link").symlink_to(tmp_path / "secret")
     with pytest.raises(UnsafePathError, match="outside the data root"):
         policy.path("data/link/file", "input_dir")
+    ledger("paths: a symlink out of the data root", "UnsafePathError", paths=1)
 
 
 @pytest.mark.parametrize("value,reason", [
@@ -150,25 +158,29 @@ def test_a_symlink_out_of_the_root_is_rejected(policy, tmp_path):
     ("https://user:hunter2@example.org/x.warc.gz", "carries credentials"),
     ("https:///x.warc.gz", "has no host"),
 ])
-def test_bad_locations_are_rejected(policy, value, reason):
+def test_bad_locations_are_rejected(policy, value, reason, ledger):
     with pytest.raises(UnsafePathError, match=reason) as info:
         policy.location(value, "ingest.inputs[0]")
     assert "hunter2" not in str(info.value)
+    ledger("locations: glob with .., other schemes, credentials in the URL, no host",
+           "UnsafePathError, no password in the message", locations=1)
 
 
-def test_policy_comes_from_the_environment(tmp_path):
+def test_policy_comes_from_the_environment(tmp_path, ledger):
     env = {"PRETRAIN_DATA_ROOT": str(tmp_path), "PRETRAIN_URL_SCHEMES": "https, s3"}
     assert policy_from_env(env) == PathPolicy(root=tmp_path, url_schemes=("https", "s3"))
     assert policy_from_env({}).root == Path(os.getcwd())
     assert redact_url("https://u:p@host:8/x?y=1") == "https://***@host:8/x?y=1"
     assert redact_url("s3://bucket/key") == "s3://bucket/key"
+    ledger("paths: policy from the environment; URL redaction", "root and schemes as set; credentials shown as ***",
+           urls_redacted=2)
 
 
 # ---------------------------------------------------------------- path confinement in the flows
 
 
 @pytest.mark.integration
-def test_flows_refuse_escaping_parameters_when_a_data_root_is_set(services, tmp_path, monkeypatch):
+def test_flows_refuse_escaping_parameters_when_a_data_root_is_set(services, tmp_path, monkeypatch, ledger):
     from flows.dedup import dedup_flow
     from flows.filter import filter_flow
     from flows.ingest import ingest_flow
@@ -191,10 +203,12 @@ def test_flows_refuse_escaping_parameters_when_a_data_root_is_set(services, tmp_
             run()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["root"]  # nothing written outside the root
     assert sorted(p.name for p in root.iterdir()) == ["in"]  # and nothing inside: refused before any write
+    ledger("escaping paths: ingest, filter, dedup flows", "UnsafePathError naming the field, nothing written",
+           paths_refused=len(cases))
 
 
 @pytest.mark.integration
-def test_a_deployment_run_is_confined_and_a_direct_call_is_not(services, tmp_path, monkeypatch):
+def test_a_deployment_run_is_confined_and_a_direct_call_is_not(services, tmp_path, monkeypatch, ledger):
     """The boundary: parameters arriving through a deployment are confined even with no root configured."""
     from prefect import get_client
     from prefect.flow_engine import run_flow
@@ -225,6 +239,8 @@ def test_a_deployment_run_is_confined_and_a_direct_call_is_not(services, tmp_pat
 
     direct = ingest_flow(config=IngestConfig(inputs=[str(tmp_path / "in")]), output_dir=outside)  # the local user
     assert direct["documents"] > 0 and (Path(outside) / "demo-00000.parquet").is_file()
+    ledger("deployment run with output_dir outside the worker's folder", "run fails with UnsafePathError, nothing "
+           "written; inside it, and a direct call, succeed", flow_runs=3)
 
 
 # ---------------------------------------------------------------- secrets
@@ -254,16 +270,16 @@ def _prefect_logs_since(start: datetime) -> list[str]:
     return [log.message for log in logs] + [json.dumps(a.data, default=str) for a in artifacts]
 
 
+def _files_under(folder: Path) -> list[Path]:
+    return [path for path in folder.rglob("*") if path.is_file() and not path.is_symlink()]
+
+
 def _every_text_under(folder: Path) -> str:
-    texts = []
-    for path in folder.rglob("*"):
-        if path.is_file() and not path.is_symlink():
-            texts.append(path.read_bytes().decode("utf-8", "replace"))
-    return "\n".join(texts)
+    return "\n".join(path.read_bytes().decode("utf-8", "replace") for path in _files_under(folder))
 
 
 @pytest.mark.integration
-def test_planted_credentials_never_reach_logs_reports_or_documents(services, tmp_path):
+def test_planted_credentials_never_reach_logs_reports_or_documents(services, tmp_path, ledger):
     demo = write_demo_data(tmp_path / "demo", n_files=3, articles_per_file=3)
     files = {"/bucket/crawl/s3-file.warc.gz": demo[0].read_bytes(), "/private/http-file.warc.gz": demo[1].read_bytes()}
     ray_tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
@@ -295,11 +311,17 @@ def test_planted_credentials_never_reach_logs_reports_or_documents(services, tmp
     rows = [row for shard in out.glob("*.parquet") for row in pq.read_table(shard).to_pylist()]
     assert len(rows) > 0 and all("***@" in r["warc_path"] or r["warc_path"].startswith("s3://") for r in rows)
 
+    prefect_records = _prefect_logs_since(start)
     haystacks = {
         "stdout": proc.stdout, "stderr": proc.stderr, "output folder": _every_text_under(out),
-        "Ray logs": _every_text_under(Path(ray_tmp)), "Prefect logs and artifacts": "\n".join(_prefect_logs_since(start)),
+        "Ray logs": _every_text_under(Path(ray_tmp)), "Prefect logs and artifacts": "\n".join(prefect_records),
     }
     assert "ingest" in haystacks["Prefect logs and artifacts"]  # the logs were captured at all
     for where, text in haystacks.items():
         for secret in [*SECRETS.values(), URL_PASSWORD]:
             assert secret not in text, f"{secret!r} found in {where}"
+    ledger("secrets: planted AWS keys and a URL password; s3:// and http:// signed with them",
+           "none in stdout, stderr, output files, Ray logs, Prefect logs and artifacts", secrets=len(SECRETS) + 1,
+           signed_requests=len(authorized), files_scanned=len(_files_under(out)) + len(_files_under(Path(ray_tmp))),
+           prefect_records_scanned=len(prefect_records),
+           lines_scanned=sum(text.count("\n") + 1 for text in haystacks.values()))

@@ -50,12 +50,14 @@ def pages_of(data: bytes) -> tuple[list, Counter]:
 
 
 @pytest.mark.parametrize("delta", [+500, +5, -5, -50])
-def test_a_record_with_a_lying_content_length_is_skipped_and_its_neighbours_kept(delta):
+def test_a_record_with_a_lying_content_length_is_skipped_and_its_neighbours_kept(delta, ledger):
     data = page("https://e.org/before") + liar("https://e.org/liar", delta) + page("https://e.org/after")
     for variant in (data, b"".join(gzip.decompress(data) for _ in [0])):  # gzipped, and plain WARC
         pages, counts = pages_of(variant)
         assert [p.url for p in pages] == ["https://e.org/before", "https://e.org/after"]
         assert counts["content_length_mismatch"] == 1 and counts["html_responses"] == 2
+        ledger("a record's Content-Length lies (+500, +5, -5, -50 bytes; gzip and plain WARC)",
+               "record skipped as content_length_mismatch, both neighbours kept", warcs=1, pages_kept=len(pages))
 
 
 def catalogue_warcs(folder: Path) -> dict[str, str]:
@@ -76,7 +78,7 @@ def catalogue_warcs(folder: Path) -> dict[str, str]:
 
 
 @pytest.mark.integration
-def test_bad_warc_catalogue_counts_every_skip_and_fails_only_the_unreadable_file(services, tmp_path):
+def test_bad_warc_catalogue_counts_every_skip_and_fails_only_the_unreadable_file(services, tmp_path, ledger):
     from flows.ingest import IngestFailed, ingest_flow
 
     catalogue_warcs(tmp_path / "in")
@@ -102,6 +104,16 @@ def test_bad_warc_catalogue_counts_every_skip_and_fails_only_the_unreadable_file
     documents = rows_of(out)
     assert len(documents) == report["documents"] == sum(s["documents"] for s in shards.values())
     assert len({r["id"] for r in documents}) == len(documents)
+    for name, outcome in [("empty.warc.gz", "counted empty_file"),
+                          ("gzip-of-garbage.warc.gz", "counted corrupt_record"),
+                          ("lying-length.warc.gz", "liar skipped, its 3 neighbours kept"),
+                          ("unknown-encoding.warc.gz", "charset detected, kept as lang ru"),
+                          ("huge-page.warc.gz", "counted html_too_large, next page kept")]:
+        ledger(f"ingest: {name}", outcome, documents=shards[name]["documents"],
+               dropped=sum(shards[name]["dropped"].values()))
+    ledger("ingest: not-gzip.warc.gz (a PDF), among 6 other files", "that file fails by name, the others finish",
+           files=len(shards) + 1, files_failed=len(report["failed"]), documents_read_back=len(documents),
+           ids_unique=len({r["id"] for r in documents}))
 
 
 def write_table(path: Path, columns: dict) -> Path:
@@ -125,7 +137,7 @@ def bad_shards(tmp_path) -> Path:
 
 @pytest.mark.integration
 def test_bad_parquet_shards_fail_by_name_in_filter_and_dedup_and_the_good_shard_is_written(services, bad_shards,
-                                                                                           tmp_path):
+                                                                                           tmp_path, ledger):
     from flows.dedup import DedupFailed, dedup_flow
     from flows.filter import FilterFailed, filter_flow
 
@@ -141,10 +153,16 @@ def test_bad_parquet_shards_fail_by_name_in_filter_and_dedup_and_the_good_shard_
         dedup_flow(config=DedupConfig(hash_partitions=1), input_dir=str(bad_shards), output_dir=str(tmp_path / "d"))
     assert "no-text-column" in str(info.value) and "text-is-int" in str(info.value)
     assert not list((tmp_path / "d").glob("*.parquet"))  # dedup needs every shard: nothing half-done is written
+    shards = len(list(bad_shards.glob("*.parquet")))
+    ledger("filter: 3 bad Parquet shards (no text, int text, not Parquet) + 1 good",
+           "bad shards fail by name, the good one is written", shards=shards,
+           shards_written=len(list((tmp_path / "f").glob("*.parquet"))), documents_kept=len(rows_of(tmp_path / "f")))
+    ledger("dedup: the same 4 shards", "hash stage fails listing them, nothing written", shards=shards,
+           shards_written=len(list((tmp_path / "d").glob("*.parquet"))))
 
 
 @pytest.mark.integration
-def test_bad_parquet_shards_fail_by_name_in_tokenize(services, bad_shards, tmp_path):
+def test_bad_parquet_shards_fail_by_name_in_tokenize(services, bad_shards, tmp_path, ledger):
     from flows.tokenize import TokenizeFailed, tokenize_flow
 
     with pytest.raises(TokenizeFailed, match="3 of 4 input shards are unusable") as info:
@@ -155,6 +173,8 @@ def test_bad_parquet_shards_fail_by_name_in_tokenize(services, bad_shards, tmp_p
     assert "text-is-int.parquet: the `text` column must hold strings, it holds int64" in message
     assert "not-parquet.parquet: not a readable Parquet file" in message
     assert not (tmp_path / "t").exists()  # refused before anything was written
+    ledger("tokenize: the same 4 shards", "refused up front listing the 3 unusable, nothing written",
+           shards=len(list(bad_shards.glob("*.parquet"))), shards_named=message.count(".parquet: "))
 
 
 @pytest.mark.parametrize("override,field", [
@@ -163,23 +183,26 @@ def test_bad_parquet_shards_fail_by_name_in_tokenize(services, bad_shards, tmp_p
     ("filter.gopher_quality.min_doc_words=[1, 2]", "filter.gopher_quality.min_doc_words: Input should be a valid integer"),
     ("dedup.threshold=2", "dedup.threshold: Input should be less than or equal to 1"),
 ])
-def test_a_config_with_a_wrong_type_or_unknown_key_names_the_field(override, field):
+def test_a_config_with_a_wrong_type_or_unknown_key_names_the_field(override, field, ledger):
     with pytest.raises(ConfigError, match=field.replace("[", r"\[")):
         load_recipe("local", [override])
     result = CliRunner().invoke(app, ["run", "--set", override])
     assert result.exit_code == 2 and field.split(":")[0] in result.output
+    ledger("config: wrong type or unknown key (`--set`, load_recipe)", "ConfigError naming the field; CLI exits 2",
+           overrides=1)
 
 
-def test_a_recipe_file_with_an_unknown_key_fails_from_the_cli(tmp_path):
+def test_a_recipe_file_with_an_unknown_key_fails_from_the_cli(tmp_path, ledger):
     recipe = tmp_path / "bad.yaml"
     recipe.write_text("base: local\ningest:\n  extractr: fast\n")
     result = CliRunner().invoke(app, ["ingest", "--input", str(tmp_path), "--output", str(tmp_path / "o"),
                                       "--config", str(recipe)])
     assert result.exit_code == 2 and "ingest.extractr" in result.output and "Extra inputs" in result.output
+    ledger("config: recipe file with an unknown key", "CLI exits 2 naming ingest.extractr", recipes=1)
 
 
 @pytest.mark.integration
-def test_a_flow_parameter_of_the_wrong_type_fails_naming_it(services, tmp_path):
+def test_a_flow_parameter_of_the_wrong_type_fails_naming_it(services, tmp_path, ledger):
     from prefect.exceptions import ParameterTypeError
 
     from flows.ingest import ingest_flow
@@ -187,11 +210,15 @@ def test_a_flow_parameter_of_the_wrong_type_fails_naming_it(services, tmp_path):
     with pytest.raises(ParameterTypeError, match="max_files"):
         ingest_flow(config={"inputs": ["x"], "max_files": "many"}, output_dir=str(tmp_path / "o"))
     assert not (tmp_path / "o").exists()
+    ledger("config: flow parameter of the wrong type", "ParameterTypeError naming max_files, nothing written",
+           flow_runs=1)
 
 
-def test_catalogue_inputs_are_what_they_claim(tmp_path):
+def test_catalogue_inputs_are_what_they_claim(tmp_path, ledger):
     """Guards the catalogue itself: the huge page really is 50 MB and the liar really lies."""
     catalogue_warcs(tmp_path)
     with gzip.open(tmp_path / "huge-page.warc.gz") as handle:
-        assert len(handle.read()) > 50 * 1024 * 1024
+        size = len(handle.read())
+        assert size > 50 * 1024 * 1024
+    ledger("catalogue guard: the huge page", "over 50 MB uncompressed", huge_page_bytes=size)
     shutil.rmtree(tmp_path)

@@ -29,7 +29,7 @@ RETRIES = DownloadConfig(max_attempts=3, backoff_base_s=0.02, backoff_max_s=1.0,
 # ---------------------------------------------------------------- network
 
 
-def test_network_faults_are_retried_within_limits_then_fail_naming_the_url(services, tmp_path):
+def test_network_faults_are_retried_within_limits_then_fail_naming_the_url(services, tmp_path, ledger):
     from flows.ingest import IngestFailed, ingest_flow
 
     demo = write_demo_data(tmp_path / "demo", n_files=6, articles_per_file=4)
@@ -59,6 +59,15 @@ def test_network_faults_are_retried_within_limits_then_fail_naming_the_url(servi
     assert shard_bytes(tmp_path / "faulty") == shard_bytes(tmp_path / "clean")  # retried files lost nothing
     assert assert_no_duplicate_ids(tmp_path / "faulty") == report["documents"] > 0
     assert part_files(tmp_path / "faulty") == [] and not any((tmp_path / "faulty" / ".downloads").iterdir())
+    for path, fault, outcome in [(ok_429, "HTTP 429 twice, Retry-After: 1", "retried, file ingested"),
+                                 (ok_slow, "response slower than timeout_s", "retried, file ingested"),
+                                 (ok_mixed, "HTTP 503, then a dropped connection", "retried, file ingested"),
+                                 (bad_503, "HTTP 503 x3 (max_attempts 3)", "file fails naming URL and HTTP 503"),
+                                 (bad_drop, "dropped connection x3", "file fails naming URL and ConnectionError"),
+                                 (bad_truncated, "truncated body x3", "file fails naming URL and IncompleteRead")]:
+        ledger(f"network: {fault}", outcome, requests=requests[path])
+    ledger("network: the whole run (6 files)", "3 fail by URL; shards equal a clean run's, no .part",
+           shards_compared=len(shard_bytes(tmp_path / "faulty")), ids_unique=report["documents"])
 
 
 # ---------------------------------------------------------------- disk
@@ -81,7 +90,7 @@ def mounts():
         subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
-def test_an_output_folder_that_is_not_writable_fails_clearly(services, tmp_path, mounts):
+def test_an_output_folder_that_is_not_writable_fails_clearly(services, tmp_path, mounts, ledger):
     from flows.filter import filter_flow
     from flows.ingest import ingest_flow
 
@@ -98,9 +107,12 @@ def test_an_output_folder_that_is_not_writable_fails_clearly(services, tmp_path,
     ingest_flow(config=IngestConfig(inputs=[str(tmp_path / "in")]), output_dir=str(tmp_path / "shards"))
     with pytest.raises(OutputNotWritable, match="filter: output folder .* is not writable"):
         filter_flow(config=FilterConfig(), input_dir=str(tmp_path / "shards"), output_dir=str(locked))
+    ledger(f"disk: output folder not writable ({'read-only tmpfs' if mounts else 'mode 555'})",
+           "OutputNotWritable before any work (ingest, filter)", flows=2, files_written=len(list(locked.rglob("*"))))
 
 
-def test_a_full_disk_fails_the_shards_that_do_not_fit_and_keeps_earlier_ones_intact(services, tmp_path, mounts):
+def test_a_full_disk_fails_the_shards_that_do_not_fit_and_keeps_earlier_ones_intact(services, tmp_path, mounts,
+                                                                                    ledger):
     from flows.ingest import IngestFailed, ingest_flow
 
     demo = write_demo_data(tmp_path / "in", n_files=8, articles_per_file=60)
@@ -126,12 +138,15 @@ def test_a_full_disk_fails_the_shards_that_do_not_fit_and_keeps_earlier_ones_int
     assert len(shard_bytes(out)) == 8 - failed  # every shard that did not fail was committed whole
     written = rows_of(out)
     assert len({r["id"] for r in written}) == len(written)
+    ledger("disk: full (tmpfs with room for about 2 more shards)", "shards that do not fit fail by input; "
+           "the earlier one untouched, committed ones whole, no .part", inputs=8, shards_failed=failed,
+           shards_committed=8 - failed, ids_unique=len(written))
 
 
 # ---------------------------------------------------------------- two writers
 
 
-def test_a_second_run_on_the_same_output_fails_clearly_and_the_first_is_not_corrupted(services, tmp_path):
+def test_a_second_run_on_the_same_output_fails_clearly_and_the_first_is_not_corrupted(services, tmp_path, ledger):
     from flows.ingest import ingest_flow
 
     write_demo_data(tmp_path / "in", n_files=8, articles_per_file=60)
@@ -149,14 +164,17 @@ def test_a_second_run_on_the_same_output_fails_clearly_and_the_first_is_not_corr
 
     ingest_flow(config=IngestConfig(inputs=[str(tmp_path / "in")]), output_dir=str(tmp_path / "clean"))
     assert shard_bytes(out) == shard_bytes(tmp_path / "clean") and len(shard_bytes(out)) == 8
-    assert assert_no_duplicate_ids(out) == json.loads((out / "report.json").read_text())["documents"]
+    documents = json.loads((out / "report.json").read_text())["documents"]
+    assert assert_no_duplicate_ids(out) == documents
     assert part_files(out) == []
     again = ingest_flow(config=IngestConfig(inputs=[str(tmp_path / "in")]), output_dir=str(out))  # lock released
     assert again["cache_hits"] == 8
+    ledger("two writers: a second ingest on a folder in use", "OutputInUse at once; the first equals a clean run",
+           shards_compared=len(shard_bytes(out)), ids_unique=documents, cache_hits_after=again["cache_hits"])
     shutil.rmtree(stage.ray_tmp, ignore_errors=True)
 
 
-def test_tokenize_takes_the_output_lock_and_sheds_stale_part_files(services, tmp_path):
+def test_tokenize_takes_the_output_lock_and_sheds_stale_part_files(services, tmp_path, ledger):
     from flows.common import output_lock
     from flows.ingest import ingest_flow
     from flows.tokenize import tokenize_flow
@@ -180,6 +198,8 @@ def test_tokenize_takes_the_output_lock_and_sheds_stale_part_files(services, tmp
     summary = run()
     assert summary["documents"] > 0 and part_files(out) == []
     assert sorted(p.name for p in (out / "train").glob("*.bin")) == ["demo-00000.bin", "demo-00001.bin"]
+    ledger("two writers: tokenize on a locked folder, then stale .part files", "OutputInUse, nothing written; "
+           "the rerun removes the .part files", part_files_planted=len(stale), documents=summary["documents"])
 
 
 def escaped_the_cli(output: str) -> bool:
@@ -190,7 +210,7 @@ def escaped_the_cli(output: str) -> bool:
     return f'File "{REPO / "pretrain" / "cli.py"}"' in output
 
 
-def test_the_cli_fails_with_the_clear_message_on_a_locked_or_escaping_output(services, tmp_path):
+def test_the_cli_fails_with_the_clear_message_on_a_locked_or_escaping_output(services, tmp_path, ledger):
     from flows.common import output_lock
 
     write_demo_data(tmp_path / "in", n_files=1, articles_per_file=2)
@@ -203,6 +223,8 @@ def test_the_cli_fails_with_the_clear_message_on_a_locked_or_escaping_output(ser
     assert code == 2, output[-2000:]
     assert f"error: ingest: output folder {out} is being written by another run (another run, pid" in text
     assert not escaped_the_cli(output) and list(out.glob("*.parquet")) == []
+    ledger("CLI: `pretrain ingest` on a locked folder", "exit 2 with the message, no traceback", exit_code=code,
+           shards_written=len(list(out.glob("*.parquet"))))
 
     stage = StageProcess(["filter", "--input", "in", "--output", "../escaped"], services,
                          PRETRAIN_DATA_ROOT=str(tmp_path))
@@ -212,3 +234,5 @@ def test_the_cli_fails_with_the_clear_message_on_a_locked_or_escaping_output(ser
     assert code == 2, output[-2000:]
     assert "error: output_dir: '../escaped' resolves to" in text and "outside the data root" in text
     assert not escaped_the_cli(output) and not (tmp_path.parent / "escaped").exists()
+    ledger("CLI: `pretrain filter --output ../escaped` with a data root", "exit 2 with UnsafePathError, no traceback",
+           exit_code=code)

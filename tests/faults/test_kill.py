@@ -19,6 +19,7 @@ from pretrain.config import DedupConfig, FilterConfig, IngestConfig, TokenizeCon
 from tasks.demo import write_demo_data
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
+SAME_AS_CLEAN = "Ray reran the task; equals a clean run, ids unique, no .part"
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def run_with_worker_kill(title: str, run) -> list[int]:
     return killed
 
 
-def test_killing_a_ray_worker_mid_ingest_loses_and_duplicates_nothing(services, ingested, tmp_path):
+def test_killing_a_ray_worker_mid_ingest_loses_and_duplicates_nothing(services, ingested, tmp_path, ledger):
     from flows.ingest import ingest_flow
 
     cfg = IngestConfig(inputs=[str(ingested / "demo")], min_text_chars=21)  # not a cache hit of the fixture's run
@@ -52,9 +53,11 @@ def test_killing_a_ray_worker_mid_ingest_loses_and_duplicates_nothing(services, 
     assert shard_bytes(tmp_path / "k") == shard_bytes(tmp_path / "clean") and len(shard_bytes(tmp_path / "k")) == 6
     assert assert_no_duplicate_ids(tmp_path / "k") == json.loads((tmp_path / "k" / "report.json").read_text())["documents"]
     assert part_files(tmp_path / "k") == []
+    ledger("kill -9 a Ray worker mid ingest", SAME_AS_CLEAN, workers_killed=len(killed),
+           shards_compared=len(shard_bytes(tmp_path / "k")), ids_unique=len(rows_of(tmp_path / "k")))
 
 
-def test_killing_a_ray_worker_mid_filter_loses_and_duplicates_nothing(services, ingested, tmp_path):
+def test_killing_a_ray_worker_mid_filter_loses_and_duplicates_nothing(services, ingested, tmp_path, ledger):
     from flows.filter import filter_flow
 
     cfg = FilterConfig.model_validate({"c4": {"min_sentences": 4}})
@@ -67,9 +70,12 @@ def test_killing_a_ray_worker_mid_filter_loses_and_duplicates_nothing(services, 
     assert assert_no_duplicate_ids(tmp_path / "k") == report["documents_kept"] > 0
     assert report["documents_in"] == len(rows_of(ingested / "ingest"))  # every input document was seen once
     assert part_files(tmp_path / "k") == []
+    ledger("kill -9 a Ray worker mid filter", SAME_AS_CLEAN, workers_killed=len(killed),
+           shards_compared=len(shard_bytes(tmp_path / "k", "**/*.parquet")), documents_in=report["documents_in"],
+           ids_unique=report["documents_kept"])
 
 
-def test_killing_a_ray_worker_mid_dedup_loses_and_duplicates_nothing(services, ingested, tmp_path):
+def test_killing_a_ray_worker_mid_dedup_loses_and_duplicates_nothing(services, ingested, tmp_path, ledger):
     from flows.dedup import dedup_flow
 
     cfg = DedupConfig(hash_partitions=2, seed=7)
@@ -84,9 +90,13 @@ def test_killing_a_ray_worker_mid_dedup_loses_and_duplicates_nothing(services, i
     assert assert_no_duplicate_ids(tmp_path / "k") == report["documents_kept"]
     assert report["documents_in"] == len(rows_of(ingested / "ingest"))
     assert report["documents_kept"] + sum(report["dropped"].values()) == report["documents_in"]
+    compared = len(shard_bytes(tmp_path / "k")) + len(shard_bytes(tmp_path / "k", "dedup/clusters/*.parquet"))
+    ledger("kill -9 a Ray worker mid dedup (hash stage)", "Ray reran the task; shards and cluster tables equal "
+           "a clean run's, ids unique", workers_killed=len(killed), shards_compared=compared,
+           documents_in=report["documents_in"], ids_unique=report["documents_kept"])
 
 
-def test_killing_a_ray_worker_mid_tokenize_loses_and_duplicates_nothing(services, ingested, tmp_path):
+def test_killing_a_ray_worker_mid_tokenize_loses_and_duplicates_nothing(services, ingested, tmp_path, ledger):
     from flows.tokenize import tokenize_flow
 
     cfg = TokenizeConfig(vocab_size=400, train_max_documents=200, val_fraction=0.1)
@@ -99,6 +109,10 @@ def test_killing_a_ray_worker_mid_tokenize_loses_and_duplicates_nothing(services
     assert index == json.loads((tmp_path / "clean" / "index.json").read_text())
     assert index["documents"]["train"] + index["documents"]["val"] == len(rows_of(ingested / "ingest"))
     assert part_files(tmp_path / "k") == []  # the killed worker's .bin.part files were removed
+    ledger("kill -9 a Ray worker mid tokenize", "Ray reran the task; token files and index.json equal a clean "
+           "run's, no .bin.part", workers_killed=len(killed),
+           bin_files_compared=len(shard_bytes(tmp_path / "k", "*/*.bin")),
+           documents=index["documents"]["train"] + index["documents"]["val"])
 
 
 def kill_then_rerun(args: list[str], out: Path, started, api_url: str) -> None:
@@ -112,7 +126,7 @@ def kill_then_rerun(args: list[str], out: Path, started, api_url: str) -> None:
 
 
 @slow
-def test_killing_the_filter_process_then_rerunning_gives_the_clean_result(services, ingested, tmp_path):
+def test_killing_the_filter_process_then_rerunning_gives_the_clean_result(services, ingested, tmp_path, ledger):
     from flows.filter import filter_flow
 
     out = tmp_path / "k"
@@ -120,11 +134,14 @@ def test_killing_the_filter_process_then_rerunning_gives_the_clean_result(servic
     kill_then_rerun(args, out, lambda o: 1 <= len(list(o.glob("*.parquet"))) < 6, services)
     filter_flow(config=FilterConfig(), input_dir=str(ingested / "ingest"), output_dir=str(tmp_path / "clean"))
     assert shard_bytes(out, "**/*.parquet") == shard_bytes(tmp_path / "clean", "**/*.parquet")
-    assert part_files(out) == [] and assert_no_duplicate_ids(out) > 0
+    ids = assert_no_duplicate_ids(out)
+    assert part_files(out) == [] and ids > 0
+    ledger("kill -9 the filter process mid-run, rerun", "the rerun equals a clean run, ids unique, no .part",
+           shards_compared=len(shard_bytes(out, "**/*.parquet")), ids_unique=ids)
 
 
 @slow
-def test_killing_the_dedup_process_then_rerunning_gives_the_clean_result(services, ingested, tmp_path):
+def test_killing_the_dedup_process_then_rerunning_gives_the_clean_result(services, ingested, tmp_path, ledger):
     from flows.dedup import dedup_flow
 
     out = tmp_path / "k"
@@ -134,11 +151,14 @@ def test_killing_the_dedup_process_then_rerunning_gives_the_clean_result(service
     dedup_flow(config=DedupConfig(hash_partitions=2), input_dir=str(ingested / "ingest"),
                output_dir=str(tmp_path / "clean"))
     assert shard_bytes(out) == shard_bytes(tmp_path / "clean") and len(shard_bytes(out)) == 6
-    assert assert_no_duplicate_ids(out) == json.loads((out / "report.json").read_text())["documents_kept"]
+    kept = json.loads((out / "report.json").read_text())["documents_kept"]
+    assert assert_no_duplicate_ids(out) == kept
+    ledger("kill -9 the dedup process mid-run, rerun", "the rerun equals a clean run, ids unique",
+           shards_compared=len(shard_bytes(out)), ids_unique=kept)
 
 
 @slow
-def test_killing_the_tokenize_process_then_rerunning_gives_the_clean_result(services, ingested, tmp_path):
+def test_killing_the_tokenize_process_then_rerunning_gives_the_clean_result(services, ingested, tmp_path, ledger):
     from flows.tokenize import tokenize_flow
 
     out = tmp_path / "k"
@@ -150,3 +170,7 @@ def test_killing_the_tokenize_process_then_rerunning_gives_the_clean_result(serv
     assert shard_bytes(out, "*/*.bin") == shard_bytes(tmp_path / "clean", "*/*.bin")
     assert (out / "index.json").read_text() == (tmp_path / "clean" / "index.json").read_text()
     assert part_files(out) == []
+    documents = json.loads((out / "index.json").read_text())["documents"]
+    ledger("kill -9 the tokenize process mid-run, rerun",
+           "the rerun equals a clean run (token files, index.json), no .part",
+           bin_files_compared=len(shard_bytes(out, "*/*.bin")), documents=documents["train"] + documents["val"])

@@ -66,7 +66,7 @@ def shards(tmp_path_factory) -> Path:
     return build_token_shards([book], tmp_path_factory.mktemp("kill-train") / "shards", vocab_size=512)
 
 
-def test_kill9_during_training_then_resume_repeats_the_uninterrupted_run(prefect_server, shards, tmp_path):
+def test_kill9_during_training_then_resume_repeats_the_uninterrupted_run(prefect_server, shards, tmp_path, ledger):
     clean_dir, run_dir = tmp_path / "clean", tmp_path / "killed"
     clean = run_training(train_config(shards, clean_dir), log_callback=[].append)
     recipe = tmp_path / "recipe.yaml"
@@ -111,3 +111,7 @@ def test_kill9_during_training_then_resume_repeats_the_uninterrupted_run(prefect
     worst = max((ours[k] - theirs[k]).abs().max().item() for k in ours)
     print(f"final weights: {len(ours)} tensors, max absolute difference from the clean run {worst:.3g}")
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)  # fp32 on CPU: bit-identical (seen: 0 difference)
+    ledger("kill -9 training (torchrun and 2 gloo ranks, then `pretrain train`) between checkpoints",
+           "`--resume` repeats the clean run: every step once, same losses, bit-identical weights",
+           processes_killed=len(tree), killed_at_step=logged_at_kill, resumed_at_step=resume_step,
+           steps_compared=len(got), tensors_compared=len(ours))
