@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
-import os
-import socket
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
@@ -17,7 +13,7 @@ from prefect.tasks import exponential_backoff
 
 from pretrain.paths import PathPolicy, policy_from_env, root_is_configured
 from pretrain.progress import report_progress
-from pretrain.provenance import atomic_write_text
+from pretrain.provenance import atomic_write_text, exclusive_lock
 from tasks.errors import describe_error, is_transient_error
 
 
@@ -122,29 +118,17 @@ def output_lock(folder: Path, stage: str) -> Iterator[Path]:
     removed on the way in and out: while the lock is held no live writer of
     another run owns them, and this run's tasks have all finished on the way out.
     """
+    busy = lambda holder: OutputInUse(f"{stage}: output folder {folder} is being written by another run "  # noqa: E731
+                                      f"({holder}); wait for it to finish or choose another folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        handle = open(folder / ".lock", "a+")
+        lock = exclusive_lock(folder / ".lock", stage, busy)
     except OSError as error:
         raise OutputNotWritable(f"{stage}: output folder {folder} is not writable: {error}") from error
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown holder"
-            raise OutputInUse(f"{stage}: output folder {folder} is being written by another run ({holder}); "
-                              "wait for it to finish or choose another folder") from None
-        handle.seek(0)
-        handle.truncate()
-        since = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        handle.write(f"{stage}, pid {os.getpid()} on {socket.gethostname()}, since {since}\n")
-        handle.flush()
+    with lock:
         remove_stale_parts(folder)
         yield folder
         remove_stale_parts(folder)
-    finally:
-        handle.close()  # closing releases the lock
 
 
 def remove_stale_parts(folder: Path) -> int:

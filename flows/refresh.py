@@ -32,7 +32,7 @@ from flows.ingest import IngestFailed, ingest_flow
 from pretrain.config import RefreshConfig
 from pretrain.paths import PathPolicy, redact_url
 from pretrain.provenance import atomic_write_text
-from tasks.refresh import Layout, Ledger, Plan, RefreshLock, clear_work, commit_file, lock_owner, manifest, plan_refresh, relative_path
+from tasks.refresh import Layout, Ledger, Plan, clear_work, commit_file, manifest, plan_refresh, refresh_lock, relative_path
 from tasks.sources import InputFile, newest_crawl, resolve_inputs
 
 
@@ -151,7 +151,7 @@ def cc_refresh_flow(config: RefreshConfig = RefreshConfig()) -> dict:
     layout = Layout(Path(config.dataset_dir))
     run = str(flow_run.id or uuid.uuid4())
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    with RefreshLock(layout.root, lock_owner(run)):
+    with refresh_lock(layout.root, run):
         clear_work(layout)  # staging left by killed runs: with the lock held, nobody else uses it
         crawl = find_crawl(config)
         listing = list_crawl_files(crawl, config)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import importlib
 import json
 import os
 import shutil
+import socket
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Callable, ContextManager, Iterator
 
 from pretrain import __version__
 
@@ -66,3 +69,38 @@ def replace_dir(new: Path, target: Path) -> None:
     os.replace(new, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def exclusive_lock(path: Path, label: str, busy: Callable[[str], Exception]) -> ContextManager[None]:
+    """An exclusive, non-blocking ``flock`` on ``path``, held for a with-block.
+
+    The file is opened here, so an unwritable place raises OSError before any
+    with-block. Entering takes the lock and writes who holds it (``label``, pid, host,
+    since when) into the file; when another process holds it, entering raises
+    ``busy(that holder's line)`` instead. The kernel drops the lock when the holding
+    process ends, however it ends, so a killed run leaves no stale lock (and Linux's
+    NFS client maps flock to NFSv4 byte-range locks, so a shared folder is covered).
+    """
+    return _held(open(path, "a+"), label, busy)
+
+
+@contextlib.contextmanager
+def _held(handle: IO[str], label: str, busy: Callable[[str], Exception]) -> Iterator[None]:
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            raise busy(handle.read().strip() or "holder not recorded yet") from None
+        since = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{label}, pid {os.getpid()} on {socket.gethostname()}, since {since}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.truncate(0)  # free again: nobody is named
+    finally:
+        handle.close()  # closing releases the lock
+

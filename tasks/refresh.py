@@ -19,18 +19,15 @@ at most the files it had not recorded (their shards come out byte for byte the s
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
-import socket
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO
+from typing import ContextManager
 
 from pretrain.paths import redact_url
-from pretrain.provenance import atomic_write_text
+from pretrain.provenance import atomic_write_text, exclusive_lock
 from tasks.sources import InputFile
 
 LOCK_NAME = ".refresh.lock"
@@ -75,56 +72,14 @@ def relative_path(uri: str) -> str:
     return uri[marker:] if marker != -1 else redact_url(uri)
 
 
-class RefreshLock:
-    """An exclusive ``flock`` on ``DATASET/.refresh.lock`` for the length of a run.
-
-    The kernel drops the lock when its holder exits, however it ends, so a killed
-    run leaves no stale lock. Linux's NFS client maps flock to NFS byte-range
-    locks, so this also guards a dataset shared by several machines over NFSv4.
-    """
-
-    def __init__(self, root: Path, owner: dict):
-        self.path = root / LOCK_NAME
-        self.owner = owner
-        self._handle: IO[str] | None = None
-
-    def acquire(self) -> RefreshLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+")
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "(holder not recorded yet)"
-            handle.close()
-            raise RefreshLocked(
-                f"another cc-refresh is running on {self.path.parent}: {self.path} is locked by {holder}; "
-                "this run did nothing (the lock is released when that run ends)"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(json.dumps(self.owner, sort_keys=True) + "\n")
-        handle.flush()
-        self._handle = handle
-        return self
-
-    def release(self) -> None:
-        if self._handle is not None:
-            self._handle.truncate(0)
-            fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
-            self._handle.close()
-            self._handle = None
-
-    def __enter__(self) -> RefreshLock:
-        return self.acquire()
-
-    def __exit__(self, *exc_info) -> None:
-        self.release()
-
-
-def lock_owner(run_id: str) -> dict:
-    return {"run": run_id, "pid": os.getpid(), "host": socket.gethostname(),
-            "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+def refresh_lock(root: Path, run_id: str) -> ContextManager[None]:
+    """The dataset's lock (``DATASET/.refresh.lock``) for the length of one refresh run;
+    a second run fails at once with ``RefreshLocked`` naming the holder."""
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / LOCK_NAME
+    return exclusive_lock(path, f"cc-refresh run {run_id}", lambda holder: RefreshLocked(
+        f"another cc-refresh is running on {root}: {path} is locked by {holder}; this run did nothing "
+        "(the lock is released when that run ends)"))
 
 
 class Ledger:

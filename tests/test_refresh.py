@@ -21,7 +21,7 @@ from flows.refresh import cc_refresh_flow
 from pretrain.cli import app
 from pretrain.config import DownloadConfig, IngestConfig, RefreshConfig
 from tasks.demo import write_demo_data
-from tasks.refresh import LOCK_NAME, Layout, Ledger, LedgerConflict, RefreshLock, RefreshLocked, plan_refresh
+from tasks.refresh import LOCK_NAME, Layout, Ledger, LedgerConflict, RefreshLocked, plan_refresh, refresh_lock
 from tasks.sources import InputFile, list_crawls
 
 FAST = DownloadConfig(max_attempts=3, backoff_base_s=0.01, backoff_max_s=0.02, timeout_s=10)
@@ -125,10 +125,12 @@ def test_plan_skips_recorded_files_and_defers_past_the_limit(tmp_path):
 
 
 def test_lock_is_exclusive_and_names_its_holder(tmp_path):
-    with RefreshLock(tmp_path, {"run": "first-run"}):
-        with pytest.raises(RefreshLocked, match="locked by .*first-run"):
-            RefreshLock(tmp_path, {"run": "second-run"}).acquire()
-    with RefreshLock(tmp_path, {"run": "third-run"}):  # released: free again
+    with refresh_lock(tmp_path, "first-run"):
+        with pytest.raises(RefreshLocked, match="locked by cc-refresh run first-run, pid"):
+            with refresh_lock(tmp_path, "second-run"):
+                pass
+    assert (tmp_path / LOCK_NAME).read_text() == ""  # released, and nobody named
+    with refresh_lock(tmp_path, "third-run"):  # free again
         assert "third-run" in (tmp_path / LOCK_NAME).read_text()
 
 
@@ -192,7 +194,7 @@ def test_a_run_that_finds_the_dataset_locked_does_nothing(services, fake_cc, tmp
     dataset = tmp_path / "dataset"
     fake_cc.add_crawl(OLD, 1)
     config = refresh_config(fake_cc, dataset)
-    with RefreshLock(dataset, {"run": "a-running-refresh"}):
+    with refresh_lock(dataset, "a-running-refresh"):
         with pytest.raises(RefreshLocked, match="a-running-refresh"):
             cc_refresh_flow(config=config)
     assert fake_cc.server.requests == [] and not (dataset / "ledger").exists()
