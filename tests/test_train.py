@@ -85,6 +85,18 @@ def test_run_training_checks_batch_before_launching(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_run_training_checks_batch_against_the_hostfile_slots(tmp_path):
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("# two nodes\nworker-0 slots=8\nworker-1 slots=8\n")
+    cfg = TrainConfig(output_dir=str(tmp_path / "run"), micro_batch_size=4, global_batch_size=32,
+                      hostfile=str(hostfile))
+    with pytest.raises(BatchConfigError, match="world_size 16"):  # 2 x 8 slots, not num_procs 1
+        run_training(cfg, log_callback=quiet([]))
+    with pytest.raises(FileNotFoundError, match="train.hostfile: no hostfile at"):
+        run_training(cfg.model_copy(update={"hostfile": str(tmp_path / "missing")}), log_callback=quiet([]))
+    assert not (tmp_path / "run").exists()
+
+
 def test_deepspeed_config_keys():
     from models.sizes import model_config
 

@@ -101,6 +101,23 @@ def _stream(process: subprocess.Popen, log_path: Path, log_callback: Callable[[s
     return tail
 
 
+def world_size(cfg: TrainConfig) -> int:
+    """Ranks of the run: ``num_procs``, or the slots of every host in the hostfile."""
+    if cfg.hostfile is None:
+        return cfg.num_procs
+    if not Path(cfg.hostfile).is_file():
+        raise FileNotFoundError(f"train.hostfile: no hostfile at {cfg.hostfile}")
+    from deepspeed.launcher.runner import fetch_hostfile  # DeepSpeed's own parser, as its launcher reads it
+
+    try:
+        pool = fetch_hostfile(cfg.hostfile)
+    except ValueError as error:
+        raise ValueError(f"train.hostfile {cfg.hostfile}: {error}") from error
+    if not pool:
+        raise ValueError(f"train.hostfile {cfg.hostfile} lists no hosts (lines like 'worker-0 slots=8')")
+    return sum(pool.values())
+
+
 def run_training(cfg: TrainConfig, resume: bool = False,
                  log_callback: Callable[[str], None] | None = None) -> dict:
     """Train (or ``resume``) in RUN_DIR = cfg.output_dir; return RUN_DIR/summary.json.
@@ -109,8 +126,7 @@ def run_training(cfg: TrainConfig, resume: bool = False,
     Raises BatchConfigError before launching when the batch sizes disagree, TrainingFailed
     when a rank fails. A run stopped by ``stop_after_steps`` returns ``{"completed": False}``.
     """
-    if cfg.hostfile is None:
-        batch_plan(cfg, cfg.num_procs)  # fail here, with every factor named, not in N ranks
+    batch_plan(cfg, world_size(cfg))  # fail here, with every factor named, not in N ranks
     config_path = write_run_config(cfg)
     run_dir = config_path.parent
     launch = launch_command(cfg, config_path, resume)
