@@ -266,7 +266,9 @@ def _prefect_logs_since(start: datetime) -> list[str]:
                                     limit=200, offset=offset)
             logs += more
             offset = len(logs) if more else 0
-        artifacts = client.read_artifacts()
+        artifacts = []
+        while page := client.read_artifacts(limit=200, offset=len(artifacts)):  # every page, not the first
+            artifacts += page
     return [log.message for log in logs] + [json.dumps(a.data, default=str) for a in artifacts]
 
 

@@ -78,14 +78,12 @@ def test_sweep_flow_trains_fits_and_plots_on_cpu(prefect_server, shards, tmp_pat
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     assert len(fit["isoflop"]["curves"]) == 2
 
-    async def artifact_keys():
-        async with get_client() as client:
-            return {a.key for a in await client.read_artifacts()}
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    import asyncio
-
-    keys = asyncio.run(artifact_keys())
-    assert {"scaling-sweep-runs", "scaling-sweep-fit"} <= keys
+    wanted = ["scaling-sweep-runs", "scaling-sweep-fit"]  # by key: the session's server holds many artifacts
+    with get_client(sync_client=True) as client:
+        keys = {a.key for a in client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=wanted)))}
+    assert keys == set(wanted)
 
     mtimes = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/summary.json")}
     again = sweep_flow(config=SweepConfig(bootstrap=0), data_dir=str(shards), output_dir=str(out))  # runs reused
