@@ -32,7 +32,8 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not integration"
 
-# The whole fault suite, slow part included (kill -9 per stage, load); `make test` runs the fast part.
+# The whole fault suite with its slow part (the process kills of filter, dedup and tokenize);
+# `make test` runs the rest of it, the load test included.
 test-faults: setup
 	PRETRAIN_SLOW_FAULTS=1 $(BIN)/python -m pytest -q -m faults tests/faults tests/test_security.py
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import psutil
@@ -78,8 +77,8 @@ def test_kill9_during_training_then_resume_repeats_the_uninterrupted_run(prefect
                              and max((s for s, _ in train_steps(run_dir)), default=0) >= KILL_AFTER, timeout_s=600)
     assert started, f"the run should be killed between checkpoints; output:\n{stage.finish()[1][-3000:]}"
     tree = kill_training(stage)
-    time.sleep(0.5)
-    survivors = [p.pid for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    _, alive = psutil.wait_procs(tree, timeout=10)
+    survivors = [p.pid for p in alive if p.status() != psutil.STATUS_ZOMBIE]
     assert survivors == [], "every training process should be gone"
     logged_at_kill = max(s for s, _ in train_steps(run_dir))
     complete_at_kill = [s for s, _ in list_checkpoints(run_dir / "checkpoints")]
