@@ -44,6 +44,7 @@ from tasks.quality.corpus import corpus_identity
 from tasks.quality.score import QUALITY_MODULES
 from tasks.sources import input_identity, resolve_inputs
 from tasks.tokenize import TOKENIZE_MODULES
+from tasks.train import TRAIN_MODULES
 
 STAGES = ("ingest", "filter", "dedup", "quality", "tokenize", "train")
 FOLDERS = {"ingest": "ingest", "filter": "filter", "dedup": "dedup", "quality": "quality", "tokenize": "tokens",
@@ -56,8 +57,6 @@ PRODUCTS = {
     "train": ["summary.json", "metrics.jsonl", "hf/config.json", "hf/model.safetensors"],
 }
 STAGE_FILE = "stage.json"
-TRAIN_MODULES = ("flows.train", "tasks.train.main", "tasks.train.data", "tasks.train.ds_config", "tasks.train.launch",
-                 "tasks.train.checkpoint", "models.transformer", "models.attention", "models.sizes", "models.export_hf")
 CODE = {
     "ingest": ("flows.ingest", *INGEST_MODULES), "filter": ("flows.filter", *FILTER_MODULES),
     "dedup": ("flows.dedup", *DEDUP_MODULES), "quality": ("flows.quality", "tasks.demo_reference", *QUALITY_MODULES),
@@ -189,11 +188,9 @@ def train_config(cfg: PipelineConfig, tokens_dir: Path, run_dir: Path) -> TrainC
 
 
 def planned_model(train: TrainConfig, tokens_dir: Path) -> TrainConfig:
-    """The scaling planner's choice for the tokens obtained (issue 6's ``pretrain.scaling``)."""
-    try:
-        from pretrain.scaling import closest_model_shape, plan_for_tokens, tokens_in_index
-    except ImportError as error:
-        raise RuntimeError(f"plan_model_size needs pretrain.scaling ({error}); set plan_model_size: false") from None
+    """The scaling planner's choice (``pretrain.scaling``) for the tokens obtained."""
+    from pretrain.scaling import closest_model_shape, plan_for_tokens, tokens_in_index
+
     index = json.loads((tokens_dir / "index.json").read_text())
     plan = plan_for_tokens(tokens_in_index(tokens_dir))
     name, model = closest_model_shape(plan.n_params, vocab_size=index["vocab_size"], seq_len=train.seq_len)

@@ -72,11 +72,9 @@ def funnel(stages: dict[str, dict]) -> list[dict]:
 
 
 def scaling_position(params: int | None, rows: list[dict]) -> dict | None:
-    """Where the trained model sits against the Chinchilla law (``pretrain.scaling``, issue 6)."""
-    try:
-        from pretrain.scaling import CHINCHILLA, optimal_tokens_for_params, plan_for_tokens
-    except ImportError:
-        return {"available": False, "reason": "pretrain.scaling is not installed"}
+    """Where the trained model sits against the Chinchilla law (``pretrain.scaling``)."""
+    from pretrain.scaling import CHINCHILLA, optimal_tokens_for_params, plan_for_tokens
+
     by_stage = {row["stage"]: row for row in rows}
     if not params or "train" not in by_stage:
         return None
@@ -202,8 +200,6 @@ def report_lines(summary: dict) -> list[str]:
                 ("training FLOPs (6ND)", f"{scaling['flops']:.3g}"),
                 ("law's loss L(N, D)", f"{scaling['law_loss']:.3f} (its data and tokenizer, not comparable)")],
                 ("", "value"))]
-        elif scaling:
-            lines += ["", f"Scaling-law position: unavailable ({scaling.get('reason')})."]
     return lines
 
 

@@ -37,9 +37,9 @@ from pretrain.scaling import (
     LAW_FIELDS, Runs, ScalingError, SweepRun, fit_law, isoflop_fits, plan_sweep, plot_fit, sweep_row, write_csv,
 )
 from tasks.tokenize import INDEX_FILE
+from tasks.train import TRAIN_MODULES
 
 KEY_FILE = "sweep_key.txt"
-TRAIN_MODULES = ("tasks.train.main", "tasks.train.data", "tasks.train.ds_config", "models.transformer")
 MIN_RUNS = 5  # the law has five parameters
 FIT_STARTS = 8  # L-BFGS from the 8 best points of the paper's grid (a sweep has few runs; they agree)
 

@@ -508,7 +508,7 @@ def refresh(
         _fail(str(error))
     try:
         summary = _run_with_progress("refresh", lambda: cc_refresh_flow(config=cfg))
-    except RefreshLocked as error:
+    except (RefreshLocked, *_clear_failures()) as error:  # an unreachable collinfo.json: FetchError
         _fail(str(error))
     except RefreshFailed as error:
         _fail(f"{error}\nreports: {dataset / 'runs'}", code=1)

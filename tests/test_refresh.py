@@ -228,3 +228,15 @@ def test_overlapping_runs_fetch_and_write_each_file_once(services, fake_cc, tmp_
     assert fake_cc.warc_requests() == {path: 1 for path in paths}
     assert len(Ledger(Layout(dataset)).entries()) == 3
     assert len(list(Layout(dataset).filtered(OLD).glob("*.parquet"))) == 3
+
+
+@pytest.mark.integration
+def test_the_cli_names_an_unreachable_index_and_exits_2(services, fake_cc, tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"ingest": {"download": FAST.model_dump()}}))
+    missing = f"{fake_cc.server.base_url}/no-such-collinfo.json"  # the server answers 404
+    result = CliRunner().invoke(app, ["refresh", "--dataset", str(tmp_path / "dataset"), "--config", str(recipe),
+                                      "--index-url", missing])
+    assert result.exit_code == 2, result.output
+    assert "no-such-collinfo.json" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "dataset" / "ledger").exists()
