@@ -37,10 +37,29 @@ def code_version(*module_names: str) -> str:
     return f"{__version__}+{digest.hexdigest()[:12]}"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(text)
+def part_path(path: Path) -> Path:
+    """Where a file is written before it is complete (``.NAME.<pid>-<random>.part``: never
+    matched by the reader's patterns, and swept as a ``.*.part`` leftover by the output lock).
+
+    The name is unique per writer, so two runs writing the same file at once (a rerun
+    racing a killed run's surviving worker) cannot corrupt each other: each renames a
+    complete file into place.
+    """
+    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.part")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a reader sees the old file or the whole new one."""
+    tmp = part_path(path)
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def write_info_json(folder: Path, *, stage: str, code: str, config: dict, inputs: list[str], **extra: Any) -> Path:

@@ -17,6 +17,7 @@ import json
 import random
 from pathlib import Path
 
+from pretrain.provenance import atomic_write_bytes
 from tasks.demo import TOPICS, article_paragraphs
 
 REFERENCE_FILE = "reference.jsonl.gz"
@@ -44,7 +45,5 @@ def write_demo_reference(folder: Path, *, n_documents: int = 240, seed: int = 1)
     path = Path(folder) / REFERENCE_FILE
     if not (path.is_file() and path.read_bytes() == data):
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.part")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        atomic_write_bytes(path, data)
     return path

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 from typing import Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from pretrain.provenance import part_path
 
 DOCUMENT_SCHEMA = pa.schema(
     [
@@ -26,16 +27,6 @@ DOCUMENT_SCHEMA = pa.schema(
 )
 ROWS_PER_GROUP = 2000
 COMPRESSION = "zstd"
-
-
-def part_path(path: Path) -> Path:
-    """Where a shard is written before it is complete (never matched by *.parquet).
-
-    The name is unique per writer, so two runs writing the same shard at once (a
-    rerun racing a killed run's surviving worker) cannot corrupt each other: each
-    renames a complete file into place, and both files hold the same rows.
-    """
-    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.part")
 
 
 class AtomicOutput:

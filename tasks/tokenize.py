@@ -31,9 +31,9 @@ import pyarrow.parquet as pq
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from pretrain.config import TokenizeConfig
-from pretrain.provenance import atomic_write_text
+from pretrain.provenance import atomic_write_bytes, atomic_write_text, part_path
 from tasks.sampling import reservoir_sample
-from tasks.shards import AtomicOutput, part_path
+from tasks.shards import AtomicOutput
 
 INDEX_FORMAT = 1
 TOKENIZER_FILE = "tokenizer.json"
@@ -205,15 +205,6 @@ def check_weights(weights: dict[str, float]) -> None:
 
 
 # ---------------------------------------------------------------- packed shards
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = part_path(path)
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 class PackedWriter(AtomicOutput):

@@ -18,7 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.shards import COMPRESSION, ROWS_PER_GROUP, part_path
+from pretrain.provenance import part_path
+from tasks.shards import COMPRESSION, ROWS_PER_GROUP
 
 CLUSTER_COLUMN = "dup_cluster"
 

@@ -28,10 +28,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pretrain.config import DedupConfig
-from pretrain.provenance import atomic_write_text
+from pretrain.provenance import atomic_write_text, part_path
 from tasks.dedup.buckets import gather_rows, make_refs, read_edges, split_refs
 from tasks.dedup.layout import KIND_NAMES, REASONS, Layout, key_slots
-from tasks.shards import COMPRESSION, part_path
+from tasks.shards import COMPRESSION
 
 LARGEST = 20
 CLUSTER_SCHEMA = pa.schema([
