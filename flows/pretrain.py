@@ -30,7 +30,7 @@ from flows.filter import filter_flow
 from flows.ingest import confine_parameters as confine_ingest
 from flows.ingest import ingest_flow
 from flows.pretrain_report import funnel, publish_report, scaling_position
-from flows.quality import score_flow, train_classifier_flow, train_perplexity_flow
+from flows.quality import model_identities, score_flow, train_classifier_flow, train_perplexity_flow
 from flows.tokenize import tokenize_flow
 from flows.train import train_flow
 from pretrain.config import PipelineConfig, TrainConfig
@@ -163,8 +163,7 @@ def quality_models(cfg: PipelineConfig, root: Path, logger) -> tuple[dict, str |
 
 def reference_identity(cfg: PipelineConfig, root: Path) -> object:
     if cfg.quality.perplexity_model or cfg.quality.classifier_model:
-        return [str(Path(p).resolve() / "model.json") for p in (cfg.quality.perplexity_model,
-                                                                  cfg.quality.classifier_model) if p]
+        return model_identities(cfg.quality)  # a model retrained in place reruns quality
     if cfg.quality_training.reference:
         return corpus_identity(cfg.quality_training.reference)
     return "demo-reference" if cfg.demo_data else None

@@ -124,10 +124,15 @@ class Scorer:
                 "classifier": sum(quality_classifier.LOADS.values())}
 
 
+def model_identities(cfg: QualityConfig) -> list:
+    """The identity (path, size, mtime) of each given model's model.json: a retrained model changes it."""
+    models = [str(Path(p).resolve() / "model.json") for p in (cfg.perplexity_model, cfg.classifier_model) if p]
+    return [file_identity(m) for m in models]
+
+
 def _score_key(context, parameters: dict) -> str:
     cfg: QualityConfig = parameters["config"]
-    models = [str(Path(p).resolve() / "model.json") for p in (cfg.perplexity_model, cfg.classifier_model) if p]
-    return stable_hash("quality-score", file_identity(parameters["in_path"]), [file_identity(m) for m in models],
+    return stable_hash("quality-score", file_identity(parameters["in_path"]), model_identities(cfg),
                        cfg.model_dump(include={"perplexity_model", "classifier_model"}),
                        code_version(*QUALITY_MODULES), parameters["scores_path"])
 

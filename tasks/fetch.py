@@ -135,7 +135,7 @@ def _failure(url: str, tries: int, error: BaseException) -> str:
     if safe != url:
         cause = cause.replace(url, safe)
         userinfo = urlparse(url).netloc.rsplit("@", 1)[0]
-        cause = cause.replace(userinfo, "***")
+        cause = cause.replace(userinfo + "@", "***@")  # the credentials where they stand, not every match
     return f"GET {safe} failed after {tries} attempts: {cause}"
 
 
