@@ -91,8 +91,6 @@ class WorkerKiller(threading.Thread):
                 if title.startswith(self.title):
                     time.sleep(self.after_s)  # let it get into the work
                     try:
-                        if not " ".join(proc.cmdline()).startswith(self.title):
-                            continue  # that task finished meanwhile (Ray reuses workers): not a mid-task kill
                         proc.send_signal(signal.SIGKILL)
                         self.killed.append(proc.pid)
                     except psutil.Error:
