@@ -87,7 +87,7 @@ def test_bad_warc_catalogue_counts_every_skip_and_fails_only_the_unreadable_file
     assert shards["empty.warc.gz"]["dropped"] == {"empty_file": 1} and shards["empty.warc.gz"]["documents"] == 0
     assert shards["gzip-of-garbage.warc.gz"]["dropped"] == {"corrupt_record": 1}
     lying = shards["lying-length.warc.gz"]
-    assert lying["dropped"] == {"content_length_mismatch": 1, "corrupt_record": 1} and lying["documents"] == 3
+    assert lying["dropped"] == {"content_length_mismatch": 1} and lying["documents"] == 3  # counted once
     assert shards["huge-page.warc.gz"]["dropped"] == {"html_too_large": 1}
     assert shards["huge-page.warc.gz"]["documents"] == 1
     assert shards["unknown-encoding.warc.gz"]["documents"] == 1
