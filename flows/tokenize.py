@@ -96,6 +96,17 @@ def summarize(index: dict | None, reports: list[dict], failures: list[dict], tok
     }
 
 
+def empty_validation(index: dict, config: TokenizeConfig) -> str | None:
+    """Why training on these shards will report no validation loss: val_fraction > 0 held out no
+    document (a document is held out with that chance, so small inputs can get none)."""
+    if config.val_fraction == 0 or index["tokens"]["val"] > 0:
+        return None
+    documents = sum(index["documents"].values())
+    return (f"the val split is empty: val_fraction {config.val_fraction} held out none of the {documents:,} "
+            f"documents, so training will report no validation loss; raise tokenize.val_fraction "
+            f"(about {min(0.5, 2 / max(documents, 1)):.2g} holds out 2 documents on average)")
+
+
 def publish(summary: dict) -> None:
     tokens, sources = summary["tokens"], summary["sources"]
     lines = funnel_table([("documents", summary["documents"]), ("train tokens", tokens["train"]),
@@ -168,6 +179,9 @@ def _tokenize(config: TokenizeConfig, shards: list[tuple[str, Path]], out: Path,
     summary["unused_weights"] = sorted(set(config.weights) - seen)
     if summary["unused_weights"] and not failures:
         logger.warning("weights given for sources not in the input: %s", summary["unused_weights"])
+    summary["val_warning"] = empty_validation(index, config) if index else None
+    if summary["val_warning"]:
+        logger.warning(summary["val_warning"])
     write_info_json(out, stage="tokenize", code=code_version(*TOKENIZE_MODULES), config=config.model_dump(),
                     inputs=[str(path) for _, path in shards], tokenizer_sha256=digest)
     write_report(out, summary)

@@ -4,7 +4,8 @@ The task launches the training processes and follows their output: progress goes
 to ``report_progress`` (the CLI's bar) and a progress artifact. A failed launch is
 retried by resuming from the newest checkpoint (``--resume``), so a crashed or
 preempted run loses at most ``checkpoint_every_steps``; so is a run that stopped before
-``max_steps`` (``stop_after_steps``); a bad config is not retried.
+``max_steps`` (``stop_after_steps``); a bad config, data folder or checkpoint is not retried,
+whether the launcher's checks find it or a rank does (``TrainingRejected``).
 Artifacts: the loss curve (table, downsampled) and the summary.
 """
 
@@ -51,7 +52,7 @@ class _Follower:
         self.artifact = create_progress_artifact(progress=0.0, key="train-progress", description="training steps")
 
     def __call__(self, line: str) -> None:
-        self.logger.info(line)
+        (self.logger.warning if line.startswith("warning: ") else self.logger.info)(line)
         match = STEP_LINE.match(line)
         if match:
             done, total = int(match.group(1)), int(match.group(2))

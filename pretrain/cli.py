@@ -317,6 +317,8 @@ def tokenize(
     console.print(f"[green]tokenized[/green] {summary['documents']} documents: {summary['tokens']['train']} train and "
                   f"{summary['tokens']['val']} validation tokens ({summary['tokens_per_s']} tokens/s, "
                   f"{summary['cache_hits']} shard(s) from cache); index in {output / 'index.json'}")
+    if summary.get("val_warning"):
+        console.print(f"[yellow]warning:[/yellow] {summary['val_warning']}")
 
 
 def _train_config(config: Optional[Path], overrides: list[str], short: dict) -> TrainConfig:
@@ -343,6 +345,7 @@ def train(
     """Train a model with DeepSpeed (ZeRO-3 by default) on token shards."""
     from flows.train import train_flow
     from tasks.train.ds_config import BatchConfigError
+    from tasks.train.preflight import TrainConfigError, check_run
 
     try:
         cfg = _train_config(config, set_, {"data_dir": str(data) if data else None,
@@ -353,40 +356,53 @@ def train(
     if not cfg.data_dir:
         _fail("no token data: give --data TOKENS_DIR (or train.data_dir in the recipe)")
     try:
+        found = check_run(cfg)  # data, model and vocabulary, before Prefect or a launcher starts
+    except TrainConfigError as error:
+        _fail(str(error))
+    for warning in found.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    try:
         summary = _run_with_progress("train", lambda: train_flow(config=cfg, resume=resume))
     except (BatchConfigError, FileNotFoundError, ValueError) as error:
         _fail(str(error))
     except Exception as error:  # the training processes failed after their retries
         _fail(f"{type(error).__name__}: {error}", code=1)
+    val_loss = summary.get("val_loss")
+    validation = (f"validation loss {val_loss}" if val_loss is not None else
+                  f"no validation loss (the val split has {summary.get('val_tokens', 0):,} tokens, not one window "
+                  f"of seq_len {cfg.seq_len} + 1)")
     console.print(f"[green]trained[/green] {summary.get('steps')} steps: loss {summary.get('final_loss')}, "
-                  f"validation loss {summary.get('val_loss')}; run folder {cfg.output_dir}")
+                  f"{validation}; run folder {cfg.output_dir}")
 
 
 @app.command("export-hf")
 def export_hf_command(
     run_dir: Path = typer.Option(..., "--run", help="A training run folder."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder for config.json + model.safetensors (+ tokenizer)."),
-    tag: Optional[str] = typer.Option(None, help="Checkpoint tag (default: the newest, e.g. step100)."),
+    tag: Optional[str] = typer.Option(None, help="Checkpoint tag (default: the newest undamaged, e.g. step100)."),
 ) -> None:
     """Export a checkpoint as a Hugging Face `LlamaForCausalLM` folder (loads with transformers)."""
     from models.export_hf import export_hf
-    from tasks.train.checkpoint import checkpoint_root, consolidate_fp32
+    from tasks.train.checkpoint import checkpoint_folder, checkpoint_root, consolidate_fp32, saved_model_shape
     from tasks.train.main import load_train_config
 
     summary_path, config_path = run_dir / "summary.json", run_dir / "train_config.json"
     if not config_path.is_file():
         _fail(f"{run_dir} is not a training run folder (no train_config.json)")
     cfg = load_train_config(config_path)
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    if "model" not in summary:
-        _fail(f"{summary_path} has no model shape; finish or resume the run first")
-    from pretrain.config import ModelConfig
-
-    model_cfg = ModelConfig.model_validate(summary["model"])
     try:
-        state = consolidate_fp32(checkpoint_root(run_dir), tag)
+        folder = checkpoint_folder(checkpoint_root(run_dir), tag,  # its files checked against its manifest
+                                   say=lambda line: console.print(f"[yellow]warning:[/yellow] {line}"))
+        state = consolidate_fp32(checkpoint_root(run_dir), folder.name)
     except (FileNotFoundError, ValueError) as error:
         _fail(str(error))
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    shape = saved_model_shape(folder) or summary.get("model")  # the checkpoint's own, else the run's
+    if shape is None:
+        _fail(f"no model shape in {folder / 'client.json'} or {summary_path}; finish or resume the run first")
+    from pretrain.config import ModelConfig
+
+    model_cfg = ModelConfig.model_validate(shape)
     tokenizer = Path(cfg.data_dir) / "tokenizer.json"
     out = export_hf(state, model_cfg, output, tokenizer_file=tokenizer if tokenizer.is_file() else None)
     console.print(f"[green]exported[/green] {out} (LlamaForCausalLM, {len(state)} tensors)")

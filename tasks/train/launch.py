@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,14 +30,20 @@ from typing import Callable
 from pretrain.config import TrainConfig
 from pretrain.provenance import atomic_write_text
 from tasks.train.ds_config import batch_plan
+from tasks.train.preflight import TrainConfigError, check_run
 
 REPO = Path(__file__).resolve().parents[2]
 ENTRY_MODULE = "tasks.train.main"
 CONFIG_FILE = "train_config.json"
+RANK_ERRORS_DIR = "rank_errors"  # tasks.train.main writes rank<R>.json there when a rank fails
 
 
 class TrainingFailed(RuntimeError):
     """The training processes exited with an error; the message holds the last output lines."""
+
+
+class TrainingRejected(TrainConfigError):
+    """A rank failed on an error that another attempt would meet again (bad data, config, checkpoint)."""
 
 
 @dataclass(frozen=True)
@@ -118,20 +125,51 @@ def world_size(cfg: TrainConfig) -> int:
     return sum(pool.values())
 
 
+def rank_failure(run_dir: Path) -> str | None:
+    """The deterministic errors the ranks recorded, one line each (None when there are none)."""
+    lines = []
+    for path in sorted((run_dir / RANK_ERRORS_DIR).glob("rank*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if record.get("deterministic"):
+            lines.append(f"rank {record['rank']}: {record['type']}: {record['message']}")
+    return "\n".join(dict.fromkeys(lines)) or None
+
+
+def _file_identity(path: Path) -> tuple | None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+
 def run_training(cfg: TrainConfig, resume: bool = False,
                  log_callback: Callable[[str], None] | None = None) -> dict:
     """Train (or ``resume``) in RUN_DIR = cfg.output_dir; return RUN_DIR/summary.json.
 
     Output lines of every rank go to ``log_callback`` (default: print) and RUN_DIR/train.log.
-    Raises BatchConfigError before launching when the batch sizes disagree, TrainingFailed
-    when a rank fails. A run stopped by ``stop_after_steps`` returns ``{"completed": False}``.
+    Raises, before launching, TrainConfigError when the data or model cannot work and
+    BatchConfigError when the batch sizes disagree; TrainingRejected when a rank failed on
+    such an error anyway, TrainingFailed when a rank failed otherwise (a crash, a kill).
+    A run stopped by ``stop_after_steps`` returns ``{"completed": False}``.
     """
+    callback = log_callback or (lambda line: print(line, flush=True))
     batch_plan(cfg, world_size(cfg))  # fail here, with every factor named, not in N ranks
+    found = check_run(cfg)  # likewise for the data, the model shape and the vocabulary
+    for warning in found.warnings:
+        callback(f"warning: {warning}")
     config_path = write_run_config(cfg)
     run_dir = config_path.parent
+    shutil.rmtree(run_dir / RANK_ERRORS_DIR, ignore_errors=True)  # the previous attempt's
+    summary_before = _file_identity(run_dir / "summary.json")  # kept until this run writes its own
     launch = launch_command(cfg, config_path, resume)
-    callback = log_callback or (lambda line: print(line, flush=True))
-    callback(f"launch ({launch.backend}): {' '.join(launch.argv)}")
+    started = f"launch ({launch.backend}): {' '.join(launch.argv)}"
+    with (run_dir / "train.log").open("a") as log:  # one such line per attempt
+        log.write(started + "\n")
+    callback(started)
     process = subprocess.Popen(launch.argv, env=launch.env, cwd=REPO, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True)
     try:
@@ -142,8 +180,12 @@ def run_training(cfg: TrainConfig, resume: bool = False,
         process.wait()
         raise
     if code != 0:
+        cause = rank_failure(run_dir)
+        if cause is not None:
+            raise TrainingRejected(f"{cause}\n(not retried: another attempt would fail the same way; "
+                                   f"log: {run_dir / 'train.log'})")
         raise TrainingFailed(f"training exited with code {code}; last output:\n" + "\n".join(tail))
     summary_path = run_dir / "summary.json"
-    if not summary_path.is_file():
+    if _file_identity(summary_path) in (None, summary_before):  # this run wrote none: stopped early
         return {"completed": False, "run_dir": str(run_dir)}
     return json.loads(summary_path.read_text())

@@ -9,7 +9,8 @@ object per line, ``kind`` train or eval), prints the same to the console, and at
 end writes RUN_DIR/summary.json and RUN_DIR/loss.png.
 
 Checkpoints: RUN_DIR/checkpoints/step<N>, every ``checkpoint_every_steps`` and at the
-end, the newest ``keep_checkpoints`` kept. ``--resume`` continues from the newest one:
+end, the newest ``keep_checkpoints`` kept. ``--resume`` continues from the newest intact one
+(a newer one whose files do not match its manifest is skipped, with a line saying why):
 model, optimizer, the data position and the step come back, and the learning rate is
 a function of the step, so the resumed steps are those of an uninterrupted run.
 """
@@ -31,9 +32,19 @@ import torch
 
 from pretrain.config import ModelConfig, TrainConfig
 from pretrain.provenance import atomic_write_text
-from tasks.train.checkpoint import COMPLETE_MARKER, checkpoint_root, newest_checkpoint, prune_checkpoints, tag_for
+from tasks.train.checkpoint import (
+    COMPLETE_MARKER, CheckpointDamaged, checkpoint_root, file_sizes, newest_intact_checkpoint, prune_checkpoints,
+    tag_for,
+)
 from tasks.train.data import TokenWindows, TrainStream, eval_batches
 from tasks.train.ds_config import BatchPlan, batch_plan, build_optimizer, deepspeed_config, lr_at, set_lr
+from tasks.train.launch import RANK_ERRORS_DIR
+from tasks.train.preflight import TrainConfigError, resolve_model_config  # noqa: F401  (bench/train.py imports it here)
+
+# Errors a rank raises that another attempt would raise again (a bad config, data or checkpoint):
+# the launcher is told through RUN_DIR/rank_errors/ and does not retry them.
+DETERMINISTIC_ERRORS = (TrainConfigError, CheckpointDamaged, ValueError, TypeError, KeyError, IndexError,
+                        FileNotFoundError, NotImplementedError)
 
 # Dense bf16 peak per device (not the sparse figure), for MFU.
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -101,23 +112,6 @@ class Log:
         if self.on:
             with self.path.open("a") as out:
                 out.write(json.dumps(fields) + "\n")
-
-
-def resolve_model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
-    """The run's model shape: ``cfg.model`` or the named size, fitted to the data's vocabulary."""
-    from models.sizes import model_config
-
-    if cfg.model is not None:
-        model = cfg.model
-        if model.vocab_size < vocab_size:
-            raise ValueError(f"model.vocab_size {model.vocab_size} is smaller than the data's vocabulary {vocab_size}")
-    elif cfg.model_size:
-        model = model_config(cfg.model_size, vocab_size=vocab_size, max_seq_len=cfg.seq_len)
-    else:
-        raise ValueError("set model_size or model")
-    if model.max_seq_len < cfg.seq_len:
-        raise ValueError(f"seq_len {cfg.seq_len} is over the model's max_seq_len {model.max_seq_len}")
-    return model
 
 
 def fp8_unavailable_reason(cfg: TrainConfig, device: torch.device) -> str | None:
@@ -217,31 +211,42 @@ def evaluate(engine, windows: TokenWindows, cfg: TrainConfig, dist: Dist) -> flo
     return dist.mean(sum(losses) / len(losses))
 
 
-def save_checkpoint(engine, run_dir: Path, step: int, stream: TrainStream, cfg: TrainConfig, dist: Dist, log: Log):
+def save_checkpoint(engine, run_dir: Path, step: int, stream: TrainStream, cfg: TrainConfig, model_cfg: ModelConfig,
+                    dist: Dist, log: Log):
     root, tag = checkpoint_root(run_dir), tag_for(step)
     client = {"step": step, "data": stream.state_dict(), "config": cfg.model_dump(mode="json")}
+    if dist.rank == 0:
+        (root / tag / COMPLETE_MARKER).unlink(missing_ok=True)  # an older save of this tag is no longer complete
+    dist.barrier()
     engine.save_checkpoint(str(root), tag=tag, client_state=client)
     dist.barrier()
     if dist.rank == 0:
-        atomic_write_text(root / tag / COMPLETE_MARKER, json.dumps(client, indent=2) + "\n")
+        manifest = {**client, "model": model_cfg.model_dump(mode="json"), "files": file_sizes(root / tag)}
+        atomic_write_text(root / tag / COMPLETE_MARKER, json.dumps(manifest, indent=2) + "\n")  # written last
         removed = prune_checkpoints(root, cfg.keep_checkpoints)
         log.say(f"checkpoint {root / tag}" + (f" (removed {', '.join(p.name for p in removed)})" if removed else ""))
     dist.barrier()
 
 
 def resume(engine, run_dir: Path, stream: TrainStream, dist: Dist, log: Log) -> int:
-    """Load the newest complete checkpoint; return its step (0 when there is none)."""
-    newest = newest_checkpoint(checkpoint_root(run_dir))
+    """Load the newest intact checkpoint (skipping, with a line each, damaged newer ones); return its step
+    (0 when there is none)."""
+    newest = newest_intact_checkpoint(checkpoint_root(run_dir), say=log.say) if dist.rank == 0 else None
     newest = dist.gather(newest[0] if newest else None)[0]  # every rank loads rank 0's choice
     if newest is None:
         log.say("resume: no complete checkpoint, starting from step 0")
         return 0
-    _, client = engine.load_checkpoint(str(checkpoint_root(run_dir)), tag=tag_for(newest))
+    folder = checkpoint_root(run_dir) / tag_for(newest)
+    try:
+        _, client = engine.load_checkpoint(str(checkpoint_root(run_dir)), tag=tag_for(newest))
+    except RuntimeError as error:  # torch names no file ("PytorchStreamReader failed reading zip archive")
+        raise CheckpointDamaged(f"checkpoint {folder} does not load: {error} (move the folder aside to resume "
+                                f"from the one before it)") from error
     if client is None or client.get("step") != newest:
-        raise RuntimeError(f"checkpoint {tag_for(newest)} did not load (client state {client!r})")
+        raise CheckpointDamaged(f"checkpoint {folder} did not load (client state {client!r})")
     stream.load_state_dict(client["data"])
     log.truncate_after(newest)
-    log.say(f"resumed from {checkpoint_root(run_dir) / tag_for(newest)} at step {newest}")
+    log.say(f"resumed from {folder} at step {newest}")
     return newest
 
 
@@ -308,7 +313,6 @@ def set_up(cfg: TrainConfig, run_dir: Path, dist: Dist, log: Log) -> Setup:
     ds_config = deepspeed_config(cfg, dist.world_size, model_cfg)
     if dist.rank == 0:
         atomic_write_text(run_dir / "ds_config.json", json.dumps(ds_config, indent=2) + "\n")
-        (run_dir / "summary.json").unlink(missing_ok=True)
     model = build_model(model_cfg, ds_config, cfg.seed, cfg.zero_stage, cfg.zero3_leaf_layers)
     fp8 = enable_fp8(model, cfg, dist, log)
     engine, *_ = deepspeed.initialize(model=model, optimizer=build_optimizer(model, cfg), config=ds_config)
@@ -322,7 +326,8 @@ def write_summary(run: Setup, cfg: TrainConfig, run_dir: Path, step: int, loss, 
     counts = dist.gather(parameter_counts(run.engine.module))  # after training: persistent parameters are gathered
     summary = {
         "completed": True, "steps": step, "tokens": step * run.plan.tokens_per_step, "final_loss": loss,
-        "val_loss": val_loss, "params": run.counts[0]["total"], "flops_per_token": flops_token,
+        "val_loss": val_loss, "val_tokens": run.val_windows.tokens, "params": run.counts[0]["total"],
+        "flops_per_token": flops_token,
         "model": run.model_cfg.model_dump(mode="json"), "world_size": dist.world_size,
         "device": dist.device.type, "zero_stage": cfg.zero_stage, "precision": cfg.precision, "fp8": run.fp8,
         "batch": run.plan.describe(),
@@ -375,17 +380,32 @@ def train(cfg: TrainConfig, run_dir: Path, resume_run: bool) -> dict | None:
             log.record(kind="eval", step=step, val_loss=val_loss)
             log.say(f"step {step} val_loss {val_loss:.4f}")
         if step % cfg.checkpoint_every_steps == 0 or step == cfg.max_steps:
-            save_checkpoint(engine, run_dir, step, run.stream, cfg, dist, log)
+            save_checkpoint(engine, run_dir, step, run.stream, cfg, run.model_cfg, dist, log)
         if cfg.stop_after_steps is not None and not resume_run and cfg.stop_after_steps <= step < cfg.max_steps:
             log.say(f"stopping after step {step} (stop_after_steps), as a crash would")
             return None
     return write_summary(run, cfg, run_dir, step, loss, val_loss, flops_token, dist, log)
 
 
+def record_rank_error(run_dir: Path, error: BaseException) -> None:
+    """RUN_DIR/rank_errors/rank<R>.json: the error and whether another attempt would meet it again."""
+    rank = os.environ.get("RANK", "0")
+    record = {"rank": int(rank), "type": type(error).__name__, "message": str(error),
+              "deterministic": isinstance(error, DETERMINISTIC_ERRORS)}
+    folder = run_dir / RANK_ERRORS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / f"rank{rank}.json", json.dumps(record) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = load_train_config(args.config)
-    train(cfg, Path(cfg.output_dir).resolve(), args.resume)
+    run_dir = Path(cfg.output_dir).resolve()
+    try:
+        train(cfg, run_dir, args.resume)
+    except Exception as error:
+        record_rank_error(run_dir, error)
+        raise
     import torch.distributed as dist
 
     dist.barrier()
