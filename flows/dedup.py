@@ -37,6 +37,7 @@ from tasks.dedup.apply import write_deduped_shard
 from tasks.dedup.buckets import find_edges
 from tasks.dedup.clusters import build_clusters
 from tasks.dedup.hashing import hash_shard, stage1_outputs
+from tasks.dedup.ids import check_unique_ids
 from tasks.dedup.layout import REASONS, Layout, key_slots
 from tasks.ray_runtime import ensure_ray
 from tasks.shards import check_document_shard
@@ -207,7 +208,8 @@ def dedup_flow(config: DedupConfig, input_dir: str, output_dir: str, ray_config:
     """Deduplicate the Parquet shards of ``input_dir`` into ``output_dir`` (same shard names).
 
     Also writes ``dedup/clusters/<shard>.parquet``, ``info.json`` and ``report.json``;
-    raises DedupFailed if a stage's tasks fail after their retries. A run from a
+    raises DedupFailed if a stage's tasks fail after their retries, and DuplicateIds (a
+    ValueError naming shards and ids) if document ids repeat. A run from a
     deployment has its paths confined to the data root (``pretrain.paths``); a second
     run on the same output folder fails at once (``OutputInUse``).
     """
@@ -231,6 +233,7 @@ def _dedup(config: DedupConfig, inputs: list[Path], input_dir: str, out: Path, r
                 len(inputs), input_dir, out, len(key_slots(config)), config.hash_partitions)
 
     hits["hash"], upstream = run_hash_stage(inputs, layout, config)
+    check_unique_ids(layout, [p.stem for p in inputs], inputs, config.hash_partitions)
     buckets, hits["buckets"], upstream = run_bucket_stage([p.stem for p in inputs], layout, config, upstream)
     clusters, hits["clusters"], upstream = run_cluster_stage(inputs, layout, config, upstream)
     writes, hits["write"] = run_write_stage(inputs, layout, upstream)

@@ -6,6 +6,7 @@ wrapped in cached, retried Prefect tasks. Stages pass files, never data:
 1. ``hashing.hash_shard`` (one task per shard): normalize text, compute the exact
    key, URL key and MinHash band keys of every document, write them bucketed by
    (slot, partition). A "slot" is one band, or the exact key, or the URL key.
+   Then ``ids.check_unique_ids`` (in the flow) refuses ids that repeat.
 2. ``buckets.find_edges`` (one task per (slot, partition)): read that section
    of every shard's key file, turn groups of equal keys into star edges,
    verify fuzzy edges against the threshold when one is set.
@@ -55,6 +56,7 @@ DEDUP_MODULES = (
     "tasks.dedup.buckets",
     "tasks.dedup.clusters",
     "tasks.dedup.hashing",
+    "tasks.dedup.ids",
     "tasks.dedup.keys",
     "tasks.dedup.layout",
     "tasks.dedup.minhash",

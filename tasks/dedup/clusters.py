@@ -73,7 +73,7 @@ def connected_components(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.n
 def choose_kept(root: np.ndarray, n_words: np.ndarray, refs: np.ndarray) -> np.ndarray:
     """One True per component: the most words, then the smallest ref."""
     order = np.lexsort((refs, -n_words.astype(np.int64), root))
-    first = np.concatenate(([True], root[order][1:] != root[order][:-1]))
+    first = _starts(root[order])
     kept = np.zeros(root.size, dtype=bool)
     kept[order[first]] = True
     return kept
@@ -92,8 +92,15 @@ def unique_pairs(a: np.ndarray, b: np.ndarray, kind: np.ndarray) -> tuple[np.nda
     low, high = np.minimum(a, b), np.maximum(a, b)
     order = np.lexsort((kind, high, low))
     low, high, kind = low[order], high[order], kind[order]
-    first = np.concatenate(([True], (low[1:] != low[:-1]) | (high[1:] != high[:-1])))
+    first = _starts(low) | _starts(high)
     return low[first], high[first], kind[first]
+
+
+def _starts(values: np.ndarray) -> np.ndarray:
+    """Where a run of equal values begins in a sorted array (empty for an empty one)."""
+    first = np.ones(values.size, dtype=bool)
+    first[1:] = values[1:] != values[:-1]
+    return first
 
 
 def load_edges(layout: Layout, config: DedupConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

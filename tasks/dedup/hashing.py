@@ -10,7 +10,9 @@ and the MinHash band keys, and writes
   (``slots * partitions + 1`` offsets), so a stage-2 task memory-maps the file
   and reads only its own section;
 * ``<shard>.words.npy``: normalized word count per row (for the keep rule);
-* ``<shard>.sigs.npy``: the signatures, only when a similarity threshold is set.
+* ``<shard>.sigs.npy``: the signatures, only when a similarity threshold is set;
+* ``<shard>.ids.npy``, ``<shard>.idindex.npy``: hashes of the ids, for the check that
+  they are unique (``tasks.dedup.ids``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pretrain.config import DedupConfig
+from tasks.dedup.ids import write_id_hashes
 from tasks.dedup.keys import exact_keys, url_keys
 from tasks.dedup.layout import EXACT, FUZZY, URL, Layout, Slot, key_slots, save_npy
 from tasks.dedup.minhash import band_keys, signatures
@@ -108,9 +111,10 @@ def hash_shard(shard_path: Path, shard: str, layout: Layout, config: DedupConfig
     save_npy(layout.shard_file(shard, "words"), keys["words"])
     save_npy(layout.shard_file(shard, "index"), bounds)
     save_npy(layout.shard_file(shard, "keys"), records)
+    write_id_hashes(shard_path, shard, layout, config.hash_partitions)
     return {"shard": shard, "documents": int(keys["words"].size), "seconds": round(time.perf_counter() - started, 3)}
 
 
 def stage1_outputs(layout: Layout, shard: str, config: DedupConfig) -> list[Path]:
-    names = ["keys", "index", "words"] + (["sigs"] if config.fuzzy and config.threshold is not None else [])
+    names = ["keys", "index", "words", "ids", "idindex"] + (["sigs"] if config.fuzzy and config.threshold is not None else [])
     return [layout.shard_file(shard, name) for name in names]

@@ -9,7 +9,7 @@ Output folder::
     OUTPUT/<shard>.parquet                 kept rows, every input column + dup_cluster
     OUTPUT/info.json, OUTPUT/report.json
     OUTPUT/dedup/clusters/<shard>.parquet  one row per document of <shard> that has duplicates
-    OUTPUT/dedup/work/shards/<shard>.*.npy stage 1: bucketed keys, their index, word counts, signatures
+    OUTPUT/dedup/work/shards/<shard>.*.npy stage 1: bucketed keys, their index, word counts, signatures, id hashes
     OUTPUT/dedup/work/edges/<slot>-p<part>.npy  stage 2: duplicate edges of one bucket
     OUTPUT/dedup/work/clusters.json        stage 3: cluster summary
 
@@ -60,7 +60,7 @@ class Layout:
         return self.output_dir / "dedup" / "work"
 
     def shard_file(self, shard: str, what: str) -> Path:
-        """Stage-1 files of a shard: ``keys``, ``index``, ``words`` or ``sigs``."""
+        """Stage-1 files of a shard: ``keys``, ``index``, ``words``, ``sigs``, ``ids`` or ``idindex``."""
         return self.work / "shards" / f"{shard}.{what}.npy"
 
     def edges(self, slot: Slot, part: int) -> Path:
