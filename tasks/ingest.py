@@ -13,8 +13,8 @@ from pathlib import Path
 
 from pretrain.config import IngestConfig
 from pretrain.paths import redact_url
-from tasks.decode import decode_html
-from tasks.extract import extract_text
+from tasks.decode import decode_html, looks_binary
+from tasks.extract import HtmlTooDeep, extract_text
 from tasks.fetch import fetch_to_file
 from tasks.langid import identify_language
 from tasks.shards import ShardWriter
@@ -34,7 +34,13 @@ def page_to_row(page: HtmlPage, cfg: IngestConfig, counts: Counter, meta: dict) 
     """Extract, identify the language and decide; None (with a counted reason) to drop."""
     try:
         html = decode_html(page.payload, page.http_charset)
-        text = extract_text(html, cfg.extractor, url=page.url)
+        if looks_binary(html):  # binary bytes labelled HTML: not worth extracting
+            counts["binary_content"] += 1
+            return None
+        text = extract_text(html, cfg.extractor, url=page.url, max_depth=cfg.max_html_depth)
+    except HtmlTooDeep:  # nested past any real page: the work would grow with its depth
+        counts["html_too_deep"] += 1
+        return None
     except Exception:  # a page the parser cannot handle must not cost the file
         counts["extraction_error"] += 1
         return None

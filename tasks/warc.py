@@ -15,6 +15,8 @@ from typing import BinaryIO, Iterator
 
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 
+from tasks.decode import UndecodableBody, decode_content_encoding
+
 HTML_TYPES = frozenset({"text/html", "application/xhtml+xml", "application/xml+xhtml"})
 CRAWL_RE = re.compile(r"CC-MAIN-\d{4}-\d{2}")
 
@@ -212,6 +214,10 @@ def _payload_outcome(record, offset: int, max_html_bytes: int) -> _Outcome:
         return _Outcome(offset, reason="corrupt_record")
     if len(payload) < declared:
         return _Outcome(offset, reason="truncated_record")
+    try:
+        payload = decode_content_encoding(payload, record.http_headers.get("Content-Encoding"), max_html_bytes)
+    except UndecodableBody as error:
+        return _Outcome(offset, reason=error.reason)
     return _Outcome(offset, page=HtmlPage(
         url=record.headers.get("WARC-Target-URI", ""),
         record_id=record.record_id or "",
@@ -327,7 +333,8 @@ def iter_html_pages(
     A record is held back until the next record parses: when the stream breaks (or ends)
     right after it and its Content-Length does not match its bytes, it is skipped as
     ``content_length_mismatch`` (its payload would hold part of the next records) and
-    reading resumes at the next record after its start.
+    reading resumes at the next record after its start. Bodies sent with an HTTP
+    Content-Encoding are decoded (``tasks.decode.decode_content_encoding``).
     """
     first = stream.read(4)
     if not first:

@@ -149,3 +149,153 @@ def test_the_ingest_report_adds_up_for_a_file_with_liars_and_corrupt_records(ser
     ledger("ingest: 17 good records, 2 liars (one past the end of the file), 1 corrupt member",
            "report.json adds up: records = documents + drops", records=20, documents=report["documents"],
            dropped=sum(report["dropped"].values()))
+
+
+def encoded_page(url: str, body: bytes, coding: str, content_type: str = "text/html") -> bytes:
+    """A response whose HTTP body is sent with ``Content-Encoding: coding``."""
+    block = http_response_block(body, content_type, extra={"Content-Encoding": coding})
+    return warc_record("response", block, {
+        "WARC-Date": warc_date(WHEN), "WARC-Record-ID": record_id("response", url, coding),
+        "WARC-Target-URI": url, "Content-Type": "application/http; msgtype=response"})
+
+
+def raw_deflate(data: bytes) -> bytes:
+    packer = zlib.compressobj(wbits=-15)
+    return packer.compress(data) + packer.flush()
+
+
+def brotli_or_skip():
+    return pytest.importorskip("brotli", reason="br is decoded only where the brotli package is installed")
+
+
+ENCODINGS = {
+    "gzip": lambda body: gzip.compress(body, mtime=0),
+    "x-gzip": lambda body: gzip.compress(body, mtime=0),
+    "deflate": zlib.compress,
+    "deflate (raw, as some servers send it)": raw_deflate,
+    "br": lambda body: brotli_or_skip().compress(body),
+    "gzip, br": lambda body: brotli_or_skip().compress(gzip.compress(body, mtime=0)),
+}
+
+
+def one_row(page):
+    from pretrain.config import IngestConfig
+    from tasks.ingest import page_to_row
+
+    counts = Counter()
+    row = page_to_row(page, IngestConfig(), counts, {"warc_path": "test.warc.gz"})
+    return row, {k: n for k, n in counts.items() if k not in ("documents", "text_bytes")}
+
+
+@pytest.mark.parametrize("name", sorted(ENCODINGS))
+def test_a_content_encoded_body_is_decoded_into_a_document(name, ledger):
+    coding = name.split(" (")[0]
+    data = page("https://e.org/before") + encoded_page("https://e.org/zipped", ENCODINGS[name](ARTICLE), coding)
+    kept, drops = read(data)
+    assert drops == {} and kept[1].payload == ARTICLE
+    row, row_drops = one_row(kept[1])
+    assert row_drops == {} and "A plain sentence of article text" in row["text"] and row["lang"] == "en"
+    ledger(f"HTTP body with Content-Encoding: {name}", "decoded; kept as an English document", records=2,
+           documents=1)
+
+
+def test_a_body_labelled_gzip_but_stored_decoded_is_kept():
+    kept, drops = read(encoded_page("https://e.org/stored-decoded", ARTICLE, "gzip"))
+    assert drops == {} and kept[0].payload == ARTICLE
+
+
+def test_a_content_encoding_bomb_is_refused_without_inflating_it(ledger):
+    import tracemalloc
+
+    packer = zlib.compressobj(9, wbits=31)
+    bomb = packer.compress(b"<html><body><p>") + b"".join(packer.compress(b" " * (1 << 20)) for _ in range(200))
+    bomb += packer.flush()  # 200 MB of spaces in about 200 KB
+    data = encoded_page("https://e.org/bomb", bomb, "gzip") + page("https://e.org/after")
+    tracemalloc.start()
+    try:
+        kept, drops = read(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert drops == {"html_too_large": 1} and [p.url for p in kept] == ["https://e.org/after"]
+    assert peak < 3 * 5_000_000, f"{peak} bytes allocated"  # max_html_bytes is 5 MB; inflated fully, 200 MB
+    ledger("HTTP body gzip bomb (200 MB of spaces in 200 KB, Content-Encoding: gzip)",
+           "counted html_too_large after at most max_html_bytes inflated; next page kept",
+           records=2, peak_mib=round(peak / 2**20))
+
+
+@pytest.mark.parametrize("coding,body,reason", [
+    ("gzip", gzip.compress(ARTICLE, mtime=0)[:-40], "content_encoding_error"),
+    ("deflate", b"\x00\x01 not deflate at all \xff\xfe" * 20, "content_encoding_error"),
+    ("zstd", b"\x28\xb5\x2f\xfd" + bytes(range(256)) * 4, "unsupported_content_encoding"),
+], ids=["gzip cut short", "deflate of junk", "zstd"])
+def test_a_body_that_cannot_be_decoded_is_counted(coding, body, reason, ledger):
+    data = encoded_page("https://e.org/bad", body, coding) + page("https://e.org/after")
+    kept, drops = read(data)
+    assert drops == {reason: 1} and [p.url for p in kept] == ["https://e.org/after"]
+    ledger(f"HTTP body that does not decode ({coding})", f"counted {reason}; next page kept", records=2)
+
+
+GERMAN = ("<html><body><article><p>" + "Grüße aus Köln: die Straßenbahn fährt über die Brücke am Dom. " * 6
+          + "</p></article></body></html>").encode("utf-8")
+
+
+def test_a_utf8_body_labelled_latin1_is_read_as_utf8(ledger):
+    from tasks.decode import decode_html
+
+    assert "Grüße aus Köln" in decode_html(GERMAN, "iso-8859-1")
+    kept, _ = read(page("https://de.example/", GERMAN, "text/html; charset=iso-8859-1"))
+    row, drops = one_row(kept[0])
+    assert drops == {} and "Grüße aus Köln: die Straßenbahn fährt über die Brücke" in row["text"]
+    assert row["lang"] == "de" and "Ã" not in row["text"]
+    ledger("UTF-8 body labelled charset=iso-8859-1", "read as UTF-8 (no mojibake), kept as lang de", documents=1)
+
+
+def test_a_latin1_body_labelled_latin1_stays_latin1():
+    from tasks.decode import decode_html
+
+    assert "Grüße aus Köln" in decode_html(GERMAN.decode().encode("latin-1"), "iso-8859-1")
+    assert "Ã¼" in decode_html("Ã¼ is mojibake".encode("utf-8"), "utf-8")  # a label that agrees stands
+
+
+def test_random_bytes_labelled_html_are_dropped_as_binary_content(ledger):
+    junk = random.Random(0).randbytes(200_000)
+    kept, drops = read(page("https://e.org/junk", junk, "text/html"))
+    assert drops == {}
+    row, row_drops = one_row(kept[0])
+    assert row is None and row_drops == {"binary_content": 1}
+    ledger("200 KB of random bytes labelled text/html", "dropped as binary_content before extraction", records=1)
+
+
+def test_no_real_page_looks_binary():
+    from conftest import shared_data
+
+    from tasks.decode import decode_html, looks_binary
+
+    pages_seen = 0
+    for path in sorted(shared_data("extraction-dev", "html").glob("*.html.gz")):
+        assert not looks_binary(decode_html(gzip.decompress(path.read_bytes()))), path.name
+        pages_seen += 1
+    for path in sorted(shared_data("cc").glob("*.warc.gz")):
+        for page_ in iter_html_pages(path.open("rb"), Counter(), max_html_bytes=5_000_000):
+            assert not looks_binary(decode_html(page_.payload, page_.http_charset)), page_.url
+            pages_seen += 1
+    assert pages_seen > 250
+
+
+@pytest.mark.integration
+def test_ingest_decodes_bodies_and_drops_binary_junk(services, tmp_path, ledger):
+    from flows.ingest import ingest_flow
+    from pretrain.config import IngestConfig
+
+    write_warc(tmp_path / "in" / "bodies.warc.gz", [
+        encoded_page("https://e.org/gzip", gzip.compress(ARTICLE, mtime=0), "gzip"),
+        encoded_page("https://e.org/deflate", zlib.compress(ARTICLE), "deflate"),
+        page("https://de.example/", GERMAN, "text/html; charset=iso-8859-1"),
+        page("https://e.org/junk", random.Random(1).randbytes(200_000), "text/html"),
+    ])
+    ingest_flow(config=IngestConfig(inputs=[str(tmp_path / "in")]), output_dir=str(tmp_path / "out"))
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["documents"] == 3 and report["dropped"] == {"binary_content": 1}
+    ledger("ingest: gzip and deflate bodies, UTF-8 labelled latin-1, random bytes labelled HTML",
+           "3 documents, the junk counted binary_content", records=4, documents=report["documents"])
