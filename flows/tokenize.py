@@ -16,6 +16,7 @@ is recomputed.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 
 import ray
@@ -32,8 +33,9 @@ from pretrain.provenance import code_version, stable_hash, write_info_json
 from tasks.ray_runtime import ensure_ray
 from tasks.shards import check_document_shard
 from tasks.tokenize import (
-    INDEX_FILE, SPLITS, TOKENIZE_MODULES, TOKENIZER_FILE, build_index, build_tokenizer, check_weights,
-    file_sha256, input_shards, tokenize_shard, write_index,
+    INDEX_FILE, SPLITS, TOKENIZE_MODULES, TOKENIZER_FILE, ShardSurvey, build_index, build_tokenizer, bytes_per_token,
+    check_free_space, check_weight_sources, check_weights, estimated_tokens, file_sha256, input_shards,
+    survey_shard, token_dtype, tokenize_shard, vocab_shortfall, write_index,
 )
 
 SHARD_SETTINGS = {"val_fraction", "weights", "seed", "eos_token"}
@@ -145,11 +147,14 @@ def tokenize_flow(config: TokenizeConfig, input_dirs: list[str], output_dir: str
         raise FileNotFoundError(f"no tokenizer file at {config.tokenizer}")
     shards = input_shards(input_dirs)
     check_input_shards([path for _, path in shards])
+    surveys = [survey_shard(path) for _, path in shards]
+    check_weight_sources(config.weights, sum((survey.sources for survey in surveys), Counter()))
     with output_lock(Path(output_dir), "tokenize") as out:
-        return _tokenize(config, shards, out, ray_config)
+        return _tokenize(config, shards, surveys, out, ray_config)
 
 
-def _tokenize(config: TokenizeConfig, shards: list[tuple[str, Path]], out: Path, ray_config: RayConfig) -> dict:
+def _tokenize(config: TokenizeConfig, shards: list[tuple[str, Path]], surveys: list[ShardSurvey], out: Path,
+              ray_config: RayConfig) -> dict:
     logger = get_run_logger()
     started = time.perf_counter()
     (out / INDEX_FILE).unlink(missing_ok=True)  # present only while the folder is complete and consistent
@@ -162,6 +167,9 @@ def _tokenize(config: TokenizeConfig, shards: list[tuple[str, Path]], out: Path,
     digest = file_sha256(tokenizer_path)  # the file as it is now, whatever a cached result says
     logger.info("tokenizer %s: vocab %d, EOS id %d; tokenizing %d shard(s) into %s",
                 tokenizer["source"], tokenizer["vocab_size"], tokenizer["eos_id"], len(shards), out)
+    if shortfall := vocab_shortfall(tokenizer):
+        logger.warning(shortfall)
+    check_output_fits(config, [path for _, path in shards], surveys, tokenizer_path, tokenizer["vocab_size"], out)
 
     futures = {}
     for name, path in shards:
@@ -175,10 +183,7 @@ def _tokenize(config: TokenizeConfig, shards: list[tuple[str, Path]], out: Path,
 
     index = build_index(reports, {**tokenizer, "sha256": digest}, config) if not failures else None
     summary = summarize(index, reports, failures, tokenizer, time.perf_counter() - started, cache_hits)
-    seen = {source for r in reports for source in r["sources"]}
-    summary["unused_weights"] = sorted(set(config.weights) - seen)
-    if summary["unused_weights"] and not failures:
-        logger.warning("weights given for sources not in the input: %s", summary["unused_weights"])
+    summary["warnings"] = [shortfall] if shortfall else []
     summary["val_warning"] = empty_validation(index, config) if index else None
     if summary["val_warning"]:
         logger.warning(summary["val_warning"])
@@ -194,6 +199,16 @@ def _tokenize(config: TokenizeConfig, shards: list[tuple[str, Path]], out: Path,
     logger.info("tokenize: %d documents, %d train and %d val tokens (%d shard(s) from cache)",
                 summary["documents"], index["tokens"]["train"], index["tokens"]["val"], cache_hits)
     return summary
+
+
+def check_output_fits(config: TokenizeConfig, paths: list[Path], surveys: list[ShardSurvey], tokenizer_path: Path,
+                      vocab_size: int, out: Path) -> None:
+    """Estimate the token files' size (text bytes / measured bytes per token x weights) against free disk."""
+    text_per_token = bytes_per_token(tokenizer_path, paths)
+    tokens = estimated_tokens(surveys, config, text_per_token)
+    itemsize = token_dtype(vocab_size).itemsize
+    check_free_space(out, tokens * itemsize, f" ({tokens:,} tokens x {itemsize} bytes at {text_per_token:.2f} bytes "
+                                              f"of text per token, with the mixture weights)")
 
 
 def check_input_shards(paths: list[Path]) -> None:

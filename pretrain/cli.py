@@ -317,6 +317,8 @@ def tokenize(
     console.print(f"[green]tokenized[/green] {summary['documents']} documents: {summary['tokens']['train']} train and "
                   f"{summary['tokens']['val']} validation tokens ({summary['tokens_per_s']} tokens/s, "
                   f"{summary['cache_hits']} shard(s) from cache); index in {output / 'index.json'}")
+    for warning in summary.get("warnings", []):
+        console.print(f"[yellow]warning:[/yellow] {warning}")
     if summary.get("val_warning"):
         console.print(f"[yellow]warning:[/yellow] {summary['val_warning']}")
 

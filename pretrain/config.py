@@ -268,6 +268,25 @@ class QualityConfig(_Model):
         return self
 
 
+# A weight is how many times each train document of a source is written: a number of epochs
+# over that source. Repeated data is worth little after about 16 epochs and nothing after
+# about 40 (Muennighoff et al. 2023, "Scaling Data-Constrained Language Models"); past 100
+# a source is memorised, not learned, and a larger number is a typo that fills the disk.
+MAX_MIXTURE_WEIGHT = 100.0
+# The largest vocabularies in use are about 256k (Gemma); token files use uint32 above 65,535.
+MAX_VOCAB_SIZE = 1_000_000
+
+
+def weight_problems(weights: dict[str, float]) -> str | None:
+    """What is wrong with mixture weights, or None: each must be a number in [0, MAX_MIXTURE_WEIGHT]."""
+    bad = {source: w for source, w in weights.items() if not (0 <= w <= MAX_MIXTURE_WEIGHT)}  # NaN fails too
+    if not bad:
+        return None
+    return (f"mixture weights must be between 0 and {MAX_MIXTURE_WEIGHT:g}, got {bad}: a weight is the number of "
+            f"copies of each train document of that source (epochs over it); repeated data adds little after "
+            f"about 16 epochs, and past {MAX_MIXTURE_WEIGHT:g} the model memorises the source")
+
+
 class TokenizeConfig(_Model):
     """Byte-level BPE tokenizer and packed token shards."""
 
@@ -275,13 +294,27 @@ class TokenizeConfig(_Model):
     eos_token: str = Field(
         "<|endoftext|>", description="Appended after every document; id 0 of a trained tokenizer, looked up in a given one."
     )
-    vocab_size: int = Field(32_000, ge=256, description="Vocabulary of a trained tokenizer.")
+    vocab_size: int = Field(
+        32_000, ge=256, le=MAX_VOCAB_SIZE,
+        description="Vocabulary of a trained tokenizer, at most 1,000,000; small data can support fewer tokens "
+                    "(the run then warns and index.json records the real size).",
+    )
     train_max_documents: int = Field(100_000, ge=100, description="Documents sampled to train the tokenizer.")
     val_fraction: float = Field(0.01, ge=0, lt=1, description="Share of documents held out for validation.")
     weights: dict[str, float] = Field(
-        default_factory=dict, description="Mixture weight per `source` (default 1.0 each); 2.0 doubles a source."
+        default_factory=dict,
+        description="Mixture weight per `source` (default 1.0 each): copies of each train document, so 2.0 doubles "
+                    "a source and 0.3 keeps 30 %; between 0 and 100 (a weight is a number of epochs over the "
+                    "source; past 100 it is memorised). Every source named must occur in the input.",
     )
     seed: int = 0
+
+    @field_validator("weights")
+    @classmethod
+    def _bounded_weights(cls, weights: dict[str, float]) -> dict[str, float]:
+        if problem := weight_problems(weights):
+            raise ValueError(problem)
+        return weights
 
 
 class ModelConfig(_Model):

@@ -21,16 +21,18 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from pretrain.config import TokenizeConfig
+from pretrain.config import TokenizeConfig, weight_problems
 from pretrain.provenance import atomic_write_bytes, atomic_write_text, part_path
 from tasks.sampling import reservoir_sample
 from tasks.shards import AtomicOutput
@@ -154,7 +156,18 @@ def build_tokenizer(shard_paths: list[Path], config: TokenizeConfig, output_dir:
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(output_dir / TOKENIZER_FILE, data)
     return {"source": config.tokenizer or "trained", "documents_sampled": sampled, "vocab_size": id_space(tokenizer),
+            "requested_vocab_size": None if config.tokenizer else config.vocab_size,
             "eos_id": eos, "eos_token": config.eos_token, "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def vocab_shortfall(tokenizer_meta: dict) -> str | None:
+    """A warning when the sample supported fewer tokens than asked for (BPE stops when no pair repeats)."""
+    requested, trained = tokenizer_meta.get("requested_vocab_size"), tokenizer_meta["vocab_size"]
+    if requested is None or trained >= requested:
+        return None
+    return (f"vocab_size {requested:,} requested, but the {tokenizer_meta['documents_sampled']:,} sampled documents "
+            f"support only {trained:,} tokens: the tokenizer has {trained:,} (recorded in index.json); "
+            f"give more text or a vocab_size of at most {trained:,}")
 
 
 def file_sha256(path: Path) -> str:
@@ -199,9 +212,86 @@ def parse_weights(specs: str | list[str]) -> dict[str, float]:
 
 
 def check_weights(weights: dict[str, float]) -> None:
-    bad = {source: w for source, w in weights.items() if not (math.isfinite(w) and w >= 0)}
-    if bad:
-        raise ValueError(f"mixture weights must be finite and >= 0, got {bad}")
+    if problem := weight_problems(weights):
+        raise ValueError(problem)
+
+
+def shard_sources(path: Path) -> Counter:
+    """Documents per ``source`` of one shard (reads only that column; no column: all ``unknown``)."""
+    shard = pq.ParquetFile(path)
+    if "source" not in shard.schema_arrow.names:
+        return Counter({UNKNOWN_SOURCE: shard.metadata.num_rows})
+    counts: Counter = Counter()
+    for batch in shard.iter_batches(batch_size=100_000, columns=["source"]):
+        for entry in pc.value_counts(batch.column(0)).to_pylist():
+            counts[entry["values"] or UNKNOWN_SOURCE] += entry["counts"]
+    return counts
+
+
+def check_weight_sources(weights: dict[str, float], present: Counter) -> None:
+    """A weight for a source that no input document has would be silently ignored: refuse it."""
+    unknown = sorted(set(weights) - set(present))
+    if unknown:
+        listed = ", ".join(f"{source} ({n} documents)" for source, n in sorted(present.items())) or "none"
+        raise ValueError(f"weights name source(s) {unknown} that no input document has; "
+                         f"the inputs' sources: {listed}")
+
+
+# ---------------------------------------------------------------- output size
+
+
+class ShardSurvey(NamedTuple):
+    documents: int
+    text_bytes: int  # from the Parquet metadata: the text column's uncompressed size, less its length prefixes
+    sources: Counter
+
+
+def survey_shard(path: Path) -> ShardSurvey:
+    metadata = pq.ParquetFile(path).metadata
+    text = metadata.schema.to_arrow_schema().get_field_index("text")
+    chunk_bytes = sum(metadata.row_group(g).column(text).total_uncompressed_size for g in range(metadata.num_row_groups))
+    return ShardSurvey(metadata.num_rows, max(0, chunk_bytes - 4 * metadata.num_rows), shard_sources(path))
+
+
+def bytes_per_token(tokenizer_path: Path, shard_paths: list[Path], max_documents: int = 200) -> float:
+    """UTF-8 bytes of text per token (EOS included) on the first documents of the shards."""
+    tokenizer = load_tokenizer(tokenizer_path)
+    texts: list[str] = []
+    for path in shard_paths:
+        texts += [doc.text for doc in next(read_documents(path, batch_rows=max_documents), []) if doc.text]
+        if len(texts) >= max_documents:
+            break
+    texts = texts[:max_documents]
+    tokens = sum(len(e.ids) + 1 for e in tokenizer.encode_batch_fast(texts, add_special_tokens=False))
+    return sum(len(t.encode("utf-8", "surrogatepass")) for t in texts) / tokens if tokens else 1.0
+
+
+def estimated_tokens(surveys: list[ShardSurvey], config: TokenizeConfig, text_per_token: float) -> int:
+    """Tokens all shards will write: raw tokens x (val share + train share x the shard's mean weight)."""
+    total = 0.0
+    for survey in surveys:
+        if not survey.documents:
+            continue
+        raw = survey.text_bytes / text_per_token + survey.documents  # + one EOS per document
+        weight = sum(n * config.weights.get(source, 1.0) for source, n in survey.sources.items()) / survey.documents
+        total += raw * (config.val_fraction + (1 - config.val_fraction) * weight)
+    return math.ceil(total)
+
+
+def free_bytes(folder: Path) -> int:
+    """Free space where ``folder`` is (or will be), plus the token files it holds (a rerun replaces them)."""
+    existing = next(p for p in [folder, *folder.parents] if p.exists())
+    replaced = sum(p.stat().st_size for split in SPLITS for p in (folder / split).glob("*.bin")) \
+        if folder.is_dir() else 0
+    return shutil.disk_usage(existing).free + replaced
+
+
+def check_free_space(folder: Path, needed: int, how: str = "") -> None:
+    """Refuse to start writing what cannot fit: the error gives both numbers."""
+    free = free_bytes(folder)
+    if needed > free:
+        raise ValueError(f"tokenize would write about {needed / 1e9:.2f} GB{how}, but {folder} has "
+                         f"{free / 1e9:.2f} GB free ({needed:,} > {free:,} bytes); lower the weights or free space")
 
 
 # ---------------------------------------------------------------- packed shards
@@ -315,6 +405,7 @@ def build_index(reports: list[dict], tokenizer_meta: dict, config: TokenizeConfi
         "format": INDEX_FORMAT,
         "dtype": token_dtype(tokenizer_meta["vocab_size"]).name,
         "vocab_size": tokenizer_meta["vocab_size"],
+        "requested_vocab_size": tokenizer_meta.get("requested_vocab_size"),
         "eos_id": tokenizer_meta["eos_id"],
         "tokenizer": TOKENIZER_FILE,
         "tokenizer_sha256": tokenizer_meta["sha256"],
