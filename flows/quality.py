@@ -159,8 +159,12 @@ def _model_lang(cfg: QualityConfig) -> str | None:
 
 
 def _check_models(cfg: QualityConfig) -> None:
+    from models.perplexity import check_model_folder
+
     if not cfg.perplexity_model and not cfg.classifier_model:
         raise ValueError("give --perplexity-model and/or --classifier-model to score with")
+    if cfg.perplexity_model:
+        check_model_folder(cfg.perplexity_model)  # here, not in each Ray actor: a bad model fails once, by name
     if cfg.classifier_model and not (Path(cfg.classifier_model) / "model.json").is_file():
         raise FileNotFoundError(f"no classifier model at {cfg.classifier_model}; make one with: "
                                 f"pretrain quality train-classifier --positive ... --negative ... --output DIR")

@@ -313,7 +313,31 @@ def _read_info(model_dir: Path) -> dict:
     if version != FORMAT_VERSION:
         raise PerplexityModelError(f"{model_dir} has format_version {version}; this code reads "
                                    f"{FORMAT_VERSION}; {TRAIN_HINT}")
+    _check_sizes(model_dir, info)
     return info
+
+
+def retrain_command(model_dir: Path, info: dict) -> str:
+    """The train-perplexity command line that rebuilds ``model_dir`` from the corpus model.json names."""
+    files = (info.get("corpus") or {}).get("files") or ["REFERENCE_TEXT"]
+    shown = " ".join(files[:3]) + (f" ... ({len(files)} files)" if len(files) > 3 else "")
+    return (f"pretrain quality train-perplexity --reference {shown} --output {model_dir} "
+            f"--lang {info.get('lang', 'en')} --order {info.get('order', 5)}")
+
+
+def _check_sizes(model_dir: Path, info: dict) -> None:
+    """A truncated or replaced sp.model / lm.binary is named before KenLM reads it (model.json records sizes)."""
+    for name, expected in (info.get("file_bytes") or {}).items():
+        actual = (model_dir / name).stat().st_size
+        if actual != expected:
+            raise PerplexityModelError(
+                f"{model_dir / name}: {actual:,} bytes, model.json records {expected:,} (the file is truncated or "
+                f"was replaced); retrain with: {retrain_command(model_dir, info)}")
+
+
+def check_model_folder(model_dir: Path | str) -> dict:
+    """model.json of a usable model folder (files present, format and sizes right), else a clear error."""
+    return _read_info(Path(model_dir).resolve())
 
 
 class PerplexityModel:
