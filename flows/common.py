@@ -11,7 +11,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.futures import as_completed
 from prefect.tasks import exponential_backoff
 
-from pretrain.paths import PathPolicy, policy_from_env, root_is_configured
+from pretrain.paths import PathPolicy, policy_from_env, require_folder, root_is_configured
 from pretrain.progress import report_progress
 from pretrain.provenance import atomic_write_text, exclusive_lock
 from tasks.errors import describe_error, is_transient_error
@@ -66,7 +66,7 @@ def file_identity(path: str | Path) -> str:
 
 def parquet_shards(folder: str | Path) -> list[Path]:
     """The complete shards of a stage folder (temporary ``.*.part`` files never match)."""
-    shards = sorted(Path(folder).glob("*.parquet"))
+    shards = sorted(require_folder(folder, "input").glob("*.parquet"))
     if not shards:
         raise FileNotFoundError(f"no Parquet shards (*.parquet) in {folder}")
     return shards

@@ -17,6 +17,7 @@ from pretrain.config import (
     ConfigError, DedupConfig, IngestConfig, PerplexityConfig, PipelineConfig, QualityConfig, TokenizeConfig,
     TrainConfig, deep_merge, load_recipe, parse_override, validate_config,
 )
+from pretrain.paths import require_folder
 
 # An offline tool: the local Prefect server must not try to phone home (set before Prefect is imported).
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -139,6 +140,7 @@ def filter_(
         _fail(str(error))
     ray_cfg = recipe.ray.model_copy(update={"num_cpus": num_cpus} if num_cpus else {})
     try:
+        require_folder(input, "--input")
         summary = _run_with_progress("filter", lambda: filter_flow(
             config=recipe.filter, input_dir=str(input), output_dir=str(output), ray_config=ray_cfg))
     except FilterFailed as error:
@@ -177,6 +179,7 @@ def dedup(
         _fail(str(error))
     ray_cfg = recipe.ray.model_copy(update={"num_cpus": num_cpus} if num_cpus else {})
     try:
+        require_folder(input, "--input")
         summary = _run_with_progress("dedup", lambda: dedup_flow(
             config=cfg, input_dir=str(input), output_dir=str(output), ray_config=ray_cfg))
     except _clear_failures() as error:
@@ -268,6 +271,7 @@ def score(
         _fail(str(error))
     ray_cfg = recipe.ray.model_copy(update={"num_cpus": num_cpus} if num_cpus else {})
     try:
+        require_folder(input, "--input")
         summary = _run_with_progress("quality", lambda: score_flow(
             config=cfg, input_dir=str(input), output_dir=str(output), ray_config=ray_cfg))
     except QualityFailed as error:
@@ -306,6 +310,8 @@ def tokenize(
         _fail(str(error))
     ray_cfg = recipe.ray.model_copy(update={"num_cpus": num_cpus} if num_cpus else {})
     try:
+        for folder in input:
+            require_folder(folder, "--input")
         summary = _run_with_progress("tokenize", lambda: tokenize_flow(
             config=cfg, input_dirs=[str(p) for p in input], output_dir=str(output), ray_config=ray_cfg))
     except TokenizeFailed as error:
@@ -466,10 +472,24 @@ def run(
     except ConfigError as error:
         _fail(str(error))
     try:
+        _check_output_free(Path(cfg.output_dir), "pretrain")
         summary = _run_with_progress(f"run {cfg.name}", lambda: pretrain_flow(config=cfg))
+    except _clear_failures() as error:  # a locked or unwritable output root, as in the stage commands
+        _fail(str(error))
     except Exception as error:  # the flow already logged the details
         _fail(f"{type(error).__name__}: {error}", code=1)
     _print_run_summary(summary)
+
+
+def _check_output_free(folder: Path, stage: str) -> None:
+    """Refuse a folder another run holds before the flow starts, so that the refusal is one line, not a failed
+    flow run's traceback (the flow takes the lock itself; under PRETRAIN_DATA_ROOT it resolves the folder)."""
+    from flows.common import output_lock
+    from pretrain.paths import root_is_configured
+
+    if folder.is_dir() and not root_is_configured():
+        with output_lock(folder, stage):
+            pass
 
 
 def _print_run_summary(summary: dict) -> None:
@@ -563,6 +583,14 @@ def _plan_budget(flops, gpu_hours, device, mfu, tokens, tokens_dir) -> tuple[str
     return "tokens", tokens, {}
 
 
+def _check_plan_sizes(seq_len: Optional[int], vocab_size: Optional[int]) -> None:
+    """The model-shape options must be ones a ModelConfig takes (a context of 8+ tokens, 2+ token types)."""
+    if seq_len is not None and seq_len < 8:
+        raise typer.BadParameter(f"--seq-len must be at least 8 tokens, got {seq_len}")
+    if vocab_size is not None and vocab_size < 2:
+        raise typer.BadParameter(f"--vocab-size must be at least 2, got {vocab_size}")
+
+
 def _model_params(model: str, vocab_size: int, seq_len: int) -> float:
     from models.sizes import MODEL_SIZES, model_config
     from pretrain.scaling import total_params
@@ -586,8 +614,9 @@ def _print_plan(out: dict) -> None:
         ("tokens D", f"{out['n_tokens']:.4g}"),
         ("tokens per parameter", f"{out['tokens_per_param']:.1f}"),
         ("predicted loss", f"{out['loss']:.4f} nats/token"),
-        ("closest config", f"{shape['name']}: n_layers {shape['n_layers']}, d_model {shape['d_model']}, n_heads "
-                           f"{shape['n_heads']} ({shape['params']:.4g} parameters, vocabulary {shape['vocab_size']})"),
+        ("closest config", "none (see the warning)" if shape is None else
+         f"{shape['name']}: n_layers {shape['n_layers']}, d_model {shape['d_model']}, n_heads "
+         f"{shape['n_heads']} ({shape['params']:.4g} parameters, vocabulary {shape['vocab_size']})"),
     ]
     epochs = out.get("epochs_for_model")
     if epochs:
@@ -616,10 +645,12 @@ def scaling_plan(
 ) -> None:
     """Compute-optimal N and D for a budget (or the best N for the tokens you have)."""
     from pretrain.scaling import (
-        ScalingError, closest_model_shape, epochs_needed, load_law, optimal_allocation, plan_for_tokens, total_params,
+        ScalingError, closest_model_shape, epochs_needed, load_law, loss_above_uniform, optimal_allocation,
+        plan_for_tokens, shape_mismatch, total_params,
     )
 
     try:
+        _check_plan_sizes(seq_len, vocab_size)
         kind, amount, source = _plan_budget(flops, gpu_hours, device, mfu, tokens, tokens_dir)
         if model is not None and kind != "tokens":
             raise typer.BadParameter("--model needs --tokens or --tokens-dir (it reports epochs of that data)")
@@ -630,14 +661,18 @@ def scaling_plan(
             vocab_size = json.loads((tokens_dir / "index.json").read_text()).get("vocab_size")
         vocab, context = vocab_size or 32_000, seq_len or 2048
         name, shape = closest_model_shape(plan.n_params, vocab_size=vocab, seq_len=context)
-        out = {**plan.to_dict(), **source, "law_params": scaling_law.params(),
-               "model": {"name": name, **shape.model_dump(include={"n_layers", "d_model", "n_heads", "n_kv_heads",
-                                                                   "vocab_size"}), "params": total_params(shape)}}
+        warnings = [w for w in (shape_mismatch(plan.n_params, name, shape), loss_above_uniform(plan.loss, vocab)) if w]
+        out = {**plan.to_dict(), **source, "law_params": scaling_law.params(), "warnings": warnings,
+               "model": None if shape_mismatch(plan.n_params, name, shape) else
+               {"name": name, **shape.model_dump(include={"n_layers", "d_model", "n_heads", "n_kv_heads",
+                                                          "vocab_size"}), "params": total_params(shape)}}
         if model is not None:
             out["epochs_for_model"] = {"model": model,
                                        **epochs_needed(_model_params(model, vocab, context), amount, scaling_law)}
     except (ScalingError, typer.BadParameter) as error:
         _fail(str(error.message if isinstance(error, typer.BadParameter) else error))
+    for warning in out["warnings"]:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
     if as_json:
         typer.echo(json.dumps(out, indent=2))
     else:
@@ -686,14 +721,12 @@ def scaling_sweep(
     set_: list[str] = typer.Option([], "--set", help="Override a SweepConfig field: key=value (repeatable)."),
 ) -> None:
     """Train a grid of models at several compute budgets, then fit L(N, D) to their losses."""
-    import yaml
-
     from flows.sweep import sweep_flow
-    from pretrain.config import SweepConfig
+    from pretrain.config import SweepConfig, read_yaml_file
     from pretrain.scaling import ScalingError
 
     try:
-        raw = (yaml.safe_load(config.read_text()) or {}) if config else {}
+        raw = (read_yaml_file(config, "sweep config") or {}) if config else {}
         for assignment in set_:
             raw = deep_merge(raw, parse_override(assignment))
         cfg = validate_config(SweepConfig, raw, prefix="sweep.")

@@ -543,6 +543,29 @@ def _recipe_path(name_or_path: str) -> Path:
     return CONFIGS_DIR / f"{name_or_path}.yaml"
 
 
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """'line L, column C: problem' of a YAML parse error (its marks count from 0)."""
+    mark, context = getattr(error, "problem_mark", None), getattr(error, "context_mark", None)
+    problem = getattr(error, "problem", None) or str(error)
+    if context is not None and getattr(error, "context", None):
+        problem += f" ({error.context} at line {context.line + 1}, column {context.column + 1})"
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
+
+
+def read_yaml_file(path: Path, what: str) -> Any:
+    """A YAML (or JSON) file's content; a ConfigError naming the file, and the line and column of a syntax error."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{what} {path} is not a text file (byte {error.start} is not UTF-8)") from None
+    except OSError as error:
+        raise ConfigError(f"{what} {path} cannot be read: {error.strerror}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{what} {path} is not valid YAML: {yaml_problem(error)}") from None
+
+
 def _load_raw(name_or_path: str, seen: tuple[str, ...] = ()) -> dict:
     path = _recipe_path(name_or_path)
     if not path.is_file():
@@ -550,7 +573,7 @@ def _load_raw(name_or_path: str, seen: tuple[str, ...] = ()) -> dict:
         raise ConfigError(f"recipe {name_or_path!r} not found ({path}); known recipes: {', '.join(known)}")
     if str(path.resolve()) in seen:
         raise ConfigError(f"recipe {path} derives from itself (base chain: {' -> '.join(seen)})")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml_file(path, "recipe") or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"recipe {path} must be a mapping, got {type(raw).__name__}")
     base = raw.pop("base", None)
@@ -586,7 +609,10 @@ def parse_override(assignment: str) -> dict:
     parts = key.strip().split(".")
     for part in parts[:-1]:
         node = node.setdefault(part, {})
-    node[parts[-1]] = yaml.safe_load(value)
+    try:
+        node[parts[-1]] = yaml.safe_load(value)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--set {assignment}: the value is not valid YAML: {yaml_problem(error)}") from None
     return nested
 
 

@@ -116,3 +116,13 @@ def policy_from_env(environ: os._Environ | dict | None = None) -> PathPolicy:
 def root_is_configured(environ: os._Environ | dict | None = None) -> bool:
     env = os.environ if environ is None else environ
     return bool(env.get(DATA_ROOT_ENV))
+
+
+def require_folder(folder: str | Path, what: str) -> Path:
+    """``folder`` if it is an existing folder; else FileNotFoundError saying that it does not exist (or is a file)."""
+    path = Path(folder)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} {path}: the folder does not exist")
+    if not path.is_dir():
+        raise FileNotFoundError(f"{what} {path}: not a folder (give the folder that holds the shards)")
+    return path

@@ -126,12 +126,12 @@ def load_law(name_or_path: str) -> ScalingLaw:
     path = Path(name_or_path)
     if not path.is_file():
         raise ScalingError(f"--law: {name_or_path!r} is neither a named law ({', '.join(LAWS)}) nor a file")
-    import yaml  # JSON is YAML
+    from pretrain.config import ConfigError, read_yaml_file  # JSON is YAML
 
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ScalingError(f"--law: {path} is not JSON or YAML: {error}") from None
+        data = read_yaml_file(path, "--law:")
+    except ConfigError as error:
+        raise ScalingError(f"{error}; give a JSON file from `pretrain scaling fit --json`") from None
     return law_from_mapping(data, name=path.stem, source=str(path))
 
 
@@ -261,7 +261,12 @@ def tokens_in_index(tokens_dir: str | Path, split: str = "train") -> int:
     path = Path(tokens_dir) / INDEX_FILE
     if not path.is_file():
         raise ScalingError(f"--tokens-dir: no {INDEX_FILE} in {tokens_dir} (run `pretrain tokenize` first)")
-    index = json.loads(path.read_text())
+    try:
+        index = json.loads(path.read_bytes())
+    except ValueError as error:  # not JSON, or not UTF-8
+        raise ScalingError(f"--tokens-dir: {path} is not JSON ({error}); rerun `pretrain tokenize`") from None
+    if not isinstance(index, dict) or not isinstance(index.get("tokens", {}), dict):
+        raise ScalingError(f"--tokens-dir: {path} is not a token index (no tokens mapping)")
     tokens = index.get("tokens", {}).get(split)
     if not isinstance(tokens, int) or tokens <= 0:
         raise ScalingError(f"--tokens-dir: {path} has no {split} tokens (tokens: {index.get('tokens')!r})")
@@ -322,6 +327,31 @@ def closest_model_shape(n_params: float, vocab_size: int = 32_000, seq_len: int 
     generated = list(_generated_shapes(n_params, vocab_size, seq_len, aspect_ratio)) + [named]
     return min(generated, key=lambda item: error(item[1])
                + 0.05 * abs(math.log2(item[1].d_model / item[1].n_layers / aspect_ratio)))
+
+
+SHAPE_TOLERANCE = 0.25  # a config more than 25% away from the planned N is not that plan's model
+
+
+def shape_mismatch(n_params: float, name: str, shape) -> str | None:
+    """Why the closest config does not fit a planned N (past either end of the family), or None."""
+    params = total_params(shape)
+    if abs(math.log(params / n_params)) <= math.log(1 + SHAPE_TOLERANCE):
+        return None
+    if n_params > params:
+        return (f"the plan's N {n_params:.4g} exceeds the largest config ({name}, {params:.4g} parameters; generated "
+                f"shapes stop at 256 layers x d_model 16384): no config is proposed")
+    return (f"the plan's N {n_params:.4g} is below the smallest config at vocabulary {shape.vocab_size:,} ({name}, "
+            f"{params:.4g} parameters with its embeddings): no config is proposed")
+
+
+def loss_above_uniform(loss: float, vocab_size: int) -> str | None:
+    """Why a predicted loss is meaningless (worse than a uniform guess over the vocabulary), or None."""
+    uniform = math.log(vocab_size)
+    if loss <= uniform:
+        return None
+    return (f"the law predicts {loss:.4g} nats/token, above ln({vocab_size:,}) = {uniform:.4g}, the loss of a uniform "
+            f"guess over the vocabulary: the law does not apply this far below the runs it was fitted on, so N "
+            f"and D are extrapolations to take with care")
 
 
 # ---------------------------------------------------------------- fitting (approach 3)
@@ -437,6 +467,35 @@ def _check_runs(n_params, n_tokens, losses) -> tuple[np.ndarray, np.ndarray, np.
     return arrays[0], arrays[1], arrays[2]
 
 
+MIN_DISTINCT_SIZES = 3  # A / N^alpha next to E: two sizes fit any alpha (likewise D)
+MIN_DISTINCT_RUNS = 5  # distinct (N, D) points for 5 parameters
+
+
+def _check_identifiable(n: np.ndarray, d: np.ndarray) -> None:
+    """Refuse runs that cannot pin the law down: repeats of too few (N, D) points."""
+    distinct_n, distinct_d = len(np.unique(n)), len(np.unique(d))
+    distinct_runs = len({(float(a), float(b)) for a, b in zip(n, d)})
+    if distinct_n < MIN_DISTINCT_SIZES or distinct_d < MIN_DISTINCT_SIZES or distinct_runs < MIN_DISTINCT_RUNS:
+        raise ScalingError(
+            f"the runs cannot identify the law: {len(n)} runs have {distinct_n} distinct N, {distinct_d} distinct D "
+            f"and {distinct_runs} distinct (N, D); fitting E, A, B, alpha, beta needs at least "
+            f"{MIN_DISTINCT_SIZES} distinct N, {MIN_DISTINCT_SIZES} distinct D and {MIN_DISTINCT_RUNS} distinct "
+            "(N, D) points (train several model sizes at several budgets, e.g. `pretrain scaling sweep`)")
+
+
+def _check_inside_box(theta: np.ndarray) -> None:
+    """A fit that ran into the search box's edge is the box, not a law (E -> 0 is allowed: the data may
+    not reach the irreducible loss)."""
+    names = ("log A", "log B", "log E", "alpha", "beta")
+    hits = [f"{name} = {value:.4g} (bound {bound:g})"
+            for name, value, (low, high) in zip(names, theta, FIT_BOUNDS)
+            for bound in (low, high)
+            if abs(value - bound) < 1e-6 * max(1.0, abs(bound)) and not (name == "log E" and bound == low)]
+    if hits:
+        raise ScalingError(f"the runs cannot identify the law: the fit ran to the edge of its search box "
+                           f"({', '.join(hits)}); add runs that vary N and D more widely")
+
+
 def fit_law(n_params, n_tokens, losses, grid: InitGrid = InitGrid(), starts: int | None = 32,
             bootstrap: int = 100, confidence: float = 0.95, delta: float = HUBER_DELTA, seed: int = 0,
             name: str = "fit") -> LawFit:
@@ -450,11 +509,13 @@ def fit_law(n_params, n_tokens, losses, grid: InitGrid = InitGrid(), starts: int
     n, d, loss = _check_runs(n_params, n_tokens, losses)
     if len(loss) < 5:
         raise ScalingError(f"fitting 5 parameters needs at least 5 runs, got {len(loss)}")
+    _check_identifiable(n, d)
     log_n, log_d, log_loss = np.log(n), np.log(d), np.log(loss)
     points = grid.points()
     order = np.argsort(_objective_at_starts(points, log_n, log_d, log_loss, delta))
     chosen = points[order if starts is None else order[:starts]]
     theta, value = _minimise(chosen, log_n, log_d, log_loss, delta)
+    _check_inside_box(theta)
 
     rng = np.random.default_rng(seed)
     samples = []

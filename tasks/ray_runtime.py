@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from typing import Iterator
 
@@ -16,6 +17,18 @@ import tasks
 from pretrain.config import RayConfig
 
 LOOPBACK = "127.0.0.1"
+TOKEN_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+# Ray runs a task that its memory monitor killed again and again, forever by default (task_oom_retries
+# -1, a budget apart from max_retries): one input that always exhausts memory stalled the whole run.
+# With a bound the task fails with OutOfMemoryError and its file is reported failed. The owner of a task
+# (this driver) reads the budget from its environment when Ray starts; RAY_task_oom_retries overrides it.
+MAX_OOM_RETRIES = 3
+
+
+def _bound_oom_retries() -> None:
+    os.environ.setdefault("RAY_task_oom_retries", str(MAX_OOM_RETRIES))
 
 
 def ray_address(cfg: RayConfig) -> str | None:
@@ -43,10 +56,32 @@ def _loopback_node_ip() -> Iterator[None]:
         ray_constants.ENABLE_RAY_CLUSTER = previous
 
 
+class _TokenAuthOnNotice(logging.Filter):
+    """Drops Ray's start-up notice that token auth is on (it is meant to be: README, Security); a notice that
+    it is off, and every other record, passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+
+
+def _quiet_token_auth_notice() -> None:
+    auth_logger = logging.getLogger(TOKEN_AUTH_LOGGER)
+    if not any(isinstance(f, _TokenAuthOnNotice) for f in auth_logger.filters):
+        auth_logger.addFilter(_TokenAuthOnNotice())
+
+
 def start_local_ray(num_cpus: int | None, object_store_memory_mb: int) -> None:
-    """An embedded single-node Ray that listens on loopback only, without a dashboard."""
+    """A new embedded single-node Ray that listens on loopback only, without a dashboard.
+
+    ``address="local"``: never join a cluster that happens to run on this machine (``ray start`` and
+    ``ray.cluster_utils`` write /tmp/ray/ray_current_cluster, which a bare ``ray.init`` would join, and then
+    refuse ``object_store_memory``). A cluster is used only when an address is configured.
+    """
+    _quiet_token_auth_notice()
+    _bound_oom_retries()
     with _loopback_node_ip():
         ray.init(
+            address="local",
             num_cpus=num_cpus,
             object_store_memory=object_store_memory_mb * 1024 * 1024,
             include_dashboard=False,
@@ -66,6 +101,7 @@ def ensure_ray(cfg: RayConfig) -> bool:
         return False
     address = ray_address(cfg)
     if address:
+        _bound_oom_retries()
         ray.init(
             address=address,
             runtime_env={"py_modules": [pretrain, tasks, flows, models]},
