@@ -96,6 +96,9 @@ def train_classifier_flow(positive: list[str], negative: list[str], output_dir: 
     if policy is not None:
         positive, negative = confine_corpus(policy, positive, "positive"), confine_corpus(policy, negative, "negative")
         output_dir = str(policy.path(output_dir, "output_dir"))
+    from models.quality_classifier import check_distinct_corpora
+
+    check_distinct_corpora(positive, negative)
     return train_classifier_task(positive, negative, output_dir, config, max_documents)
 
 

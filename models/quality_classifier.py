@@ -11,6 +11,9 @@ a second one over character n-grams inside word boundaries (``char_wb``: robust 
 words and typos). Each block is L2-normalised; no vocabulary is stored, so the model is the
 weight vector alone. Model: ``SGDClassifier(loss="log_loss")`` with balanced class weights.
 
+Refused as bad input: the same file given as both classes, more than half of a class's texts
+also in the other, and a held-out ROC-AUC below ``min_roc_auc`` (0.6; 0.5 is chance).
+
 The saved model is the one trained on the training split, so the metrics in ``model.json``
 describe exactly the model that scores documents. ``model.joblib`` is a pickle: load models
 only from folders you trust.
@@ -19,6 +22,7 @@ only from folders you trust.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import re
@@ -54,6 +58,7 @@ META_FILE = "model.json"
 MIN_DOCS_PER_CLASS = 10
 EMPTY_TEXT_SCORE = 0.0  # a text without a letter or digit is not prose: it is scored last
 DCLM_KEEP_FRACTION = 0.10
+MAX_SHARED_FRACTION = 0.5  # more of a class than this also in the other class: refused
 TRAIN_HINT = "pretrain quality train-classifier --positive REFERENCE_TEXT --negative WEB_SHARDS --output {dir}"
 # Words, and each punctuation mark as its own token: "said ." and ", and" are useful bigrams.
 TOKEN_PATTERN = r"(?u)\w+|[^\w\s]"
@@ -234,6 +239,7 @@ def train_classifier(
     pos = [t for t in _clip(positives, cfg.max_chars_per_doc) if _HAS_WORD.search(t)]
     neg = [t for t in _clip(negatives, cfg.max_chars_per_doc) if _HAS_WORD.search(t)]
     _check_counts(len(pos), len(neg), cfg.test_fraction)
+    shared = shared_texts(pos, neg)
     texts = pos + neg
     labels = np.array([1] * len(pos) + [0] * len(neg))
     train_x, test_x, train_y, test_y = train_test_split(
@@ -244,13 +250,52 @@ def train_classifier(
         "skipped_empty_positives": len(positives) - len(pos), "skipped_empty_negatives": len(negatives) - len(neg),
         "train_positives": int(train_y.sum()), "train_negatives": int(len(train_y) - train_y.sum()),
         "test_positives": int(test_y.sum()), "test_negatives": int(len(test_y) - test_y.sum()),
+        "shared_texts": shared,
     }
     metadata = _metadata(cfg, counts, sources)
     classifier = QualityClassifier(pipeline, metadata)
     metadata["metrics"] = held_out_metrics(test_y, classifier.score(test_x))
+    _check_separates(metadata["metrics"]["roc_auc"], cfg)
     metadata["training_seconds"] = round(time.perf_counter() - started, 3)
     classifier.save(Path(output_dir))
     return metadata
+
+
+def _text_key(text: str) -> bytes:
+    return hashlib.blake2b(" ".join(text.split()).encode("utf-8", "surrogatepass"), digest_size=8).digest()
+
+
+def shared_texts(positives: list[str], negatives: list[str]) -> int:
+    """How many texts are in both classes (same words, any spacing); refuse when over half of a class."""
+    pos, neg = [_text_key(t) for t in positives], [_text_key(t) for t in negatives]
+    pos_set, neg_set = set(pos), set(neg)
+    pos_shared, neg_shared = sum(k in neg_set for k in pos), sum(k in pos_set for k in neg)
+    for shared, total, kind, other in ((pos_shared, len(pos), "positive", "negatives"),
+                                       (neg_shared, len(neg), "negative", "positives")):
+        if shared > MAX_SHARED_FRACTION * total:
+            raise ValueError(
+                f"{shared} of the {total} {kind} texts ({shared / total:.0%}) are also {other}: a classifier cannot "
+                f"learn to tell a class from itself; give reference text as --positive and web documents "
+                f"as --negative")
+    return len(pos_set & neg_set)
+
+
+def _check_separates(roc_auc: float, cfg: ClassifierConfig) -> None:
+    if roc_auc < cfg.min_roc_auc:
+        raise ValueError(
+            f"held-out ROC-AUC {roc_auc:.3f} is below min_roc_auc {cfg.min_roc_auc}: the classifier cannot tell "
+            f"positives from negatives (0.5 is chance), so it is not saved; check that --positive and --negative "
+            f"hold different kinds of text (or lower quality.classifier.min_roc_auc)")
+
+
+def check_distinct_corpora(positive: list[str], negative: list[str]) -> None:
+    """The same file as both positives and negatives teaches nothing: refuse it by name."""
+    from tasks.quality.corpus import corpus_files
+
+    both = sorted({p.resolve() for p in corpus_files(positive)} & {p.resolve() for p in corpus_files(negative)})
+    if both:
+        raise ValueError(f"{len(both)} file(s) given as both positives and negatives, e.g. {both[0]}: "
+                         f"--positive takes reference text, --negative web documents")
 
 
 def _metadata(cfg: ClassifierConfig, counts: dict, sources: dict | None) -> dict:

@@ -243,6 +243,9 @@ class ClassifierConfig(_Model):
     epochs: int = Field(10, ge=1)
     test_fraction: float = Field(0.2, gt=0, lt=1, description="Held-out share for ROC-AUC and precision.")
     max_chars_per_doc: int = Field(20_000, ge=100, description="Documents are cut to this length.")
+    min_roc_auc: float = Field(
+        0.6, ge=0, le=1, description="Refuse (and do not save) a model whose held-out ROC-AUC is lower; 0.5 is chance."
+    )
     seed: int = 0
 
 

@@ -237,3 +237,117 @@ def test_a_vocabulary_larger_than_the_data_supports_warns_and_is_recorded(servic
     ledger("tokenize --vocab-size 10000000 / 200000 on 43 documents",
            "10M: exit 2 naming tokenize.vocab_size (at most 1,000,000); 200k: warning with requested and trained "
            "size, index.json records both (was: silently smaller)", trained_vocab=trained)
+
+
+# ---------------------------------------------------------------- item 13: a classifier that cannot separate
+
+
+def prose_and_web(n: int = 40) -> tuple[list[str], list[str]]:
+    rng = random.Random(6)
+    prose = [f"She walked to the harbour on day {i}, and the boats were already out at sea. " * 3 for i in range(n)]
+    web = [f"Home | Shop | Cart ({i}) | Login | Sign up | Sale {rng.randint(1, 90)}% off | Contact" for i in range(n)]
+    return prose, web
+
+
+def test_a_classifier_refuses_the_same_texts_as_positives_and_negatives(tmp_path, ledger):
+    from models.quality_classifier import train_classifier
+
+    cfg = ClassifierConfig(n_features=4096, char_ngrams=None, epochs=5)
+    prose, web = prose_and_web()
+    with pytest.raises(ValueError, match=r"40 of the 40 positive texts \(100%\) are also negatives"):
+        train_classifier(prose, prose, tmp_path / "m", cfg)
+    with pytest.raises(ValueError, match=r"30 of the 40 positive texts \(75%\) are also negatives"):
+        train_classifier(prose, prose[:30] + web[:10], tmp_path / "m", cfg)
+    assert not (tmp_path / "m").exists()
+    metadata = train_classifier(prose, prose[:2] + web, tmp_path / "m", cfg)  # a little overlap is only counted
+    assert metadata["counts"]["shared_texts"] == 2
+    ledger("train-classifier: positives and negatives share their texts (100 %, 75 %)",
+           "error naming the overlap, no model written; 5 % overlap is trained and counted", checks=3)
+
+
+def test_a_classifier_below_the_roc_floor_is_refused(tmp_path, ledger):
+    from models.quality_classifier import train_classifier
+
+    from tasks.quality.corpus import iter_corpus
+
+    chunks = []  # 100 passages of every English book, alternately positive and negative: nothing to learn
+    for book in sorted(shared_data("reference", "en").glob("*.txt.gz")):
+        chunks += list(iter_corpus([str(book)]))[5:105]
+    positives, negatives = chunks[0::2], chunks[1::2]
+    cfg = ClassifierConfig(n_features=4096, char_ngrams=None, epochs=5)
+    with pytest.raises(ValueError, match=r"held-out ROC-AUC 0\.\d+ is below min_roc_auc 0.6") as info:
+        train_classifier(positives, negatives, tmp_path / "m", cfg)
+    auc = float(str(info.value).split("ROC-AUC ")[1].split()[0])
+    assert auc < 0.6 and not (tmp_path / "m").exists()
+    lenient = cfg.model_copy(update={"min_roc_auc": 0.0})
+    trained = train_classifier(positives, negatives, tmp_path / "m", lenient)
+    assert trained["metrics"]["roc_auc"] == pytest.approx(auc, abs=5e-4)
+    ledger("train-classifier: alternate passages of the same books as positives and negatives",
+           "error giving the ROC-AUC and min_roc_auc 0.6, no model written", roc_auc_x100=round(100 * auc))
+
+
+@pytest.mark.integration
+def test_train_classifier_with_one_folder_as_both_classes_exits_2(services, tmp_path, ledger):
+    prose, _ = prose_and_web()
+    write_shard(tmp_path / "docs" / "a.parquet", [doc(f"p{i}", text) for i, text in enumerate(prose)])
+    result = CliRunner().invoke(app, ["quality", "train-classifier", "--positive", str(tmp_path / "docs"),
+                                      "--negative", str(tmp_path / "docs" / "a.parquet"), "--output", str(tmp_path / "m")])
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.output.split())
+    assert "error:" in message and "given as both positives and negatives" in message and "a.parquet" in message
+    assert not (tmp_path / "m").exists()
+    ledger("quality train-classifier --positive D --negative D/a.parquet (the same file)",
+           "exit 2 naming the file given as both (was: ROC 0.16, rc 0)", runs=1)
+
+
+# ---------------------------------------------------------------- item 11: a truncated lm.binary
+
+
+@pytest.fixture(scope="module")
+def small_perplexity_model(tmp_path_factory) -> Path:
+    from models.perplexity import train_perplexity_model
+    from pretrain.config import PerplexityConfig
+
+    book = sorted(shared_data("reference", "en").glob("*.txt.gz"))[0]
+    cfg = PerplexityConfig(order=3, vocab_size=1000, max_train_chars=200_000, lmplz_memory="64M")
+    return train_perplexity_model([str(book)], tmp_path_factory.mktemp("ppl") / "en", cfg)
+
+
+def truncated_copy(model: Path, folder: Path) -> tuple[Path, int, int]:
+    broken = folder / "broken"
+    shutil.copytree(model, broken)
+    size = (broken / "lm.binary").stat().st_size
+    with open(broken / "lm.binary", "r+b") as handle:
+        handle.truncate(size // 2)
+    return broken, size, size // 2
+
+
+def test_a_truncated_lm_binary_is_named_with_both_sizes_and_the_retrain_command(small_perplexity_model, tmp_path,
+                                                                                 ledger):
+    from models.perplexity import PerplexityModel, PerplexityModelError
+
+    broken, size, half = truncated_copy(small_perplexity_model, tmp_path)
+    with pytest.raises(PerplexityModelError) as info:
+        PerplexityModel.load(broken)
+    message = str(info.value)
+    assert f"{broken / 'lm.binary'}: {half:,} bytes, model.json records {size:,}" in message
+    assert f"pretrain quality train-perplexity --reference" in message and f"--output {broken}" in message
+    ledger("perplexity model: lm.binary truncated to half", "load fails naming the file, both sizes and the "
+           "train-perplexity command", bytes_expected=size, bytes_found=half)
+
+
+@pytest.mark.integration
+def test_quality_score_with_a_truncated_lm_binary_exits_2_before_scoring(services, small_perplexity_model, tmp_path,
+                                                                         ledger):
+    broken, size, half = truncated_copy(small_perplexity_model, tmp_path)
+    prose, _ = prose_and_web(5)
+    write_shard(tmp_path / "in" / "a.parquet", [doc(f"p{i}", text) for i, text in enumerate(prose)])
+    result = CliRunner().invoke(app, ["quality", "score", "--input", str(tmp_path / "in"), "--output",
+                                      str(tmp_path / "out"), "--perplexity-model", str(broken)])
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.output.split())
+    assert f"lm.binary: {half:,} bytes, model.json records {size:,}" in message
+    assert "Scorer" not in result.output and "RayActorError" not in result.output  # no actor ever loaded it
+    assert not (tmp_path / "out" / "kept").exists()
+    ledger("quality score --perplexity-model M with M/lm.binary truncated", "exit 2 before any actor starts, "
+           "naming the file and both sizes (was: 643 lines of actor retries)", bytes_expected=size, bytes_found=half)
