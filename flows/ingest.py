@@ -28,7 +28,8 @@ from tasks.sources import CRAWL_ID, InputFile, input_identity, resolve_inputs
 
 # Fields of IngestConfig that change a shard's content (inputs/selection and fetch
 # settings do not).
-OUTPUT_FIELDS = ("source", "extractor", "languages", "min_lang_score", "min_text_chars", "max_html_bytes")
+OUTPUT_FIELDS = ("source", "extractor", "languages", "min_lang_score", "min_text_chars", "max_html_bytes",
+                 "max_html_depth")
 
 
 class IngestFailed(RuntimeError):

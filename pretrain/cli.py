@@ -83,6 +83,7 @@ def ingest(
 ) -> None:
     """Ingest WARC files into Parquet shards (one per input file) on Ray."""
     from flows.ingest import IngestFailed, ingest_flow
+    from tasks.sources import check_local_inputs
 
     try:
         recipe = _recipe_or_default(config)
@@ -94,6 +95,7 @@ def ingest(
     except ConfigError as error:
         _fail(str(error))
     try:
+        check_local_inputs(cfg)  # a missing file, a FIFO or a device: refused before the run starts
         summary = _run_with_progress("ingest", lambda: ingest_flow(config=cfg, output_dir=str(output), ray_config=ray_cfg))
     except IngestFailed as error:
         _fail(f"{error}\nreport: {output / 'report.json'}", code=1)
@@ -424,7 +426,7 @@ def extract(
 ) -> None:
     """Run the extractor on HTML files (the same code path as ingestion)."""
     from tasks.decode import decode_html
-    from tasks.extract import extract_text
+    from tasks.extract import HtmlTooDeep, extract_text
 
     if extractor not in ("fast", "precise"):
         _fail(f"--extractor must be fast or precise, got {extractor!r}")
@@ -437,8 +439,12 @@ def extract(
             raw = path.read_bytes()
             if path.suffix == ".gz":
                 raw = gzip.decompress(raw)
-            text = extract_text(decode_html(raw), extractor)
-            out.write(json.dumps({"file": str(path), "text": text}, ensure_ascii=False) + "\n")
+            try:
+                record = {"file": str(path), "text": extract_text(decode_html(raw), extractor)}
+            except HtmlTooDeep as error:  # what ingestion counts as html_too_deep
+                record = {"file": str(path), "text": "", "dropped": "html_too_deep"}
+                console.print(f"[yellow]warning:[/yellow] {path}: {error}; written with no text")
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
     console.print(f"wrote {len(files)} record(s) to {output}")
 
 

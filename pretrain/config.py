@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pretrain.languages import language_codes
+
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -58,6 +60,10 @@ class IngestConfig(_Model):
     max_html_bytes: int = Field(
         5_000_000, ge=1, description="Skip (and count) HTML payloads larger than this."
     )
+    max_html_depth: int = Field(
+        512, ge=1, description="Drop (and count, html_too_deep) pages whose elements nest deeper than this "
+        "(Chromium's parser stops nesting at 512; real pages stay under 50).",
+    )
     max_files: int | None = Field(None, ge=1, description="Use at most this many input files (after selection).")
     num_shards: int = Field(1, ge=1, description="Split the input file list into this many parts...")
     shard_index: int = Field(0, ge=0, description="...and take this part (file i goes to part i % num_shards).")
@@ -70,8 +76,8 @@ class IngestConfig(_Model):
     @classmethod
     def _split_languages(cls, value: Any) -> Any:
         if isinstance(value, str):
-            return [code.strip() for code in value.split(",") if code.strip()]
-        return value
+            value = value.split(",")
+        return language_codes(value) if isinstance(value, list) else value
 
     @model_validator(mode="after")
     def _check_shard_selection(self) -> IngestConfig:

@@ -17,8 +17,10 @@ How ``fast`` works
    at every block-level tag; script/style/form controls are skipped.  Each
    element gets a node id and a boilerplate *mark* from its tag (``<nav>``,
    ``<footer>``, ``<aside>``...) or its class/id words (``sidebar``,
-   ``cookie``, ``share``, ``related``...); each block records its enclosing
-   node ids and how much of its text is link text.
+   ``cookie``, ``share``, ``related``...); each block records its innermost
+   enclosing element and how much of its text is link text.  A page nesting
+   deeper than ``max_depth`` raises HtmlTooDeep (no real page does; the work
+   is linear in the number of elements however deep they nest).
 2. Marks are checked against the text: an element holding most of the page's
    prose is a layout wrapper, not boilerplate, whatever its class says.
 3. Blocks are scored: sentence-like, link-poor text (*prose*) is good; link
@@ -40,25 +42,38 @@ import re
 
 from lxml import etree
 
-__all__ = ["extract_text", "MODES"]
+__all__ = ["extract_text", "HtmlTooDeep", "MAX_DEPTH", "MODES"]
 
 MODES = ("fast", "precise")
+# Deepest element nesting a page may have.  Chromium stops nesting at 512 open elements
+# (HTMLConstructionSite::kMaximumHTMLParserDOMTreeDepth; deeper ones become siblings), libxml2's tree
+# builder at 256 (2048 with XML_PARSE_HUGE).  Real pages stay far below: at most 42 levels on the
+# 237 pages of shared/data/extraction-dev, median 17.
+MAX_DEPTH = 512
 
 
-def extract_text(html: str, mode: str = "fast", url: str | None = None) -> str:
-    """Return the main text of ``html``, one block per line ("" if none)."""
+class HtmlTooDeep(Exception):
+    """The page nests elements deeper than the limit: dropped (``html_too_deep``), not extracted."""
+
+
+def extract_text(html: str, mode: str = "fast", url: str | None = None, max_depth: int = MAX_DEPTH) -> str:
+    """Return the main text of ``html``, one block per line ("" if none).
+
+    Raises HtmlTooDeep when elements nest deeper than ``max_depth``.
+    """
     if mode == "fast":
-        return _fast_extract(html)
+        return _fast_extract(html, max_depth)
     if mode == "precise":
-        return _precise_extract(html, url)
+        return _precise_extract(html, url, max_depth)
     raise ValueError(f"unknown extraction mode {mode!r}; expected one of {MODES}")
 
 
-def _precise_extract(html: str, url: str | None) -> str:
+def _precise_extract(html: str, url: str | None, max_depth: int) -> str:
     import trafilatura  # imported lazily: heavy, and only this mode needs it
 
     if not html or not html.strip():
         return ""
+    _parse(html, _DepthProbe(max_depth))  # trafilatura would silently cut a deeper page at 256 levels
     text = trafilatura.extract(
         html,
         url=url,
@@ -243,14 +258,14 @@ def _element_flags(tag: str, attrib) -> tuple[int, bool]:
 
 
 class _Block:
-    __slots__ = ("text", "length", "link_len", "path", "tag", "prose")
+    __slots__ = ("text", "length", "link_len", "node", "tag", "prose")
 
-    def __init__(self, text: str, link_len: int, path: tuple, tag: str):
+    def __init__(self, text: str, link_len: int, node: int, tag: str):
         length = len(text)
         self.text = text  # whitespace-collapsed, may contain "\n" from <br>
         self.length = length
         self.link_len = link_len if link_len < length else length  # characters inside <a>
-        self.path = path  # node ids from the root down to the owning element
+        self.node = node  # id of the innermost element enclosing it (its ancestors: _Tree)
         self.tag = tag  # tag of the owning block element
         # Prose: a real sentence that is not a link.  Chinese and Japanese pack
         # a sentence into a dozen characters; their full stop is telling.
@@ -260,17 +275,39 @@ class _Block:
         )
 
 
-class _BlockBuilder:
+class _DepthProbe:
+    """lxml parser target that only checks the nesting depth (raises HtmlTooDeep)."""
+
+    __slots__ = ("_depth", "_max_depth")
+
+    def __init__(self, max_depth: int):
+        self._depth = 0
+        self._max_depth = max_depth
+
+    def start(self, tag: str, attrib: dict) -> None:
+        self._depth += 1
+        if self._depth > self._max_depth:
+            raise HtmlTooDeep(f"elements nest deeper than {self._max_depth} levels")
+
+    def end(self, tag: str) -> None:
+        self._depth -= 1
+
+    def close(self) -> None:
+        return None
+
+
+class _BlockBuilder(_DepthProbe):
     """lxml parser target that cuts the document into text blocks.
 
     Fed by the parser's start/end/data events directly, so no tree is built
     and no Python object is made per element: about half the run time of
     building the tree and walking it.  Every element gets a node id (its
     position in start order, so a parent's id is below its children's); a
-    block records the ids of the elements enclosing it.  These methods run
-    once per element or text node, hence the slots and the inlined checks;
-    attributes are only kept here and judged later, for the elements that
-    enclose some text.
+    block records the id of the innermost element enclosing it, and the
+    parent links give the rest (so memory stays linear in the page however
+    deep it nests).  These methods run once per element or text node, hence
+    the slots and the inlined checks; attributes are only kept here and
+    judged later, for the elements that enclose some text.
     """
 
     __slots__ = (
@@ -278,7 +315,8 @@ class _BlockBuilder:
         "_owner", "_parts", "_has_text", "_link_len", "_in_link", "_skip",
     )
 
-    def __init__(self):
+    def __init__(self, max_depth: int):
+        super().__init__(max_depth)
         self.blocks: list[_Block] = []
         self.node_parent: list[int] = []  # per node id; -1 for a root
         self.node_tag: list[str] = []
@@ -293,6 +331,9 @@ class _BlockBuilder:
         self._skip = 0  # depth inside a skipped element (script, style, ...)
 
     def start(self, tag: str, attrib: dict) -> None:
+        self._depth += 1
+        if self._depth > self._max_depth:
+            raise HtmlTooDeep(f"elements nest deeper than {self._max_depth} levels")
         if self._skip:
             self._skip += 1
             return
@@ -325,6 +366,7 @@ class _BlockBuilder:
         self._open.append(kind)
 
     def end(self, tag: str) -> None:
+        self._depth -= 1
         if self._skip:
             self._skip -= 1
             return
@@ -376,14 +418,22 @@ class _BlockBuilder:
         else:
             text = " ".join(raw.split())  # collapse whitespace runs
         if text and self._path:  # (libxml2 always opens <html> first; just in case)
-            self.blocks.append(_Block(text, link_len, tuple(self._path), self._owner[-1]))
+            self.blocks.append(_Block(text, link_len, self._path[-1], self._owner[-1]))
 
     def judge_elements(self) -> tuple[list[int], list[bool]]:
         """(boilerplate mark, hidden) per node id, for nodes that enclose text."""
         n = len(self.node_tag)
         marks, hidden = [_NO_MARK] * n, [False] * n
-        tags, attribs = self.node_tag, self.node_attrib
-        for node in set().union(*(block.path for block in self.blocks)):
+        tags, attribs, parent = self.node_tag, self.node_attrib, self.node_parent
+        encloses = [False] * n
+        for block in self.blocks:  # each node is visited once: the walk up stops at a visited one
+            node = block.node
+            while node >= 0 and not encloses[node]:
+                encloses[node] = True
+                node = parent[node]
+        for node in range(n):
+            if not encloses[node]:
+                continue
             attrib = attribs[node]
             if attrib:
                 marks[node], hidden[node] = _element_flags(tags[node], attrib)
@@ -406,19 +456,68 @@ def _skip_head(html: str) -> str:
     return html[body:] if html.startswith("<body", body) else html
 
 
-def _linearize(html: str) -> _BlockBuilder | None:
-    """Parse ``html`` into blocks; None when there is nothing to parse."""
-    if not html or html.isspace():
-        return None
-    html = _skip_head(html)
-    builder = _BlockBuilder()
+def _parse(html: str, target):
+    """Feed ``html`` to a parser target; what its close() returns (None when lxml gives up)."""
     parser = etree.HTMLParser(
-        target=builder, encoding="utf-8", remove_comments=True, remove_pis=True, no_network=True
+        target=target, encoding="utf-8", remove_comments=True, remove_pis=True, no_network=True
     )
     try:
         return etree.fromstring(html.encode("utf-8", "replace"), parser)
     except (etree.LxmlError, ValueError):
         return None
+
+
+def _linearize(html: str, max_depth: int) -> _BlockBuilder | None:
+    """Parse ``html`` into blocks; None when there is nothing to parse."""
+    if not html or html.isspace():
+        return None
+    return _parse(_skip_head(html), _BlockBuilder(max_depth))
+
+
+class _Tree:
+    """Ancestry questions on the builder's nodes, each in time linear in the answer's path.
+
+    Node ids are in document (pre-)order, so a subtree is the id range from its
+    root to ``last[root]``.
+    """
+
+    def __init__(self, parent: list[int]):
+        n = len(parent)
+        self.parent = parent
+        self.depth = [0] * n
+        for node in range(n):  # a parent's id is below its children's
+            up = parent[node]
+            if up >= 0:
+                self.depth[node] = self.depth[up] + 1
+        self.last = list(range(n))
+        for node in range(n - 1, -1, -1):
+            up = parent[node]
+            if up >= 0 and self.last[node] > self.last[up]:
+                self.last[up] = self.last[node]
+
+    def contains(self, root: int, node: int) -> bool:
+        """Whether ``node`` is ``root`` or below it."""
+        return root <= node <= self.last[root]
+
+    def ancestor(self, node: int, levels: int) -> int:
+        """The element ``levels`` above ``node`` (-1 above the root)."""
+        while levels > 0 and node >= 0:
+            node = self.parent[node]
+            levels -= 1
+        return node
+
+    def common_ancestor(self, a: int, b: int) -> int:
+        """The deepest element holding both (-1 for nodes under different roots)."""
+        depth, parent = self.depth, self.parent
+        while depth[a] > depth[b]:
+            a = parent[a]
+        while depth[b] > depth[a]:
+            b = parent[b]
+        while a != b:
+            a, b = parent[a], parent[b]
+            if a < 0 or b < 0:
+                return -1
+        return a
 
 
 # --------------------------------------------------------------------------
@@ -461,7 +560,7 @@ def _effective_marks(doc: _BlockBuilder, marks: list[int]) -> list[bool]:
     n = len(marks)
     prose, total, n_prose = [0] * n, [0] * n, [0] * n
     for block in doc.blocks:
-        owner = block.path[-1]
+        owner = block.node
         total[owner] += block.length
         if block.prose:
             prose[owner] += block.length
@@ -495,7 +594,7 @@ def _pick_container(doc: _BlockBuilder, under_boiler, under_hidden) -> int:
     n = len(parent)
     good, bad = [0.0] * n, [0.0] * n
     for block in doc.blocks:
-        owner = block.path[-1]
+        owner = block.node
         if under_hidden[owner]:  # unseen text (toolbars, pop-ups) is no evidence
             continue
         if under_boiler[owner] or block.link_len > _LINK_HEAVY * block.length:
@@ -556,17 +655,7 @@ def _looks_like_lead(block: _Block) -> bool:
     )
 
 
-def _is_lead(block: _Block, container_path: tuple) -> bool:
-    """Whether a block sits at most _LEAD_LEVELS above the container."""
-    shared = 0
-    for a, b in zip(block.path, container_path):
-        if a != b:
-            break
-        shared += 1
-    return len(container_path) - shared <= _LEAD_LEVELS
-
-
-def _drop_empty_sections(kept: list[_Block], blocks: list[_Block]) -> list[_Block]:
+def _drop_empty_sections(kept: list[_Block], blocks: list[_Block], tree: _Tree) -> list[_Block]:
     """Drop headings that no kept text follows (e.g. "Related articles").
 
     The text must come before the next heading of the same or a higher level,
@@ -577,19 +666,15 @@ def _drop_empty_sections(kept: list[_Block], blocks: list[_Block]) -> list[_Bloc
     section = {}
     for block, after in zip(blocks, blocks[1:]):
         if block.tag in _HEADING_TAGS:
-            shared = 0
-            for a, b in zip(block.path, after.path):
-                if a != b:
-                    break
-                shared += 1
-            section[id(block)] = block.path[shared - 1] if shared else -1
+            section[id(block)] = tree.common_ancestor(block.node, after.node)
     out: list[_Block] = []
     for block in reversed(kept):
         if block.tag in _HEADING_TAGS:
             # "h2" <= "h3": heading tags compare like their levels.
             if not out or (out[-1].tag in _HEADING_TAGS and out[-1].tag <= block.tag):
                 continue
-            if section.get(id(block), -1) not in out[-1].path:
+            owner = section.get(id(block), -1)
+            if owner < 0 or not tree.contains(owner, out[-1].node):
                 continue
         out.append(block)
     out.reverse()
@@ -602,44 +687,42 @@ def _trim_tail(kept: list[_Block]) -> list[_Block]:
     return kept[: last + 1] + [b for b in kept[last + 1 :] if b.length > _TAIL_MIN]
 
 
-def _ancestry(node: int, parent: list[int]) -> tuple:
-    """Node ids from the root down to ``node``."""
-    chain = []
-    while node >= 0:
-        chain.append(node)
-        node = parent[node]
-    return tuple(reversed(chain))
+def _boiler_below(boiler: list[bool], tree: _Tree, container: int) -> list[bool]:
+    """Per node of the container's subtree: whether boilerplate lies between them, the
+    container itself excluded (boilerplate above the container does not count against
+    its blocks)."""
+    below = [False] * len(boiler)
+    parent = tree.parent
+    for node in range(container + 1, tree.last[container] + 1):
+        up = parent[node]
+        below[node] = boiler[node] or (up != container and below[up])
+    return below
 
 
-def _select_blocks(doc, container, boiler, under_boiler, under_hidden) -> list[_Block]:
-    """The content blocks of the container, plus lead paragraphs just above it."""
-    container_path = _ancestry(container, doc.node_parent)
-    depth = len(container_path)
-    # Boilerplate above the container does not count against its blocks.
-    marked_above = under_boiler[container]
+def _select_blocks(doc, tree, container, boiler, under_boiler, under_hidden) -> list[_Block]:
+    """The content blocks of the container, plus lead paragraphs at most _LEAD_LEVELS above it."""
+    below = _boiler_below(boiler, tree, container)
+    lead_root = tree.ancestor(container, _LEAD_LEVELS)
     kept: list[_Block] = []
     inside_seen = False
     for block in doc.blocks:
-        path = block.path
-        if len(path) >= depth and path[depth - 1] == container:
+        owner = block.node
+        if tree.contains(container, owner):
             inside_seen = True
-            if marked_above:
-                below = any(boiler[node] for node in path[depth:])
-            else:
-                below = under_boiler[path[-1]]
-            if _keep_block(block, below):
+            if _keep_block(block, below[owner]):
                 kept.append(block)
-        elif not inside_seen and _looks_like_lead(block) and _is_lead(block, container_path):
-            owner = path[-1]
+        elif (not inside_seen and _looks_like_lead(block)
+              and (lead_root < 0 or tree.contains(lead_root, owner))):
             if not under_hidden[owner] and _keep_block(block, under_boiler[owner]):
                 kept.append(block)
     return kept
 
 
-def _fast_extract(html: str) -> str:
-    doc = _linearize(html)
+def _fast_extract(html: str, max_depth: int) -> str:
+    doc = _linearize(html, max_depth)
     if doc is None or not doc.blocks:
         return ""
+    tree = _Tree(doc.node_parent)
     marks, hidden = doc.judge_elements()
     boiler = _effective_marks(doc, marks)
     under_boiler = _inherit(boiler, doc.node_parent)
@@ -652,6 +735,6 @@ def _fast_extract(html: str) -> str:
             boiler = under_boiler = unmarked
         else:  # no prose at all: keep whatever is not boilerplate
             container = 0
-    kept = _select_blocks(doc, container, boiler, under_boiler, under_hidden)
-    kept = _trim_tail(_drop_empty_sections(kept, doc.blocks))
+    kept = _select_blocks(doc, tree, container, boiler, under_boiler, under_hidden)
+    kept = _trim_tail(_drop_empty_sections(kept, doc.blocks, tree))
     return "\n".join(block.text for block in kept)

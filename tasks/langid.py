@@ -15,7 +15,11 @@ def _identifier():
 
 
 def identify_language(text: str) -> tuple[str, float]:
-    """(ISO 639-1 code, probability in [0, 1]); ("und", 0.0) for text without letters."""
+    """(language code, probability in [0, 1]); ("und", 0.0) for text without letters.
+
+    The code is ISO 639-1 where the language has one, else py3langid's own (yue, ary, ...):
+    pretrain.languages.IDENTIFIED_CODES lists them all.
+    """
     sample = text[:LANGID_SAMPLE_CHARS]
     if not any(ch.isalpha() for ch in sample):
         return "und", 0.0

@@ -6,6 +6,7 @@ import glob
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -73,7 +74,8 @@ def _listing_base(url: str) -> str:
 
 
 def _warcs_in_dir(directory: Path) -> list[str]:
-    found = {str(p) for pattern in ("*.warc.gz", "*.warc") for p in directory.glob(pattern) if p.is_file()}
+    # Not only regular files: a FIFO or socket named *.warc.gz is refused by name, never skipped silently.
+    found = {str(p) for pattern in ("*.warc.gz", "*.warc") for p in directory.glob(pattern) if not p.is_dir()}
     if not found:
         raise FileNotFoundError(f"input directory {str(directory)!r} holds no *.warc.gz or *.warc files")
     return sorted(found)
@@ -90,7 +92,28 @@ def _expand_local(entry: str) -> list[InputFile]:
     paths: list[str] = []
     for match in matches:
         paths.extend(_warcs_in_dir(Path(match)) if os.path.isdir(match) else [match])
+    for path in paths:
+        _check_regular_file(path)
     return [InputFile(os.path.abspath(p), "local", crawl_of(os.path.abspath(p))) for p in paths]
+
+
+_NOT_REGULAR = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+                (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _check_regular_file(path: str) -> None:
+    """Refuse, by name, what is not a regular file (checked with stat, before anything opens it):
+    reading a FIFO or a socket waits for a writer forever, a device never ends."""
+    mode = os.stat(path).st_mode
+    if stat.S_ISREG(mode):
+        return
+    kind = next((name for is_kind, name in _NOT_REGULAR if is_kind(mode)), "a special file")
+    raise ValueError(f"input {path!r} is {kind}, not a regular file: give WARC files (.warc.gz or .warc)")
+
+
+def _is_local(entry: str) -> bool:
+    scheme = urlparse(entry).scheme
+    return scheme in ("", "file") or len(scheme) == 1  # len 1: a Windows drive letter
 
 
 def _expand_entry(entry: str, cfg: IngestConfig) -> list[InputFile]:
@@ -98,13 +121,21 @@ def _expand_entry(entry: str, cfg: IngestConfig) -> list[InputFile]:
     if CRAWL_ID.match(entry):
         base = cfg.cc_base_url.rstrip("/")
         return _expand_paths_listing(f"{base}/crawl-data/{entry}/warc.paths.gz", base, cfg)
-    scheme = urlparse(entry).scheme
-    if scheme in ("", "file") or len(scheme) == 1:  # len 1: a Windows drive letter
+    if _is_local(entry):
         return _expand_local(entry)
     kind = _remote_kind(entry)
     if entry.endswith(".paths.gz"):
         return _expand_paths_listing(entry, _listing_base(entry), cfg)
     return [InputFile(entry, kind, crawl_of(entry))]
+
+
+def check_local_inputs(cfg: IngestConfig) -> None:
+    """Expand the local entries of ``cfg.inputs`` now, by stat alone: a path that matches nothing or is
+    not a regular file fails before a run starts (the CLI checks this; the flow checks it again)."""
+    for entry in cfg.inputs:
+        entry = entry.strip()
+        if not CRAWL_ID.match(entry) and _is_local(entry):
+            _expand_local(entry)
 
 
 def resolve_inputs(cfg: IngestConfig) -> list[InputFile]:

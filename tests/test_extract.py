@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.extract import extract_text
+from tasks.extract import HtmlTooDeep, extract_text
 
 PARAS = [
     "The committee met on Tuesday to discuss the new budget, which has been delayed for months.",
@@ -148,12 +148,18 @@ def test_empty_or_textless_html_gives_empty_string(html):
         "<<<>>> &&& <p <div",
         "\x00\x01\x02 binary \ud800 junk",
         "<p>" * 2000 + "deeply nested" + "</p>" * 2000,
-        "<div>" * 5000 + "very deep" + "</div>" * 5000,
         "<table><td>cell without row<td>another",
     ],
 )
 def test_garbage_html_does_not_raise(html):
     assert isinstance(extract_text(html), str)
+
+
+def test_a_page_nested_past_max_depth_raises_html_too_deep():
+    deep = "<div>" * 5000 + "very deep" + "</div>" * 5000
+    with pytest.raises(HtmlTooDeep, match="deeper than 512 levels"):
+        extract_text(deep)
+    assert extract_text(deep, max_depth=6000) == "very deep"
 
 
 def test_head_is_skipped_but_a_closing_head_tag_in_a_script_is_not_trusted():
