@@ -616,8 +616,11 @@ def read_runs_csv(path: str | Path, params_col: str, loss_col: str, tokens_col: 
     path = Path(path)
     if not path.is_file():
         raise ScalingError(f"--csv: no file {path}")
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise ScalingError(f"--csv: {path} is not a CSV text file ({error})") from None
     columns = list(rows[0]) if rows else []
     flags = {"--params-col": params_col, "--loss-col": loss_col, "--tokens-col": tokens_col, "--flops-col": flops_col}
     for flag, column in flags.items():

@@ -95,6 +95,14 @@ def test_a_law_file_that_is_not_a_law_is_an_error_naming_it(tmp_path, ledger):
            files=2)
 
 
+def test_a_runs_csv_that_is_not_text_is_an_error_naming_it(tmp_path, ledger):
+    png = tmp_path / "runs.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    result = invoke("scaling", "fit", "--csv", png, "--params-col", "N", "--tokens-col", "D", "--loss-col", "L")
+    assert_clear_error(result, f"--csv: {png} is not a CSV text file")
+    ledger("`scaling fit --csv some.png` (binary)", "rc 2: error names the file", files=1)
+
+
 @pytest.mark.parametrize("option,value,message", [
     ("--seq-len", "-5", "--seq-len must be at least 8 tokens, got -5"),
     ("--seq-len", "0", "--seq-len must be at least 8 tokens, got 0"),
