@@ -11,6 +11,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.futures import as_completed
 from prefect.tasks import exponential_backoff
 
+from pretrain.outputs import claim_shards
 from pretrain.paths import PathPolicy, policy_from_env, require_folder, root_is_configured
 from pretrain.progress import report_progress
 from pretrain.provenance import atomic_write_text, exclusive_lock
@@ -70,6 +71,16 @@ def parquet_shards(folder: str | Path) -> list[Path]:
     if not shards:
         raise FileNotFoundError(f"no Parquet shards (*.parquet) in {folder}")
     return shards
+
+
+def claim_output(folder: Path, stage: str, names, logger) -> list[str]:
+    """Make a stage's output folder hold only this run's shards (``pretrain.outputs.claim_shards``):
+    an earlier run's other shards are removed and logged; a foreign shard stops the run (OutputRefused)."""
+    stale = claim_shards(folder, stage, names)
+    if stale:
+        logger.warning("%s: removed %d shard file(s) of an earlier run that this run does not produce: %s",
+                       stage, len(stale), ", ".join(stale[:10]) + (", ..." if len(stale) > 10 else ""))
+    return stale
 
 
 def write_report(output_dir: Path, summary: dict) -> None:

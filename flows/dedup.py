@@ -27,8 +27,8 @@ from prefect.artifacts import create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import (
-    SHARD_TASK_OPTIONS, file_identity, funnel_table, gather, output_lock, parameter_policy, parquet_shards,
-    publish_markdown, write_report,
+    SHARD_TASK_OPTIONS, claim_output, file_identity, funnel_table, gather, output_lock, parameter_policy,
+    parquet_shards, publish_markdown, write_report,
 )
 from pretrain.config import DedupConfig, RayConfig
 from pretrain.provenance import code_version, stable_hash, write_info_json
@@ -231,6 +231,7 @@ def _dedup(config: DedupConfig, inputs: list[Path], input_dir: str, out: Path, r
     ensure_ray(ray_config)
     logger.info("dedup: %d shard(s) from %s into %s, %d key slot(s) x %d partition(s)",
                 len(inputs), input_dir, out, len(key_slots(config)), config.hash_partitions)
+    stale = claim_output(out, "dedup", [p.stem for p in inputs], logger)
 
     hits["hash"], upstream = run_hash_stage(inputs, layout, config)
     check_unique_ids(layout, [p.stem for p in inputs], inputs, config.hash_partitions)
@@ -239,6 +240,7 @@ def _dedup(config: DedupConfig, inputs: list[Path], input_dir: str, out: Path, r
     writes, hits["write"] = run_write_stage(inputs, layout, upstream)
 
     summary = summarize(writes, clusters, buckets, hits, time.perf_counter() - started)
+    summary["stale_removed"] = stale
     write_info_json(out, stage="dedup", code=code_version(*DEDUP_MODULES), config=config.model_dump(),
                     inputs=[str(p) for p in inputs])
     write_report(out, summary)

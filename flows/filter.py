@@ -18,8 +18,8 @@ from prefect.artifacts import create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import (
-    SHARD_TASK_OPTIONS, file_identity, funnel_table, gather, output_lock, parameter_policy, parquet_shards,
-    publish_markdown, write_report,
+    SHARD_TASK_OPTIONS, claim_output, file_identity, funnel_table, gather, output_lock, parameter_policy,
+    parquet_shards, publish_markdown, write_report,
 )
 from pretrain.config import FilterConfig, RayConfig
 from pretrain.paths import PathPolicy
@@ -129,6 +129,7 @@ def _filter(config: FilterConfig, shards: list[Path], input_dir: str, out: Path,
     removed_dir = out / "removed"
     ensure_ray(ray_config)
     logger.info("filtering %d shard(s) from %s into %s (chain: %s)", len(shards), input_dir, out, config.order)
+    stale = claim_output(out, "filter", [shard.stem for shard in shards], logger)
 
     futures = {}
     for shard in shards:
@@ -139,7 +140,7 @@ def _filter(config: FilterConfig, shards: list[Path], input_dir: str, out: Path,
     reports.sort(key=lambda r: r["shard"])
 
     summary = summarize(reports, failures, time.perf_counter() - started)
-    summary["cache_hits"] = cache_hits
+    summary["cache_hits"], summary["stale_removed"] = cache_hits, stale
     write_info_json(out, stage="filter", code=code_version(*FILTER_MODULES), config=config.model_dump(),
                     inputs=[str(s) for s in shards])
     write_report(out, summary)

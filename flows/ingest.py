@@ -18,7 +18,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.common import SHARD_TASK_OPTIONS, gather, output_lock, parameter_policy, write_report
+from flows.common import SHARD_TASK_OPTIONS, claim_output, gather, output_lock, parameter_policy, write_report
 from pretrain.config import IngestConfig, RayConfig
 from pretrain.paths import PathPolicy, redact_url
 from pretrain.provenance import code_version, stable_hash, write_info_json
@@ -173,6 +173,7 @@ def _ingest(config: IngestConfig, out: Path, ray_config: RayConfig, policy: Path
     if policy is not None:
         confine_files(policy, files)
     logger.info("ingesting %d input file(s) into %s", len(files), out)
+    stale = claim_output(out, "ingest", shard_names(files), logger)  # the folder holds this run's shards only
     ensure_ray(ray_config)
 
     futures = {}
@@ -187,7 +188,7 @@ def _ingest(config: IngestConfig, out: Path, ray_config: RayConfig, policy: Path
     reports.sort(key=lambda r: r["shard"])
 
     summary = summarize(reports, failures, time.perf_counter() - started)
-    summary["cache_hits"] = cache_hits
+    summary["cache_hits"], summary["stale_removed"] = cache_hits, stale
     write_info_json(
         out, stage="ingest", code=code_version(*INGEST_MODULES), config=redacted(config),
         inputs=[redact_url(item.uri) for item in files],

@@ -34,6 +34,7 @@ from flows.quality import model_identities, score_flow, train_classifier_flow, t
 from flows.tokenize import tokenize_flow
 from flows.train import train_flow
 from pretrain.config import PipelineConfig, TrainConfig
+from pretrain.outputs import check_replaceable
 from pretrain.provenance import atomic_write_text, code_version, stable_hash
 from tasks.demo import write_demo_data
 from tasks.demo_reference import write_demo_reference
@@ -204,6 +205,8 @@ def run_train(cfg: TrainConfig, key: str, export: bool) -> dict:
     key_file = run_dir / "stage-key"
     resume = key_file.is_file() and key_file.read_text().strip() == key and (run_dir / "checkpoints").is_dir()
     if not resume and run_dir.exists():
+        check_replaceable(run_dir, "pretrain run (train stage)", lambda folder: (folder / "stage-key").is_file(),
+                          marker="stage-key", remedy="move it away or choose another --output")
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     key_file.write_text(key + "\n")
@@ -223,7 +226,7 @@ def export_model(run_dir: Path, summary: dict) -> Path:
     tokenizer = Path(cfg.data_dir) / "tokenizer.json"
     state = consolidate_fp32(checkpoint_root(run_dir))
     return export_hf(state, ModelConfig.model_validate(summary["model"]), run_dir / "hf",
-                     tokenizer_file=tokenizer if tokenizer.is_file() else None)
+                     tokenizer_file=tokenizer if tokenizer.is_file() else None, inputs=[run_dir])
 
 
 # ---------------------------------------------------------------- the flow

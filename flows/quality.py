@@ -21,12 +21,14 @@ from prefect.artifacts import create_image_artifact, create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import (
-    SHARD_TASK_OPTIONS, file_identity, funnel_table, gather, parameter_policy, parquet_shards, write_report,
+    SHARD_TASK_OPTIONS, claim_output, file_identity, funnel_table, gather, parameter_policy, parquet_shards,
+    write_report,
 )
 from pretrain.config import ClassifierConfig, PerplexityConfig, QualityConfig, RayConfig
 from pretrain.paths import PathPolicy
 from pretrain.provenance import code_version, stable_hash, write_info_json
-from tasks.quality.corpus import corpus_identity, sample_corpus
+from pretrain.outputs import local_inputs
+from tasks.quality.corpus import corpus_files, corpus_identity, sample_corpus
 from tasks.quality.score import (
     QUALITY_MODULES, Cutoffs, apply_scores, cutoffs_from_scores, sample_scores, score_shard,
 )
@@ -49,22 +51,24 @@ def _train_key(context, parameters: dict) -> str:
 
 
 @task(name="train-perplexity", cache_key_fn=_train_key, persist_result=True)
-def train_perplexity_task(reference: list[str], output_dir: str, config: PerplexityConfig) -> dict:
+def train_perplexity_task(reference: list[str], output_dir: str, config: PerplexityConfig, force: bool = False) -> dict:
     from models.perplexity import train_perplexity_model
 
-    model_dir = train_perplexity_model(reference, Path(output_dir), config)
+    model_dir = train_perplexity_model(reference, Path(output_dir), config, force=force)
     return json.loads((Path(model_dir) / "model.json").read_text())
 
 
 @task(name="train-classifier", cache_key_fn=_train_key, persist_result=True)
 def train_classifier_task(positive: list[str], negative: list[str], output_dir: str, config: ClassifierConfig,
-                          max_documents: int) -> dict:
-    from models.quality_classifier import train_classifier
+                          max_documents: int, force: bool = False) -> dict:
+    from models.quality_classifier import check_output, train_classifier
 
+    inputs = local_inputs(positive + negative) + corpus_files(positive + negative)
+    check_output(Path(output_dir), inputs, force)  # before the corpora are read
     positives = sample_corpus(positive, max_documents, seed=config.seed)
     negatives = sample_corpus(negative, max_documents, seed=config.seed + 1)
     sources = {"positive": corpus_identity(positive), "negative": corpus_identity(negative)}
-    return train_classifier(positives, negatives, Path(output_dir), config, sources=sources)
+    return train_classifier(positives, negatives, Path(output_dir), config, sources=sources, inputs=inputs, force=force)
 
 
 def confine_corpus(policy: PathPolicy, specs: list[str], field: str) -> list[str]:
@@ -73,8 +77,12 @@ def confine_corpus(policy: PathPolicy, specs: list[str], field: str) -> list[str
 
 
 @flow(name="train-perplexity")
-def train_perplexity_flow(reference: list[str], output_dir: str, config: PerplexityConfig = PerplexityConfig()) -> dict:
+def train_perplexity_flow(reference: list[str], output_dir: str, config: PerplexityConfig = PerplexityConfig(),
+                          force: bool = False) -> dict:
     """Train a CCNet-style KenLM perplexity model on reference text (text, JSONL or Parquet).
+
+    ``output_dir`` may be an earlier model or an empty folder; ``force`` replaces another (never
+    one that holds the reference text).
 
     A run from a deployment has its paths confined to the data root (``pretrain.paths``).
     """
@@ -82,13 +90,17 @@ def train_perplexity_flow(reference: list[str], output_dir: str, config: Perplex
     if policy is not None:
         reference = confine_corpus(policy, reference, "reference")
         output_dir = str(policy.path(output_dir, "output_dir"))
-    return train_perplexity_task(reference, output_dir, config)
+    return train_perplexity_task(reference, output_dir, config, force)
 
 
 @flow(name="train-classifier")
 def train_classifier_flow(positive: list[str], negative: list[str], output_dir: str,
-                          config: ClassifierConfig = ClassifierConfig(), max_documents: int = 20_000) -> dict:
+                          config: ClassifierConfig = ClassifierConfig(), max_documents: int = 20_000,
+                          force: bool = False) -> dict:
     """Train the quality classifier: reference text (positive) vs web documents (negative).
+
+    ``output_dir`` may be an earlier classifier or an empty folder; ``force`` replaces another
+    (never one that holds the training text).
 
     A run from a deployment has its paths confined to the data root (``pretrain.paths``).
     """
@@ -99,7 +111,7 @@ def train_classifier_flow(positive: list[str], negative: list[str], output_dir: 
     from models.quality_classifier import check_distinct_corpora
 
     check_distinct_corpora(positive, negative)
-    return train_classifier_task(positive, negative, output_dir, config, max_documents)
+    return train_classifier_task(positive, negative, output_dir, config, max_documents, force)
 
 
 # ---------------------------------------------------------------- scoring
@@ -268,6 +280,8 @@ def score_flow(config: QualityConfig, input_dir: str, output_dir: str, ray_confi
     shards = parquet_shards(input_dir)
     out = Path(output_dir)
     work = out / ".scores"
+    out.mkdir(parents=True, exist_ok=True)
+    stale = claim_output(out, "quality", [shard.stem for shard in shards], logger)
     ensure_ray(ray_config)
     logger.info("scoring %d shard(s) with %s", len(shards),
                 ", ".join(p for p in (config.perplexity_model, config.classifier_model) if p))
@@ -279,6 +293,7 @@ def score_flow(config: QualityConfig, input_dir: str, output_dir: str, ray_confi
                                  cutoffs, model_lang) for s in sorted(scored_ok)]
     applied = ray.get(refs)
     summary = summarize(applied, failures, cutoffs, hits, loads, time.perf_counter() - started)
+    summary["stale_removed"] = stale
     write_info_json(out, stage="quality", code=code_version(*QUALITY_MODULES), config=config.model_dump(),
                     inputs=[str(s) for s in shards])
     write_report(out, summary)

@@ -24,8 +24,8 @@ from prefect import flow, get_run_logger, task
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import (
-    SHARD_TASK_OPTIONS, file_identity, funnel_table, gather, output_lock, parameter_policy, publish_markdown,
-    write_report,
+    SHARD_TASK_OPTIONS, claim_output, file_identity, funnel_table, gather, output_lock, parameter_policy,
+    publish_markdown, write_report,
 )
 from pretrain.config import RayConfig, TokenizeConfig
 from pretrain.paths import PathPolicy
@@ -158,6 +158,7 @@ def _tokenize(config: TokenizeConfig, shards: list[tuple[str, Path]], surveys: l
     logger = get_run_logger()
     started = time.perf_counter()
     (out / INDEX_FILE).unlink(missing_ok=True)  # present only while the folder is complete and consistent
+    stale = claim_output(out, "tokenize", [name for name, _ in shards], logger)  # an earlier run's other .bin files
     ensure_ray(ray_config)
 
     runner = tokenizer_task.with_options(refresh_cache=not (out / TOKENIZER_FILE).is_file())
@@ -183,6 +184,7 @@ def _tokenize(config: TokenizeConfig, shards: list[tuple[str, Path]], surveys: l
 
     index = build_index(reports, {**tokenizer, "sha256": digest}, config) if not failures else None
     summary = summarize(index, reports, failures, tokenizer, time.perf_counter() - started, cache_hits)
+    summary["stale_removed"] = stale
     summary["warnings"] = [shortfall] if shortfall else []
     summary["val_warning"] = empty_validation(index, config) if index else None
     if summary["val_warning"]:
@@ -193,7 +195,6 @@ def _tokenize(config: TokenizeConfig, shards: list[tuple[str, Path]], surveys: l
     if failures:
         raise TokenizeFailed(f"{len(failures)} of {len(shards)} shards failed: "
                              + "; ".join(f"{f['input']} ({f['error']})" for f in failures))
-    _remove_stale(out, {name for name, _ in shards})
     write_index(out, index)
     publish(summary)
     logger.info("tokenize: %d documents, %d train and %d val tokens (%d shard(s) from cache)",
@@ -222,10 +223,3 @@ def check_input_shards(paths: list[Path]) -> None:
     if problems:
         raise TokenizeFailed(f"{len(problems)} of {len(paths)} input shards are unusable: " + "; ".join(problems))
 
-
-def _remove_stale(out: Path, names: set[str]) -> None:
-    """Token files of shards no longer among the inputs (an earlier run's) must not linger."""
-    for split in SPLITS:
-        for path in (out / split).glob("*.bin"):
-            if path.stem not in names:
-                path.unlink()

@@ -6,16 +6,24 @@ rename: no permutation of weights. With tied embeddings ``lm_head.weight`` is le
 out of the file, as ``save_pretrained`` does; transformers ties it back on load.
 
 The folder is written under a temporary name beside ``out_dir`` and renamed into
-place, so a reader never sees half an export.
+place, so a reader never sees half an export. It replaces only an earlier export (its
+``info.json`` says ``"stage": "export-hf"``) or an empty folder, unless forced, and never
+a folder that holds the export's input (``pretrain.outputs.check_replaceable``).
+
+The tokenizer files declare ``<|pad|>`` as the pad token when the tokenizer has it, pad on
+the left (batched generation continues each prompt from its last token) and return only
+``input_ids`` and ``attention_mask``, the inputs ``LlamaForCausalLM`` takes.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 import uuid
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import torch
 from safetensors.torch import save_file
@@ -23,9 +31,13 @@ from torch import nn
 
 from models.transformer import ffn_hidden
 from pretrain.config import ModelConfig
-from pretrain.provenance import replace_dir
+from pretrain.outputs import check_replaceable, json_field_is
+from pretrain.provenance import code_version, replace_dir, write_info_json
 
 EOS_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<|pad|>"  # tasks.tokenize.PAD_TOKEN
+COMMAND = "export-hf"
+MODEL_INPUT_NAMES = ["input_ids", "attention_mask"]  # no token_type_ids: LlamaForCausalLM takes none
 _WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile, DDP / DeepSpeed engine
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
@@ -35,6 +47,7 @@ def hf_config(
     dtype: torch.dtype = torch.float32,
     bos_token_id: int | None = None,
     eos_token_id: int | None = None,
+    pad_token_id: int | None = None,
 ) -> dict:
     """config.json of the LlamaForCausalLM with this shape."""
     dtype_name = _DTYPE_NAMES[dtype]
@@ -59,6 +72,7 @@ def hf_config(
         "tie_word_embeddings": cfg.tie_embeddings,
         "bos_token_id": bos_token_id,
         "eos_token_id": eos_token_id,
+        "pad_token_id": pad_token_id,
         "torch_dtype": dtype_name,  # transformers < 5
         "dtype": dtype_name,  # transformers >= 5
         "use_cache": True,
@@ -106,22 +120,43 @@ def _check_keys(hf_keys: Mapping[str, torch.Tensor], cfg: ModelConfig) -> None:
         )
 
 
-def _write_tokenizer(folder: Path, tokenizer_file: Path, eos_token: str, max_seq_len: int) -> None:
+def _write_tokenizer(folder: Path, tokenizer_file: Path, eos_token: str, pad_token: str | None,
+                     max_seq_len: int) -> None:
     shutil.copyfile(tokenizer_file, folder / "tokenizer.json")
+    special = {"eos_token": eos_token, **({"pad_token": pad_token} if pad_token else {})}
     tokenizer_config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "eos_token": eos_token,
+        **special,
         "model_max_length": max_seq_len,
+        "padding_side": "left",
+        "model_input_names": MODEL_INPUT_NAMES,
         "clean_up_tokenization_spaces": False,
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
-    (folder / "special_tokens_map.json").write_text(json.dumps({"eos_token": eos_token}, indent=2) + "\n")
+    (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
 
 
 def _token_id(tokenizer_file: Path, token: str) -> int | None:
     from tokenizers import Tokenizer
 
     return Tokenizer.from_file(str(tokenizer_file)).token_to_id(token)
+
+
+def is_export(folder: Path) -> bool:
+    """True for a folder this module wrote (its info.json names the export-hf stage)."""
+    return json_field_is(Path(folder) / "info.json", "stage", COMMAND)
+
+
+def check_output(out_dir: Path, inputs: Iterable[Path | str] = (), force: bool = False) -> None:
+    """Raise OutputRefused unless an export may replace ``out_dir`` (see the module docstring)."""
+    check_replaceable(Path(out_dir), COMMAND, is_export, inputs, force, marker="info.json")
+
+
+def _save_weights(tensors: dict, folder: Path, like: Path) -> None:
+    """model.safetensors, with the permissions of ``like`` (safetensors creates its file 0600)."""
+    path = folder / "model.safetensors"
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    os.chmod(path, stat.S_IMODE(like.stat().st_mode))
 
 
 def export_hf(
@@ -134,32 +169,43 @@ def export_hf(
     eos_token: str = EOS_TOKEN,
     bos_token_id: int | None = None,
     eos_token_id: int | None = None,
+    inputs: Iterable[Path | str] = (),
+    force: bool = False,
 ) -> Path:
     """Write config.json and model.safetensors (and the tokenizer files when
     tokenizer_file is given) so ``LlamaForCausalLM.from_pretrained(out_dir)`` and
-    ``AutoTokenizer.from_pretrained(out_dir)`` load it. Returns out_dir.
+    ``AutoTokenizer.from_pretrained(out_dir)`` load it, and info.json. Returns out_dir.
 
     eos_token_id defaults to the id of eos_token in the tokenizer, when there is one.
+    ``inputs``: what the export was made from (a run folder, its checkpoint): recorded, and
+    never replaced; ``force`` replaces a non-empty folder that is not an earlier export.
     """
     if dtype not in _DTYPE_NAMES:
         raise ValueError(f"dtype must be one of {list(_DTYPE_NAMES.values())}, got {dtype}")
     out_dir = Path(out_dir)
+    inputs = [str(path) for path in inputs] + ([str(tokenizer_file)] if tokenizer_file is not None else [])
+    check_output(out_dir, inputs, force)
     state_dict = (
         model_or_state_dict.state_dict() if isinstance(model_or_state_dict, nn.Module) else model_or_state_dict
     )
     tensors = hf_state_dict(state_dict, cfg, dtype)
     if tokenizer_file is not None and eos_token_id is None:
         eos_token_id = _token_id(Path(tokenizer_file), eos_token)
+    pad_token_id = _token_id(Path(tokenizer_file), PAD_TOKEN) if tokenizer_file is not None else None
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
     try:
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        config = hf_config(cfg, dtype, bos_token_id, eos_token_id)
+        config = hf_config(cfg, dtype, bos_token_id, eos_token_id, pad_token_id)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        _save_weights(tensors, tmp, like=tmp / "config.json")
         if tokenizer_file is not None:
-            _write_tokenizer(tmp, Path(tokenizer_file), eos_token, cfg.max_seq_len)
+            pad_token = PAD_TOKEN if pad_token_id is not None else None
+            _write_tokenizer(tmp, Path(tokenizer_file), eos_token, pad_token, cfg.max_seq_len)
+        write_info_json(tmp, stage=COMMAND, code=code_version("models.export_hf"), config=cfg.model_dump(),
+                        inputs=inputs, dtype=_DTYPE_NAMES[dtype])
+        check_output(out_dir, inputs, force)  # again: the folder may have been filled meanwhile
         replace_dir(tmp, out_dir)
     finally:
         if tmp.exists():

@@ -37,6 +37,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from pretrain.config import PerplexityConfig
+from pretrain.outputs import check_replaceable, local_inputs
 from tasks.quality.corpus import corpus_files, iter_corpus
 
 log = logging.getLogger(__name__)
@@ -231,6 +232,20 @@ def _build_kenlm(pieces_path: Path, binary_path: Path, cfg: PerplexityConfig, bi
     _run_tool([str(build_binary), str(arpa), str(binary_path)])
 
 
+def is_perplexity_model(folder: Path) -> bool:
+    """True for a folder train_perplexity_model wrote (its model.json has the sentencepiece model type)."""
+    try:
+        return "sentencepiece_model_type" in json.loads((Path(folder) / MODEL_JSON).read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def check_output(output_dir: Path, reference: list[str], force: bool = False) -> None:
+    """Raise OutputRefused unless a new model may replace ``output_dir`` (``pretrain.outputs``)."""
+    inputs = local_inputs(reference) + corpus_files(reference)
+    check_replaceable(Path(output_dir), "train-perplexity", is_perplexity_model, inputs, force, marker=MODEL_JSON)
+
+
 def _publish(staging: Path, output_dir: Path) -> None:
     """Rename the finished staging folder to ``output_dir`` (replacing an older model)."""
     if output_dir.exists():
@@ -262,7 +277,8 @@ def _model_info(cfg: PerplexityConfig, stats: dict, processor, corpus: dict, sta
 
 
 def train_perplexity_model(reference: list[str], output_dir: Path, cfg: PerplexityConfig, *,
-                           corpus_id: str | None = None, kenlm_bin_dir: str | Path | None = None) -> Path:
+                           corpus_id: str | None = None, kenlm_bin_dir: str | Path | None = None,
+                           force: bool = False) -> Path:
     """Train sentencepiece + a KenLM n-gram on reference text; write ``output_dir``.
 
     ``reference``: paths, globs or folders of text/JSONL/Parquet (see tasks.quality.corpus).
@@ -270,9 +286,11 @@ def train_perplexity_model(reference: list[str], output_dir: Path, cfg: Perplexi
     actually used, a prefix when ``cfg.max_train_chars`` cuts it, is pinned by its sha256).
     ``kenlm_bin_dir``: folder holding lmplz and build_binary (default: see find_kenlm_tool).
     The folder appears complete or not at all: it is built in a staging folder and renamed.
-    Returns ``output_dir`` holding sp.model, lm.binary and model.json.
+    It replaces only an earlier model or an empty folder (another with ``force``), never one
+    holding the reference text. Returns ``output_dir`` holding sp.model, lm.binary and model.json.
     """
     output_dir = Path(output_dir)
+    check_output(output_dir, reference, force)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = output_dir.with_name(f".{output_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
     build = staging / "build"
@@ -287,6 +305,7 @@ def train_perplexity_model(reference: list[str], output_dir: Path, cfg: Perplexi
         shutil.rmtree(build)
         info = _model_info(cfg, stats, processor, corpus, staging)
         (staging / MODEL_JSON).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        check_output(output_dir, reference, force)  # again: the folder may have been filled meanwhile
         _publish(staging, output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -45,6 +45,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import FeatureUnion, Pipeline
 
 from pretrain.config import ClassifierConfig
+from pretrain.outputs import check_replaceable, json_field_is
 from pretrain.provenance import replace_dir
 
 __all__ = [
@@ -114,9 +115,14 @@ class QualityClassifier:
             scores[wordy] = self.pipeline["model"].predict_proba(features)[:, positive]
         return scores
 
-    def save(self, output_dir: Path) -> Path:
-        """Write ``model.joblib`` and ``model.json`` into a temporary sibling folder, then rename it."""
+    def save(self, output_dir: Path, *, inputs: Sequence[Path | str] = (), force: bool = False) -> Path:
+        """Write ``model.joblib`` and ``model.json`` into a temporary sibling folder, then rename it.
+
+        Replaces only an earlier classifier or an empty folder (another with ``force``), never
+        a folder holding one of ``inputs`` (``check_output``).
+        """
         output_dir = Path(output_dir)
+        check_output(output_dir, inputs, force)
         output_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = output_dir.with_name(f".{output_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
         tmp.mkdir()
@@ -143,6 +149,16 @@ class QualityClassifier:
         pipeline = joblib.load(model_path)
         LOADS[str(model_dir.resolve())] += 1
         return cls(pipeline, metadata)
+
+
+def is_classifier(folder: Path) -> bool:
+    """True for a folder ``QualityClassifier.save`` wrote (its model.json's kind)."""
+    return json_field_is(Path(folder) / META_FILE, "kind", "quality_classifier")
+
+
+def check_output(output_dir: Path, inputs: Sequence[Path | str] = (), force: bool = False) -> None:
+    """Raise OutputRefused unless a classifier may replace ``output_dir`` (``pretrain.outputs``)."""
+    check_replaceable(Path(output_dir), "train-classifier", is_classifier, inputs, force, marker=META_FILE)
 
 
 def _check_compatible(metadata: dict, model_dir: Path) -> None:
@@ -228,13 +244,14 @@ def _check_counts(n_pos: int, n_neg: int, test_fraction: float) -> None:
 
 def train_classifier(
     positives: list[str], negatives: list[str], output_dir: Path, cfg: ClassifierConfig,
-    *, sources: dict | None = None,
+    *, sources: dict | None = None, inputs: Sequence[Path | str] = (), force: bool = False,
 ) -> dict:
     """Train on a stratified split, measure on the held-out part, save; returns model.json's content.
 
     Documents without a letter or digit are left out (and counted); ``sources`` (file lists,
-    dataset identities) is recorded as given.
+    dataset identities) is recorded as given. ``inputs`` and ``force``: see ``QualityClassifier.save``.
     """
+    check_output(Path(output_dir), inputs, force)
     started = time.perf_counter()
     pos = [t for t in _clip(positives, cfg.max_chars_per_doc) if _HAS_WORD.search(t)]
     neg = [t for t in _clip(negatives, cfg.max_chars_per_doc) if _HAS_WORD.search(t)]
@@ -257,7 +274,7 @@ def train_classifier(
     metadata["metrics"] = held_out_metrics(test_y, classifier.score(test_x))
     _check_separates(metadata["metrics"]["roc_auc"], cfg)
     metadata["training_seconds"] = round(time.perf_counter() - started, 3)
-    classifier.save(Path(output_dir))
+    classifier.save(Path(output_dir), inputs=inputs, force=force)
     return metadata
 
 

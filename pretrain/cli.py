@@ -38,10 +38,11 @@ def _fail(message: str, code: int = 2) -> None:
 def _clear_failures() -> tuple[type[Exception], ...]:
     """Failures whose message says everything (which folder, which field, which URL): no traceback, exit 2."""
     from flows.common import OutputInUse, OutputNotWritable
+    from pretrain.outputs import OutputRefused
     from pretrain.paths import UnsafePathError
     from tasks.fetch import FetchError
 
-    return OutputInUse, OutputNotWritable, UnsafePathError, FetchError
+    return OutputInUse, OutputNotWritable, OutputRefused, UnsafePathError, FetchError
 
 
 def _progress() -> Progress:
@@ -206,6 +207,7 @@ def train_perplexity(
     order: Optional[int] = typer.Option(None, help="n-gram order (default 5)."),
     vocab_size: Optional[int] = typer.Option(None, help="Sentencepiece vocabulary size (default 8000)."),
     config: Optional[Path] = typer.Option(None, help="A recipe YAML; its `quality.perplexity` section gives defaults."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty --output that is not an earlier model."),
 ) -> None:
     """Train a CCNet-style perplexity model: normalize, sentencepiece, KenLM n-gram, binarize."""
     from flows.quality import train_perplexity_flow
@@ -217,7 +219,7 @@ def train_perplexity(
     except ConfigError as error:
         _fail(str(error))
     try:
-        meta = train_perplexity_flow(reference=reference, output_dir=str(output), config=cfg)
+        meta = train_perplexity_flow(reference=reference, output_dir=str(output), config=cfg, force=force)
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         _fail(str(error))
     console.print(f"[green]perplexity model[/green] ({meta.get('lang')}, order {meta.get('order')}) in {output}")
@@ -230,6 +232,7 @@ def train_classifier(
     output: Path = typer.Option(..., "--output", "-o", help="Model folder to write (model.joblib, model.json)."),
     max_documents: int = typer.Option(20_000, help="Documents sampled per class, at most."),
     config: Optional[Path] = typer.Option(None, help="A recipe YAML; its `quality.classifier` section gives defaults."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty --output that is not an earlier classifier."),
 ) -> None:
     """Train the quality classifier (hashed n-grams + logistic SGD) and report held-out metrics."""
     from flows.quality import train_classifier_flow
@@ -240,7 +243,7 @@ def train_classifier(
         _fail(str(error))
     try:
         meta = train_classifier_flow(positive=positive, negative=negative, output_dir=str(output), config=cfg,
-                                     max_documents=max_documents)
+                                     max_documents=max_documents, force=force)
     except (FileNotFoundError, ValueError) as error:
         _fail(str(error))
     console.print(f"[green]classifier[/green] in {output}: " + json.dumps(meta.get("metrics", meta), default=str))
@@ -390,9 +393,11 @@ def export_hf_command(
     run_dir: Path = typer.Option(..., "--run", help="A training run folder."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder for config.json + model.safetensors (+ tokenizer)."),
     tag: Optional[str] = typer.Option(None, help="Checkpoint tag (default: the newest undamaged, e.g. step100)."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty --output that is not an earlier export."),
 ) -> None:
     """Export a checkpoint as a Hugging Face `LlamaForCausalLM` folder (loads with transformers)."""
-    from models.export_hf import export_hf
+    from models.export_hf import check_output, export_hf
+    from pretrain.outputs import OutputRefused
     from tasks.train.checkpoint import checkpoint_folder, checkpoint_root, consolidate_fp32, saved_model_shape
     from tasks.train.main import load_train_config
 
@@ -400,6 +405,12 @@ def export_hf_command(
     if not config_path.is_file():
         _fail(f"{run_dir} is not a training run folder (no train_config.json)")
     cfg = load_train_config(config_path)
+    tokenizer = Path(cfg.data_dir) / "tokenizer.json"
+    inputs = [run_dir, checkpoint_root(run_dir), *([tokenizer] if tokenizer.is_file() else [])]
+    try:
+        check_output(output, inputs, force)  # before the checkpoint is read
+    except OutputRefused as error:
+        _fail(str(error))
     try:
         folder = checkpoint_folder(checkpoint_root(run_dir), tag,  # its files checked against its manifest
                                    say=lambda line: console.print(f"[yellow]warning:[/yellow] {line}"))
@@ -413,8 +424,11 @@ def export_hf_command(
     from pretrain.config import ModelConfig
 
     model_cfg = ModelConfig.model_validate(shape)
-    tokenizer = Path(cfg.data_dir) / "tokenizer.json"
-    out = export_hf(state, model_cfg, output, tokenizer_file=tokenizer if tokenizer.is_file() else None)
+    try:
+        out = export_hf(state, model_cfg, output, tokenizer_file=tokenizer if tokenizer.is_file() else None,
+                        inputs=[run_dir, folder], force=force)
+    except OutputRefused as error:
+        _fail(str(error))
     console.print(f"[green]exported[/green] {out} (LlamaForCausalLM, {len(state)} tensors)")
 
 

@@ -95,7 +95,8 @@ def test_export_replaces_atomically_and_rejects_a_wrong_config(tmp_path):
     export_hf(ours, cfg, out)
     (out / "stale.txt").write_text("from an older export")
     export_hf(ours, cfg, out)
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "info.json", "model.safetensors"]
+    assert json.loads((out / "info.json").read_text())["stage"] == "export-hf"  # what marks it as an export
     with pytest.raises(ValueError, match=r"missing \['model.layers.2"):
         export_hf(ours, cfg.model_copy(update={"n_layers": 3}), tmp_path / "bad")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]  # no temp folders, no partial export
@@ -122,3 +123,73 @@ def test_tokenizer_files_load_with_auto_tokenizer(tmp_path):
     ids = hf_tok("the lazy fox").input_ids
     assert ids == tok.encode("the lazy fox").ids and hf_tok.decode(ids) == "the lazy fox"
     assert load_hf(out).config.eos_token_id == 1
+
+
+# ---------------------------------------------------------------- a trained model, batched generation
+
+
+@pytest.fixture(scope="module")
+def trained_export(tmp_path_factory):
+    """A tiny model trained a few steps on a real book tokenized by the real tokenize stage, exported."""
+    from conftest import shared_data
+    from tiny_run import tiny_run
+    from train_fixtures import build_token_shards
+
+    root = tmp_path_factory.mktemp("trained-export")
+    book = shared_data("reference", "en", "Pride_and_Prejudice_JaneAusten.txt.gz")
+    shards = build_token_shards([book], root / "shards", vocab_size=512)
+    run_dir, model, losses = tiny_run(shards, root / "run")
+    out = export_hf(model, model.cfg, root / "hf", tokenizer_file=shards / "tokenizer.json", inputs=[run_dir])
+    return out, model, losses
+
+
+def greedy(model, ids: list[int], new_tokens: int, eos_id: int) -> list[int]:
+    """Our model's greedy continuation, stopping after EOS."""
+    out = []
+    with torch.no_grad():
+        for _ in range(new_tokens):
+            logits = logits_of(model, torch.tensor([ids + out]))
+            out.append(int(logits[0, -1].argmax()))
+            if out[-1] == eos_id:
+                break
+    return out
+
+
+def test_exported_tokenizer_declares_pad_pads_left_and_a_batch_of_two_prompts_generates(trained_export, ledger):
+    out, ours, losses = trained_export
+    assert losses[-1] < losses[0] - 0.5  # it did train
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    hf = load_hf(out)
+    assert tok.pad_token == "<|pad|>" and tok.pad_token_id is not None and tok.pad_token_id != tok.eos_token_id
+    assert hf.config.pad_token_id == tok.pad_token_id and hf.config.eos_token_id == tok.eos_token_id
+    assert tok.model_input_names == ["input_ids", "attention_mask"] and tok.padding_side == "left"
+    one = tok("It is a truth universally acknowledged", return_tensors="pt")
+    assert sorted(one) == ["attention_mask", "input_ids"]  # no token_type_ids for generate() to refuse
+    hf.generate(**one, max_new_tokens=2, do_sample=False)
+
+    prompts = ["It is a truth universally acknowledged, that a single man", "Mr. Darcy said"]
+    batch = tok(prompts, return_tensors="pt", padding=True)
+    lengths = [len(tok(p).input_ids) for p in prompts]
+    assert lengths[0] > lengths[1]
+    assert batch.attention_mask[1].tolist() == [0] * (lengths[0] - lengths[1]) + [1] * lengths[1]  # padded left
+    new = 8
+    generated = hf.generate(**batch, max_new_tokens=new, do_sample=False)[:, batch.input_ids.shape[1]:]
+    for row, prompt in zip(generated.tolist(), prompts):
+        expected = greedy(ours, tok(prompt).input_ids, new, tok.eos_token_id)
+        got = row[: len(expected)]
+        assert got == expected, (prompt, got, expected)  # the padded prompt continues as it does alone
+        assert all(t == tok.pad_token_id for t in row[len(expected):])
+    ledger("the exported HF folder: no pad token, token_type_ids from the tokenizer, generate() on a batch",
+           "pad <|pad|> declared, left padding, input_ids + attention_mask only; a batch of 2 prompts of "
+           "different lengths generates what each prompt generates alone", prompts=len(prompts), new_tokens=new)
+
+
+def test_exported_files_share_one_mode(trained_export, tmp_path):
+    import stat
+
+    out = trained_export[0]
+    (tmp_path / "probe").write_text("x")  # what this process's umask gives a new file
+    expected = stat.S_IMODE((tmp_path / "probe").stat().st_mode)
+    modes = {path.name: oct(stat.S_IMODE(path.stat().st_mode)) for path in out.iterdir()}
+    assert set(modes) >= {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "info.json"}
+    assert set(modes.values()) == {oct(expected)}, modes
