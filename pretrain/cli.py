@@ -18,6 +18,7 @@ from pretrain.config import (
     TrainConfig, deep_merge, load_recipe, parse_override, validate_config,
 )
 from pretrain.paths import require_folder
+from pretrain.prefect_exit import quiet_temporary_server
 
 # An offline tool: the local Prefect server must not try to phone home (set before Prefect is imported).
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -28,6 +29,12 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console(stderr=True)
+
+
+@app.callback()
+def _every_command(ctx: typer.Context) -> None:
+    # A temporary Prefect server is stopped only once what the command ran is recorded (no shutdown tracebacks).
+    ctx.call_on_close(quiet_temporary_server())
 
 
 def _fail(message: str, code: int = 2) -> None:
