@@ -17,7 +17,7 @@ from pretrain.config import (
     ConfigError, DedupConfig, IngestConfig, PerplexityConfig, PipelineConfig, QualityConfig, TokenizeConfig,
     TrainConfig, deep_merge, load_recipe, parse_override, validate_config,
 )
-from pretrain.paths import require_folder
+from pretrain.paths import require_folder, root_is_configured
 from pretrain.prefect_exit import quiet_temporary_server
 
 # An offline tool: the local Prefect server must not try to phone home (set before Prefect is imported).
@@ -51,6 +51,12 @@ def _clear_failures() -> tuple[type[Exception], ...]:
 
     return OutputInUse, OutputNotWritable, OutputRefused, UnsafePathError, FetchError
 
+
+def _require_input(folder: Path) -> None:
+    """Say at once that an input folder does not exist. Under PRETRAIN_DATA_ROOT a relative path is the root's,
+    so the flow checks it after resolving (and confining) it."""
+    if not root_is_configured():
+        require_folder(folder, "--input")
 
 def _progress() -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -150,7 +156,7 @@ def filter_(
         _fail(str(error))
     ray_cfg = recipe.ray.model_copy(update={"num_cpus": num_cpus} if num_cpus else {})
     try:
-        require_folder(input, "--input")
+        _require_input(input)
         summary = _run_with_progress("filter", lambda: filter_flow(
             config=recipe.filter, input_dir=str(input), output_dir=str(output), ray_config=ray_cfg))
     except FilterFailed as error:
@@ -189,7 +195,7 @@ def dedup(
         _fail(str(error))
     ray_cfg = recipe.ray.model_copy(update={"num_cpus": num_cpus} if num_cpus else {})
     try:
-        require_folder(input, "--input")
+        _require_input(input)
         summary = _run_with_progress("dedup", lambda: dedup_flow(
             config=cfg, input_dir=str(input), output_dir=str(output), ray_config=ray_cfg))
     except _clear_failures() as error:
@@ -283,7 +289,7 @@ def score(
         _fail(str(error))
     ray_cfg = recipe.ray.model_copy(update={"num_cpus": num_cpus} if num_cpus else {})
     try:
-        require_folder(input, "--input")
+        _require_input(input)
         summary = _run_with_progress("quality", lambda: score_flow(
             config=cfg, input_dir=str(input), output_dir=str(output), ray_config=ray_cfg))
     except QualityFailed as error:
@@ -323,7 +329,7 @@ def tokenize(
     ray_cfg = recipe.ray.model_copy(update={"num_cpus": num_cpus} if num_cpus else {})
     try:
         for folder in input:
-            require_folder(folder, "--input")
+            _require_input(folder)
         summary = _run_with_progress("tokenize", lambda: tokenize_flow(
             config=cfg, input_dirs=[str(p) for p in input], output_dir=str(output), ray_config=ray_cfg))
     except TokenizeFailed as error:
@@ -512,8 +518,6 @@ def _check_output_free(folder: Path, stage: str) -> None:
     """Refuse a folder another run holds before the flow starts, so that the refusal is one line, not a failed
     flow run's traceback (the flow takes the lock itself; under PRETRAIN_DATA_ROOT it resolves the folder)."""
     from flows.common import output_lock
-    from pretrain.paths import root_is_configured
-
     if folder.is_dir() and not root_is_configured():
         with output_lock(folder, stage):
             pass

@@ -5,7 +5,7 @@ sends it SIGTERM at interpreter exit. Its task-run recorder writes one event per
 transaction by default, so a flow of a few hundred tasks leaves a backlog at exit: the
 write in progress is cancelled ("Error flushing 1 events ... CancelledError" tracebacks
 after a successful command) and the rest of the backlog is never recorded. Here the
-temporary server's recorder writes in batches, and the command waits (bounded) until
+temporary server's recorder writes in batches, it gets longer to start, and the command waits (bounded) until
 what it ran is recorded before stopping the server itself.
 """
 
@@ -18,9 +18,11 @@ from datetime import datetime, timezone
 from typing import Callable
 
 # Read by a server this process starts, never by a server elsewhere.
-TEMPORARY_RECORDER_ENV = {
+TEMPORARY_SERVER_ENV = {
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "500",
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "1",  # seconds; the recorder rounds down
+    # Prefect's 20 s was seen to run out on a busy 2-core machine (a first start migrates the database)
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 }
 SETTLE_BOUND_S = 10.0
 QUIET_FOR_S = 1.5  # longer than one flush interval: a write that was due has happened
@@ -46,8 +48,8 @@ def _batch_temporary_recorder() -> list[str]:
     """Set before Prefect starts a server; a user's own values win. Returns the names set."""
     if "prefect.settings" in sys.modules and not uses_temporary_server():
         return []  # this process already talks to a server that is not its own (a test harness's, say)
-    added = [name for name in TEMPORARY_RECORDER_ENV if name not in os.environ]
-    os.environ.update({name: TEMPORARY_RECORDER_ENV[name] for name in added})
+    added = [name for name in TEMPORARY_SERVER_ENV if name not in os.environ]
+    os.environ.update({name: TEMPORARY_SERVER_ENV[name] for name in added})
     return added
 
 
