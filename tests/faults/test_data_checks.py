@@ -18,16 +18,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import shared_data
-from faultlib import part_files
+from test_dedup import run_stages  # the four dedup stages as plain functions
 from typer.testing import CliRunner
 
 from pretrain.cli import app
 from pretrain.config import ClassifierConfig, ConfigError, DedupConfig, TokenizeConfig, validate_config
-from tasks.dedup.apply import write_deduped_shard
-from tasks.dedup.buckets import find_edges
-from tasks.dedup.clusters import build_clusters, choose_kept, connected_components, unique_pairs
-from tasks.dedup.hashing import hash_shard
-from tasks.dedup.layout import Layout, key_slots
+from tasks.dedup.clusters import choose_kept, connected_components, unique_pairs
 
 pytestmark = pytest.mark.faults
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -70,17 +66,6 @@ def test_cluster_steps_accept_an_empty_edge_list(ledger):
     assert choose_kept(root, np.zeros(0, np.uint32), nodes).size == 0
     ledger("dedup: unique_pairs / choose_kept on an empty edge list (data without duplicates)",
            "empty result, no IndexError", edges=0)
-
-
-def run_stages(inputs: list[Path], out: Path, config: DedupConfig) -> tuple[dict, list[dict]]:
-    layout, names = Layout(out), [p.stem for p in inputs]
-    for path in inputs:
-        hash_shard(path, path.stem, layout, config)
-    for slot_index, slot in enumerate(key_slots(config)):
-        for part in range(config.hash_partitions):
-            find_edges(layout, names, slot_index, slot, part, config)
-    summary = build_clusters(layout, names, inputs, config)
-    return summary, [write_deduped_shard(p, layout.cluster_table(p.stem), layout.output_shard(p.stem)) for p in inputs]
 
 
 def distinct_cases(name: str, folder: Path) -> list[Path]:
