@@ -12,7 +12,7 @@ from prefect.futures import as_completed
 from prefect.tasks import exponential_backoff
 
 from pretrain.outputs import claim_shards
-from pretrain.paths import PathPolicy, policy_from_env, require_folder, root_is_configured
+from pretrain.paths import PathPolicy, parquet_files, policy_from_env, root_is_configured
 from pretrain.progress import report_progress
 from pretrain.provenance import atomic_write_text, exclusive_lock
 from tasks.errors import describe_error, is_transient_error
@@ -66,11 +66,8 @@ def file_identity(path: str | Path) -> str:
 
 
 def parquet_shards(folder: str | Path) -> list[Path]:
-    """The complete shards of a stage folder (temporary ``.*.part`` files never match)."""
-    shards = sorted(require_folder(folder, "input").glob("*.parquet"))
-    if not shards:
-        raise FileNotFoundError(f"no Parquet shards (*.parquet) in {folder}")
-    return shards
+    """The complete shards of a stage folder; see ``pretrain.paths.parquet_files``."""
+    return parquet_files(folder)
 
 
 def claim_output(folder: Path, stage: str, names, logger) -> list[str]:

@@ -17,7 +17,7 @@ from pretrain.config import (
     ConfigError, DedupConfig, IngestConfig, PerplexityConfig, PipelineConfig, QualityConfig, TokenizeConfig,
     TrainConfig, deep_merge, load_recipe, parse_override, validate_config,
 )
-from pretrain.paths import require_folder, root_is_configured
+from pretrain.paths import parquet_files, require_folder, root_is_configured
 from pretrain.prefect_exit import quiet_temporary_server
 
 # An offline tool: the local Prefect server must not try to phone home (set before Prefect is imported).
@@ -53,10 +53,11 @@ def _clear_failures() -> tuple[type[Exception], ...]:
 
 
 def _require_input(folder: Path) -> None:
-    """Say at once that an input folder does not exist. Under PRETRAIN_DATA_ROOT a relative path is the root's,
-    so the flow checks it after resolving (and confining) it."""
+    """Say at once that an input folder does not exist, holds no shards, or a shard that is not a regular file.
+    Under PRETRAIN_DATA_ROOT a relative path is the root's, so the flow checks it after resolving (and confining) it."""
     if not root_is_configured():
         require_folder(folder, "--input")
+        parquet_files(folder)
 
 def _progress() -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -163,7 +164,7 @@ def filter_(
         _fail(f"{error}\nreport: {output / 'report.json'}", code=1)
     except _clear_failures() as error:
         _fail(str(error))
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:
         _fail(str(error))
     console.print(f"[green]kept[/green] {summary.get('documents_kept', 0)} of {summary.get('documents_in', 0)} "
                   f"documents ({summary.get('cache_hits', 0)} shard(s) from cache)")

@@ -126,3 +126,18 @@ def require_folder(folder: str | Path, what: str) -> Path:
     if not path.is_dir():
         raise FileNotFoundError(f"{what} {path}: not a folder (give the folder that holds the shards)")
     return path
+
+
+def parquet_files(folder: str | Path) -> list[Path]:
+    """The ``*.parquet`` files of an input folder, sorted (temporary ``.*.part`` files never match).
+
+    None at all, or one that is not a regular file (a named pipe would block its reader forever),
+    is an error naming the folder or the files.
+    """
+    shards = sorted(require_folder(folder, "input").glob("*.parquet"))
+    if not shards:
+        raise FileNotFoundError(f"no Parquet shards (*.parquet) in {folder}")
+    irregular = [str(path) for path in shards if not path.is_file()]
+    if irregular:
+        raise ValueError(f"input shards that are not regular files (a named pipe, a device or a folder): {irregular}")
+    return shards

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from pretrain.config import TokenizeConfig, weight_problems
-from pretrain.paths import require_folder
+from pretrain.paths import parquet_files
 from pretrain.provenance import atomic_write_bytes, atomic_write_text, part_path
 from tasks.sampling import reservoir_sample
 from tasks.shards import AtomicOutput
@@ -62,10 +62,7 @@ def input_shards(input_dirs: list[str]) -> list[tuple[str, Path]]:
     """(output name, path) of every ``*.parquet`` in the folders; a name clash is resolved by the folder name."""
     paths: list[Path] = []
     for folder in input_dirs:
-        found = sorted(require_folder(folder, "input").glob("*.parquet"))
-        if not found:
-            raise FileNotFoundError(f"no Parquet shards (*.parquet) in {folder}")
-        paths += found
+        paths += parquet_files(folder)
     stems = Counter(path.stem for path in paths)
     named = [(path.stem if stems[path.stem] == 1 else f"{path.parent.name}-{path.stem}", path) for path in paths]
     clashes = sorted(name for name, n in Counter(name for name, _ in named).items() if n > 1)

@@ -288,3 +288,15 @@ def test_a_successful_command_ends_without_tracebacks_or_notices(ingest_beside_a
         assert noise not in stderr, f"{noise!r} in a successful run's stderr:\n{stderr[-3000:]}"
     ledger("a successful `pretrain ingest`: its stderr", "no traceback, no Ray token-auth notice",
            lines=stderr.count("\n"))
+
+
+@pytest.mark.parametrize("command", ["filter", "dedup", "quality score", "tokenize"])
+def test_a_named_pipe_among_the_input_shards_is_refused_without_hanging(command, tmp_path, ledger):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    os.mkfifo(folder / "shard.parquet")  # a reader would block on it forever
+    result = invoke(*command.split(), "--input", folder, "--output", tmp_path / "out")
+    assert_clear_error(result, "not regular files", str(folder / "shard.parquet"))
+    assert not (tmp_path / "out").exists()
+    ledger("filter/dedup/quality score/tokenize with a named pipe as a *.parquet input shard",
+           "rc 2 naming the file, before anything opens it", commands=1)
