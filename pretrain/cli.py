@@ -48,8 +48,9 @@ def _clear_failures() -> tuple[type[Exception], ...]:
     from pretrain.outputs import OutputRefused
     from pretrain.paths import UnsafePathError
     from tasks.fetch import FetchError
+    from tasks.ray_runtime import RayUnreachable
 
-    return OutputInUse, OutputNotWritable, OutputRefused, UnsafePathError, FetchError
+    return OutputInUse, OutputNotWritable, OutputRefused, UnsafePathError, FetchError, RayUnreachable
 
 
 def _require_input(folder: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 from typing import Iterator
 
 import ray
@@ -17,6 +18,7 @@ import tasks
 from pretrain.config import RayConfig
 
 LOOPBACK = "127.0.0.1"
+REACH_TIMEOUT_S = 10.0  # a cluster head on the network answers a TCP connect in well under that
 TOKEN_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
@@ -90,6 +92,26 @@ def start_local_ray(num_cpus: int | None, object_store_memory_mb: int) -> None:
         )
 
 
+class RayUnreachable(RuntimeError):
+    """The configured Ray cluster does not answer."""
+
+
+def check_reachable(address: str, timeout_s: float = REACH_TIMEOUT_S) -> None:
+    """Fail within ``timeout_s`` when nothing listens at a ``host:port`` (or ``ray://host:port``) address.
+
+    ``ray.init`` retries a GCS that does not answer without end; this probe bounds the wait for the
+    common cases (a wrong port, a stopped cluster). ``auto`` and other forms are left to Ray.
+    """
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as error:
+        raise RayUnreachable(f"Ray cluster at {address} does not answer ({error}); check --ray-address, "
+                             "RAY_ADDRESS or ray.address, or leave them unset for a local instance") from error
+
+
 def ensure_ray(cfg: RayConfig) -> bool:
     """Initialise Ray unless it already is; True when this call started it.
 
@@ -101,6 +123,7 @@ def ensure_ray(cfg: RayConfig) -> bool:
         return False
     address = ray_address(cfg)
     if address:
+        check_reachable(address)
         _bound_oom_retries()
         ray.init(
             address=address,

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -300,3 +301,20 @@ def test_a_named_pipe_among_the_input_shards_is_refused_without_hanging(command,
     assert not (tmp_path / "out").exists()
     ledger("filter/dedup/quality score/tokenize with a named pipe as a *.parquet input shard",
            "rc 2 naming the file, before anything opens it", commands=1)
+
+
+# ---------------------------------------------------------------- a Ray address nothing listens at
+
+
+def test_a_ray_address_nothing_listens_at_fails_in_bounded_time_naming_it(ledger):
+    from tasks.ray_runtime import RayUnreachable, check_reachable
+
+    with socket.socket() as probe:  # a port that was just free: nothing listens there now
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        with pytest.raises(RayUnreachable, match=rf"Ray cluster at {re.escape(address)} does not answer"):
+            check_reachable(address, timeout_s=5)
+    check_reachable("auto")  # left to Ray
+    ledger("--ray-address / RAY_ADDRESS where nothing listens", "RayUnreachable naming the address within 10 s, "
+           "CLI exit 2 (was: ray.init retried without end)", addresses=2)
