@@ -21,8 +21,8 @@ from prefect.artifacts import create_image_artifact, create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import (
-    SHARD_TASK_OPTIONS, claim_output, file_identity, funnel_table, gather, parameter_policy, parquet_shards,
-    write_report,
+    SHARD_TASK_OPTIONS, claim_output, file_identity, funnel_table, gather, output_lock, parameter_policy,
+    parquet_shards, write_report,
 )
 from pretrain.config import ClassifierConfig, PerplexityConfig, QualityConfig, RayConfig
 from pretrain.paths import PathPolicy
@@ -278,29 +278,28 @@ def score_flow(config: QualityConfig, input_dir: str, output_dir: str, ray_confi
     _check_models(config)
     model_lang = _model_lang(config)
     shards = parquet_shards(input_dir)
-    out = Path(output_dir)
-    work = out / ".scores"
-    out.mkdir(parents=True, exist_ok=True)
-    stale = claim_output(out, "quality", [shard.stem for shard in shards], logger)
-    ensure_ray(ray_config)
-    logger.info("scoring %d shard(s) with %s", len(shards),
-                ", ".join(p for p in (config.perplexity_model, config.classifier_model) if p))
-    reports, failures, hits, loads = _run_scoring(shards, work, config, logger)
-    scored_ok = [Path(r["input"]) for r in reports]
-    ppl, quality = sample_scores([work / s.name for s in scored_ok], config.percentile_sample_rows)
-    cutoffs = cutoffs_from_scores(config, ppl, quality)
-    refs = [_apply_on_ray.remote(str(s), str(work / s.name), str(out / "scored" / s.name), str(out / "kept" / s.name),
-                                 cutoffs, model_lang) for s in sorted(scored_ok)]
-    applied = ray.get(refs)
-    summary = summarize(applied, failures, cutoffs, hits, loads, time.perf_counter() - started)
-    summary["stale_removed"] = stale
-    write_info_json(out, stage="quality", code=code_version(*QUALITY_MODULES), config=config.model_dump(),
-                    inputs=[str(s) for s in shards])
-    write_report(out, summary)
-    publish(summary, out, ppl, quality, cutoffs)
-    logger.info("quality: kept %d of %d documents; cut-offs %s", summary["documents_kept"], summary["documents_in"],
-                summary["cutoffs"])
-    if failures:
-        raise QualityFailed(f"{len(failures)} of {len(shards)} shards failed: "
-                            + "; ".join(f"{f['input']} ({f['error']})" for f in failures))
-    return summary
+    with output_lock(Path(output_dir), "quality") as out:  # claim_output removes stale shards: only with the lock
+        work = out / ".scores"
+        stale = claim_output(out, "quality", [shard.stem for shard in shards], logger)
+        ensure_ray(ray_config)
+        logger.info("scoring %d shard(s) with %s", len(shards),
+                    ", ".join(p for p in (config.perplexity_model, config.classifier_model) if p))
+        reports, failures, hits, loads = _run_scoring(shards, work, config, logger)
+        scored_ok = [Path(r["input"]) for r in reports]
+        ppl, quality = sample_scores([work / s.name for s in scored_ok], config.percentile_sample_rows)
+        cutoffs = cutoffs_from_scores(config, ppl, quality)
+        refs = [_apply_on_ray.remote(str(s), str(work / s.name), str(out / "scored" / s.name),
+                                     str(out / "kept" / s.name), cutoffs, model_lang) for s in sorted(scored_ok)]
+        applied = ray.get(refs)
+        summary = summarize(applied, failures, cutoffs, hits, loads, time.perf_counter() - started)
+        summary["stale_removed"] = stale
+        write_info_json(out, stage="quality", code=code_version(*QUALITY_MODULES), config=config.model_dump(),
+                        inputs=[str(s) for s in shards])
+        write_report(out, summary)
+        publish(summary, out, ppl, quality, cutoffs)
+        logger.info("quality: kept %d of %d documents; cut-offs %s", summary["documents_kept"], summary["documents_in"],
+                    summary["cutoffs"])
+        if failures:
+            raise QualityFailed(f"{len(failures)} of {len(shards)} shards failed: "
+                                + "; ".join(f"{f['input']} ({f['error']})" for f in failures))
+        return summary
