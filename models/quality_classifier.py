@@ -249,9 +249,9 @@ def train_classifier(
     """Train on a stratified split, measure on the held-out part, save; returns model.json's content.
 
     Documents without a letter or digit are left out (and counted); ``sources`` (file lists,
-    dataset identities) is recorded as given. ``inputs`` and ``force``: see ``QualityClassifier.save``.
+    dataset identities) is recorded as given. ``inputs`` and ``force``: see ``QualityClassifier.save``
+    (which checks the output folder; the flow checks it once more before the corpora are read).
     """
-    check_output(Path(output_dir), inputs, force)
     started = time.perf_counter()
     pos = [t for t in _clip(positives, cfg.max_chars_per_doc) if _HAS_WORD.search(t)]
     neg = [t for t in _clip(negatives, cfg.max_chars_per_doc) if _HAS_WORD.search(t)]

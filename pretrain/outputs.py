@@ -67,11 +67,7 @@ def check_replaceable(folder: Path, command: str, is_own: Callable[[Path], bool]
 
 def json_field_is(path: Path, field: str, value: object) -> bool:
     """True when ``path`` is a JSON object whose ``field`` equals ``value`` (a command's marker)."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and data.get(field) == value
+    return _json_object(path).get(field) == value
 
 
 def local_inputs(specs: Iterable[str]) -> list[Path]:

@@ -20,7 +20,7 @@ import torch
 from models.sizes import model_config
 from models.transformer import Transformer
 from pretrain.config import TrainConfig
-from tasks.train.checkpoint import COMPLETE_MARKER, checkpoint_root, tag_for
+from tasks.train.checkpoint import COMPLETE_MARKER, checkpoint_root, file_sizes, tag_for
 from tasks.train.data import TokenWindows
 
 SEQ_LEN, BATCH = 64, 4
@@ -52,7 +52,7 @@ def tiny_run(shards: Path, run_dir: Path, steps: int = 8) -> tuple[Path, Transfo
     folder.mkdir(parents=True)
     torch.save({"module": model.state_dict()}, folder / "mp_rank_00_model_states.pt")
     shape = model.cfg.model_dump(mode="json")
-    files = {path.name: path.stat().st_size for path in folder.iterdir()}
+    files = file_sizes(folder)
     (folder / COMPLETE_MARKER).write_text(json.dumps({"step": steps, "model": shape, "files": files}) + "\n")
     (run_dir / "train_config.json").write_text(cfg.model_dump_json(indent=2) + "\n")
     (run_dir / "summary.json").write_text(json.dumps({"completed": True, "steps": steps, "model": shape,

@@ -75,14 +75,26 @@ class StageProcess:
         return self.proc.returncode, out
 
 
-class WorkerKiller(threading.Thread):
+class Killer(threading.Thread):
+    """A thread that SIGKILLs processes until ``stop()``, which returns their pids."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.killed: list[int] = []
+        self._done = threading.Event()
+
+    def stop(self) -> list[int]:
+        self._done.set()
+        self.join(timeout=5)
+        return self.killed
+
+
+class WorkerKiller(Killer):
     """SIGKILL the first Ray worker seen running a task whose process title starts with ``title``."""
 
     def __init__(self, title: str, after_s: float = 0.3):
-        super().__init__(daemon=True)
+        super().__init__()
         self.title, self.after_s = title, after_s
-        self.killed: list[int] = []
-        self._done = threading.Event()
 
     def run(self) -> None:
         while not self._done.is_set() and not self.killed:
@@ -98,7 +110,23 @@ class WorkerKiller(threading.Thread):
                     break
             time.sleep(0.02)
 
-    def stop(self) -> list[int]:
-        self._done.set()
-        self.join(timeout=5)
-        return self.killed
+
+class HolderKiller(Killer):
+    """SIGKILL every Ray worker seen holding ``path`` open, for as long as it runs."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = str(path)
+
+    def run(self) -> None:
+        while not self._done.is_set():
+            for proc in psutil.process_iter(["cmdline"]):
+                if not " ".join(proc.info["cmdline"] or []).startswith("ray::"):
+                    continue
+                try:
+                    if any(f.path == self.path for f in proc.open_files()):
+                        proc.kill()
+                        self.killed.append(proc.pid)
+                except psutil.Error:
+                    continue
+            time.sleep(0.01)

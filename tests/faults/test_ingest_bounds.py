@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import REPO
-from faultlib import StageProcess, rows_of, slow
+from faultlib import HolderKiller, StageProcess, rows_of, slow
 from typer.testing import CliRunner
 
 from pretrain.cli import app
@@ -144,34 +143,6 @@ def test_a_deep_page_between_good_pages_costs_only_itself(services, tmp_path, ex
 
 
 # ------------------------------------------------------------------ a worker that keeps dying
-
-class HolderKiller(threading.Thread):
-    """SIGKILL every Ray worker seen holding ``path`` open, for as long as it runs."""
-
-    def __init__(self, path: Path):
-        super().__init__(daemon=True)
-        self.path = str(path)
-        self.killed: list[int] = []
-        self._done = threading.Event()
-
-    def run(self) -> None:
-        while not self._done.is_set():
-            for proc in psutil.process_iter(["cmdline"]):
-                if not " ".join(proc.info["cmdline"] or []).startswith("ray::"):
-                    continue
-                try:
-                    if any(f.path == self.path for f in proc.open_files()):
-                        proc.kill()
-                        self.killed.append(proc.pid)
-                except psutil.Error:
-                    continue
-            time.sleep(0.01)
-
-    def stop(self) -> list[int]:
-        self._done.set()
-        self.join(timeout=5)
-        return self.killed
-
 
 @slow  # 12 worker restarts and 2 Prefect retry delays: about 40 s
 @pytest.mark.integration
