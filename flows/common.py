@@ -15,7 +15,7 @@ from pretrain.outputs import claim_shards
 from pretrain.paths import PathPolicy, parquet_files, policy_from_env, root_is_configured
 from pretrain.progress import report_progress
 from pretrain.provenance import atomic_write_text, exclusive_lock
-from tasks.errors import describe_error, is_transient_error
+from pretrain.errors import describe_error, is_transient_error
 
 
 def retry_if_transient(task, task_run, state) -> bool:

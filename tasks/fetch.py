@@ -32,6 +32,7 @@ import requests
 import urllib3
 
 from pretrain.config import DownloadConfig
+from pretrain.errors import TransientFetchError
 from pretrain.paths import redact_url
 
 T = TypeVar("T")
@@ -69,14 +70,6 @@ try:  # s3fs brings both; other fsspec backends may not
 except ImportError:  # pragma: no cover
     _REMOTE_LIB_ERRORS = ()
     _TRANSIENT_LIB_ERRORS = ()
-
-
-class TransientFetchError(Exception):
-    """A failure worth retrying; ``retry_after`` is the server's requested delay in seconds."""
-
-    def __init__(self, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 class FetchError(Exception):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import ray.exceptions
 
-from tasks.fetch import TransientFetchError
-
 TRANSIENT_RAY_ERRORS = (
     ray.exceptions.WorkerCrashedError,
     ray.exceptions.NodeDiedError,
@@ -13,6 +11,17 @@ TRANSIENT_RAY_ERRORS = (
     ray.exceptions.RaySystemError,
     ray.exceptions.TaskUnschedulableError,
 )
+
+
+class TransientFetchError(Exception):
+    """A failure worth retrying; ``retry_after`` is the server's requested delay in seconds.
+
+    Defined here, in the ground package, so that ``is_transient_error`` can name it
+    without importing the fetch code above it."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 def root_cause(exc: BaseException) -> BaseException:
