@@ -257,7 +257,7 @@ def test_a_task_the_memory_monitor_kills_is_retried_a_bounded_number_of_times(tm
 def test_out_of_memory_is_not_retried_again_by_prefect():
     import ray.exceptions
 
-    from tasks.errors import is_transient_error
+    from pretrain.errors import is_transient_error
 
     assert not is_transient_error(ray.exceptions.OutOfMemoryError("killed by the memory monitor"))
 
