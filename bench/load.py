@@ -34,7 +34,7 @@ from bench.ingest import DATA, build_warc  # noqa: E402
 CC_SAMPLE = DATA.parent / "cc" / "CC-MAIN-2020-34-sample.warc.gz"
 CC_SAMPLE_RECORDS = 50  # 1 warcinfo, 17 request, 16 response, 16 metadata (../shared/data/README.md)
 MIB = 1024 * 1024
-INGEST_TASK_TITLE = "ray::_ingest_on_ray"
+INGEST_TASK_TITLE = "ray::ingest-shard"
 
 
 def build_inputs(folder: Path, n_files: int, repeat: int) -> int:

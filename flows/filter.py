@@ -12,46 +12,27 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import ray
-from prefect import flow, get_run_logger, task
+from prefect import flow
 from prefect.artifacts import create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.common import (
-    SHARD_TASK_OPTIONS, claim_output, file_identity, funnel_table, gather, output_lock, parameter_policy,
-    parquet_shards, publish_markdown, write_report,
-)
+from flows.common import file_identity, funnel_table, parameter_policy, parquet_shards, publish_markdown
+from flows.runner import Shard, ShardJob, StageRun, stage_run
 from pretrain.config import FilterConfig, RayConfig
 from pretrain.paths import PathPolicy
-from pretrain.provenance import code_version, stable_hash, write_info_json
-from tasks.filter_runner import FILTER_MODULES, filter_shard
-from tasks.ray_runtime import ensure_ray
-from tasks.shards import check_document_shard
+from tasks.filter_runner import filter_checked_shard
 
 
-class FilterFailed(RuntimeError):
-    """Some shards failed after their retries; report.json lists them."""
+FILTER = ShardJob(name="filter-shard", work=filter_checked_shard, run_name="filter-{label}", progress="filter")
 
 
-def filter_cache_key(context, parameters: dict) -> str:
-    return stable_hash(
-        "filter-shard",
-        file_identity(parameters["in_path"]),
-        parameters["config"].model_dump(),
-        code_version(*FILTER_MODULES),
-        parameters["out_path"],
-    )
-
-
-@ray.remote(num_cpus=1, max_retries=3)
-def _filter_on_ray(in_path: str, out_path: str, config: FilterConfig, removed_dir: str) -> dict:
-    check_document_shard(Path(in_path), required=("text",))
-    return filter_shard(Path(in_path), Path(out_path), config, Path(removed_dir))
-
-
-@task(name="filter-shard", task_run_name="filter-{shard_name}", cache_key_fn=filter_cache_key, **SHARD_TASK_OPTIONS)
-def filter_shard_task(in_path: str, out_path: str, config: FilterConfig, removed_dir: str, shard_name: str) -> dict:
-    return ray.get(_filter_on_ray.remote(in_path, out_path, config, removed_dir))
+def filter_shards(shards: list[Path], out: Path, config: FilterConfig) -> list[Shard]:
+    """One task per input shard, keyed on its identity, the whole filter config and its output path."""
+    removed = out / "removed"
+    return [Shard(label=shard.stem, args={"in_path": shard, "out_path": out / shard.name, "cfg": config,
+                                          "removed_dir": removed},
+                  key=(file_identity(shard), config.model_dump(), str(out / shard.name)),
+                  outputs=(out / shard.name,), shown_as=str(shard)) for shard in shards]
 
 
 def summarize(reports: list[dict], failures: list[dict], seconds: float) -> dict:
@@ -119,34 +100,18 @@ def filter_flow(config: FilterConfig, input_dir: str, output_dir: str, ray_confi
     if policy is not None:
         config, input_dir, output_dir = confine_parameters(policy, config, input_dir, output_dir)
     shards = parquet_shards(input_dir)
-    with output_lock(Path(output_dir), "filter") as out:
-        return _filter(config, shards, input_dir, out, ray_config)
+    with stage_run("filter", output_dir, ray_config) as run:
+        return _filter(config, shards, input_dir, run)
 
 
-def _filter(config: FilterConfig, shards: list[Path], input_dir: str, out: Path, ray_config: RayConfig) -> dict:
-    logger = get_run_logger()
+def _filter(config: FilterConfig, shards: list[Path], input_dir: str, run: StageRun) -> dict:
     started = time.perf_counter()
-    removed_dir = out / "removed"
-    ensure_ray(ray_config)
-    logger.info("filtering %d shard(s) from %s into %s (chain: %s)", len(shards), input_dir, out, config.order)
-    stale = claim_output(out, "filter", [shard.stem for shard in shards], logger)
-
-    futures = {}
-    for shard in shards:
-        target = out / shard.name
-        runner = filter_shard_task.with_options(refresh_cache=not target.exists())
-        futures[runner.submit(str(shard), str(target), config, str(removed_dir), shard.stem)] = shard
-    reports, failures, cache_hits = gather("filter", futures, logger)
-    reports.sort(key=lambda r: r["shard"])
-
-    summary = summarize(reports, failures, time.perf_counter() - started)
-    summary["cache_hits"], summary["stale_removed"] = cache_hits, stale
-    write_info_json(out, stage="filter", code=code_version(*FILTER_MODULES), config=config.model_dump(),
-                    inputs=[str(s) for s in shards])
-    write_report(out, summary)
-    publish(summary)
-    logger.info("filter: kept %d of %d documents", summary.get("documents_kept", 0), summary.get("documents_in", 0))
-    if failures:
-        raise FilterFailed(f"{len(failures)} of {len(shards)} shards failed: "
-                           + "; ".join(f"{f['input']} ({f['error']})" for f in failures))
-    return summary
+    run.logger.info("filtering %d shard(s) from %s into %s (chain: %s)", len(shards), input_dir, run.out, config.order)
+    run.claim([shard.stem for shard in shards])
+    reports = sorted(run.map(FILTER, filter_shards(shards, run.out, config)), key=lambda r: r["shard"])
+    summary = summarize(reports, run.failures, time.perf_counter() - started)
+    summary["cache_hits"] = run.hits()
+    run.logger.info("filter: kept %d of %d documents", summary.get("documents_kept", 0),
+                    summary.get("documents_in", 0))
+    return run.finish(summary, config=config.model_dump(), inputs=[str(s) for s in shards],
+                      code=FILTER.code_version(), total=len(shards), publish=publish)

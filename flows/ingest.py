@@ -13,17 +13,16 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import ray
-from prefect import flow, get_run_logger, task
+from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.common import SHARD_TASK_OPTIONS, claim_output, gather, output_lock, parameter_policy, write_report
+from flows.common import parameter_policy
+from flows.runner import Shard, ShardJob, StageRun, stage_run
 from pretrain.config import IngestConfig, RayConfig
 from pretrain.paths import PathPolicy, redact_url
-from pretrain.provenance import code_version, stable_hash, write_info_json
-from tasks.ingest import INGEST_MODULES, ingest_input
-from tasks.ray_runtime import ensure_ray
+from pretrain.provenance import stable_hash
+from tasks.ingest import ingest_input
 from tasks.sources import CRAWL_ID, InputFile, input_identity, resolve_inputs
 
 # Fields of IngestConfig that change a shard's content (inputs/selection and fetch
@@ -32,34 +31,22 @@ OUTPUT_FIELDS = ("source", "extractor", "languages", "min_lang_score", "min_text
                  "max_html_depth")
 
 
-class IngestFailed(RuntimeError):
-    """Some shards failed after their retries; the run report lists them."""
+INGEST = ShardJob(name="ingest-shard", work=ingest_input, run_name="ingest-{label}", progress="ingest")
 
 
 def output_fingerprint(config: IngestConfig) -> dict:
     return config.model_dump(include=set(OUTPUT_FIELDS))
 
 
-def shard_cache_key(context, parameters: dict) -> str:
-    item: InputFile = parameters["item"]
-    return stable_hash(
-        "ingest-shard",
-        input_identity(item),
-        output_fingerprint(parameters["config"]),
-        code_version(*INGEST_MODULES),
-        parameters["shard_path"],
-    )
-
-
-@ray.remote(num_cpus=1, max_retries=3)
-def _ingest_on_ray(item: InputFile, shard_path: str, config: IngestConfig) -> dict:
-    return ingest_input(item, Path(shard_path), config)
-
-
-@task(name="ingest-shard", task_run_name="ingest-{shard_name}", cache_key_fn=shard_cache_key, **SHARD_TASK_OPTIONS)
-def ingest_shard(item: InputFile, shard_path: str, config: IngestConfig, shard_name: str) -> dict:
-    """Ingest one input file into one shard (on a Ray worker); returns its report."""
-    return ray.get(_ingest_on_ray.remote(item, shard_path, config))
+def ingest_shards(files: list[InputFile], out: Path, config: IngestConfig) -> list[Shard]:
+    """One task per input file, keyed on its identity, the output settings and its shard's path."""
+    shards = []
+    for item, name in zip(files, shard_names(files)):
+        path = out / f"{name}.parquet"
+        shards.append(Shard(label=name, args={"item": item, "shard_path": path, "cfg": config},
+                            key=(input_identity(item), output_fingerprint(config), str(path)),
+                            outputs=(path,), shown_as=redact_url(item.uri)))
+    return shards
 
 
 def shard_names(files: list[InputFile]) -> list[str]:
@@ -113,8 +100,7 @@ def funnel_markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def publish(summary: dict, output_dir: Path) -> None:
-    write_report(output_dir, summary)
+def publish(summary: dict) -> None:
     create_markdown_artifact(key="ingest-funnel", markdown=funnel_markdown(summary), description="Ingestion funnel")
     rows = [
         {"input": r["input"], "documents": r["documents"], "html_responses": r["html_responses"],
@@ -155,53 +141,34 @@ def ingest_flow(config: IngestConfig, output_dir: str = "runs/local/ingest", ray
     """Ingest WARC inputs into one Parquet shard per file under ``output_dir``.
 
     Writes ``report.json`` (counts per stage and per drop reason) and ``info.json``;
-    raises IngestFailed, after every other shard is done, if any file failed.
+    raises StageFailed, after every other shard is done, if any file failed.
     A run from a deployment has its paths confined to the data root (``pretrain.paths``);
     a second run on the same output folder fails at once (``OutputInUse``).
     """
     policy = parameter_policy()
     if policy is not None:
         config, output_dir = confine_parameters(policy, config, output_dir)
-    with output_lock(Path(output_dir), "ingest") as out:
-        return _ingest(config, out, ray_config, policy)
+    with stage_run("ingest", output_dir, ray_config) as run:
+        return _ingest(config, run, policy)
 
 
-def _ingest(config: IngestConfig, out: Path, ray_config: RayConfig, policy: PathPolicy | None) -> dict:
-    logger = get_run_logger()
+def _ingest(config: IngestConfig, run: StageRun, policy: PathPolicy | None) -> dict:
     started = time.perf_counter()
     files = resolve_inputs(config)
     if policy is not None:
         confine_files(policy, files)
-    logger.info("ingesting %d input file(s) into %s", len(files), out)
-    stale = claim_output(out, "ingest", shard_names(files), logger)  # the folder holds this run's shards only
-    ensure_ray(ray_config)
-
-    futures = {}
-    for item, name in zip(files, shard_names(files)):
-        shard = out / f"{name}.parquet"
-        # A missing shard must be rewritten even if a cached result claims it exists.
-        runner = ingest_shard.with_options(refresh_cache=not shard.exists())
-        futures[runner.submit(item, str(shard), config, name)] = item
-
-    labels = {future: redact_url(item.uri) for future, item in futures.items()}
-    reports, failures, cache_hits = gather("ingest", labels, logger)
-    reports.sort(key=lambda r: r["shard"])
-
-    summary = summarize(reports, failures, time.perf_counter() - started)
-    summary["cache_hits"], summary["stale_removed"] = cache_hits, stale
-    write_info_json(
-        out, stage="ingest", code=code_version(*INGEST_MODULES), config=redacted(config),
-        inputs=[redact_url(item.uri) for item in files],
-    )
-    publish(summary, out)
-    logger.info(
+    run.logger.info("ingesting %d input file(s) into %s", len(files), run.out)
+    run.claim(shard_names(files))  # the folder holds this run's shards only
+    reports = sorted(run.map(INGEST, ingest_shards(files, run.out, config)), key=lambda r: r["shard"])
+    summary = summarize(reports, run.failures, time.perf_counter() - started)
+    summary["cache_hits"] = run.hits()
+    run.logger.info(
         "ingest: %d documents from %d HTML responses in %d files (%d failed)",
-        summary.get("documents", 0), summary.get("html_responses", 0), summary["files"], len(failures),
+        summary.get("documents", 0), summary.get("html_responses", 0), summary["files"], len(run.failures),
     )
-    if failures:
-        raise IngestFailed(f"{len(failures)} of {len(files)} input files failed: " + "; ".join(
-            f"{f['input']} ({f['error']})" for f in failures))
-    return summary
+    return run.finish(summary, config=redacted(config), inputs=[redact_url(item.uri) for item in files],
+                      code=INGEST.code_version(), total=len(files), what="input files",
+                      publish=publish)
 
 
 def redacted(config: IngestConfig) -> dict:

@@ -27,8 +27,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from flows.common import funnel_table, parameter_policy, publish_markdown
-from flows.filter import FilterFailed, filter_flow
-from flows.ingest import IngestFailed, ingest_flow
+from flows.filter import filter_flow
+from flows.ingest import ingest_flow
+from flows.runner import StageFailed
 from pretrain.config import RefreshConfig
 from pretrain.paths import PathPolicy, redact_url
 from pretrain.provenance import atomic_write_text
@@ -70,7 +71,7 @@ def _run_stages(plan: Plan, config: RefreshConfig, work: Path) -> tuple[dict, di
     ingest_cfg = config.ingest.model_copy(update={"inputs": [item.uri for item in plan.new]})
     try:
         ingest_flow(config=ingest_cfg, output_dir=str(work / "ingest"), ray_config=config.ray)
-    except IngestFailed:
+    except StageFailed:
         pass
     ingested = _read_report(work / "ingest")
     if not ingested.get("shards"):
@@ -78,7 +79,7 @@ def _run_stages(plan: Plan, config: RefreshConfig, work: Path) -> tuple[dict, di
     try:
         filter_flow(config=config.filter, input_dir=str(work / "ingest"), output_dir=str(work / "filter"),
                     ray_config=config.ray)
-    except FilterFailed:
+    except StageFailed:
         pass
     return ingested, _read_report(work / "filter")
 

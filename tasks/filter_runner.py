@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from pretrain.config import FilterConfig
 from tasks.filters import Doc, build_chain
-from tasks.shards import ShardWriter
+from tasks.shards import ShardWriter, check_document_shard
 
 BATCH_ROWS = 1000
 FILTER_MODULES = ("tasks.filter_runner", "tasks.filters.base", "tasks.filters.text", "tasks.filters.url",
@@ -85,6 +85,12 @@ def apply_chain(chain, doc: Doc, stats: dict) -> tuple[str, str] | None:
             return flt.name, reason
         entry["kept"] += 1
     return None
+
+
+def filter_checked_shard(in_path: Path, out_path: Path, cfg: FilterConfig, removed_dir: Path) -> dict:
+    """Filter one shard after checking it is a document shard with text (a clear error, by name, if not)."""
+    check_document_shard(in_path, required=("text",))
+    return filter_shard(in_path, out_path, cfg, removed_dir)
 
 
 def filter_shard(in_path: Path, out_path: Path, cfg: FilterConfig, removed_dir: Path | None = None) -> dict:

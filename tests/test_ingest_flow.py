@@ -16,8 +16,9 @@ from conftest import REPO, shared_data
 from httpserver import FaultyHTTPServer
 from typer.testing import CliRunner
 
-from flows.ingest import IngestFailed, ingest_flow
-from pretrain.cli import app
+from flows.ingest import ingest_flow
+from flows.runner import StageFailed
+from cli.main import app
 from pretrain.config import DownloadConfig, IngestConfig, RayConfig
 from tasks.demo import write_demo_data
 
@@ -102,7 +103,7 @@ def test_permanent_http_failure_is_reported_after_other_shards(services, tmp_pat
     demo = write_demo_data(tmp_path / "demo", n_files=2, articles_per_file=4)
     with FaultyHTTPServer(files={f"/w/{p.name}": p.read_bytes() for p in demo}) as server:
         urls = [server.url(f"/w/{p.name}") for p in demo] + [server.url("/w/missing.warc.gz")]
-        with pytest.raises(IngestFailed, match="missing.warc.gz"):
+        with pytest.raises(StageFailed, match="missing.warc.gz"):
             ingest_flow(config=IngestConfig(inputs=urls, download=FAST_RETRIES), output_dir=str(tmp_path / "out"))
     import json
 
@@ -142,7 +143,7 @@ def test_killed_run_then_rerun_gives_identical_shards(services, tmp_path):
     ray_tmp = tempfile.mkdtemp(prefix="rk", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
     env = {**os.environ, "PREFECT_API_URL": services, "PYTHONPATH": str(REPO), "RAY_TMPDIR": ray_tmp}
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "pretrain.cli", "ingest", "--input", str(tmp_path / "demo"),
+    cmd = [sys.executable, "-m", "cli.main", "ingest", "--input", str(tmp_path / "demo"),
            "--output", str(out), "--num-cpus", "1"]
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -165,7 +166,7 @@ def test_killed_run_then_rerun_gives_identical_shards(services, tmp_path):
 def test_a_file_that_is_not_a_warc_fails_clearly_and_others_finish(services, tmp_path):
     demo = write_demo_data(tmp_path / "in", n_files=1, articles_per_file=3)
     (tmp_path / "in" / "broken.warc.gz").write_bytes(b"%PDF-1.4 this is not a warc")
-    with pytest.raises(IngestFailed, match=r"broken\.warc\.gz.*not a WARC"):
+    with pytest.raises(StageFailed, match=r"broken\.warc\.gz.*not a WARC"):
         ingest_flow(config=IngestConfig(inputs=[str(tmp_path / "in")]), output_dir=str(tmp_path / "out"))
     assert (tmp_path / "out" / "demo-00000.parquet").is_file()
     assert not (tmp_path / "out" / "broken.parquet").exists()

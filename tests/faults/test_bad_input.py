@@ -18,7 +18,7 @@ import pytest
 from faultlib import part_files, rows_of
 from typer.testing import CliRunner
 
-from pretrain.cli import app
+from cli.main import app
 from pretrain.config import ConfigError, DedupConfig, FilterConfig, IngestConfig, TokenizeConfig, load_recipe
 from tasks.demo import write_demo_data
 from tasks.warc import iter_html_pages
@@ -77,10 +77,11 @@ def catalogue_warcs(folder: Path) -> None:
 
 @pytest.mark.integration
 def test_bad_warc_catalogue_counts_every_skip_and_fails_only_the_unreadable_file(services, tmp_path, ledger):
-    from flows.ingest import IngestFailed, ingest_flow
+    from flows.ingest import ingest_flow
+    from flows.runner import StageFailed
 
     catalogue_warcs(tmp_path / "in")
-    with pytest.raises(IngestFailed, match=r"1 of 7 input files failed: .*not-gzip\.warc\.gz \(BadWarcError: not a WARC"):
+    with pytest.raises(StageFailed, match=r"1 of 7 input files failed: .*not-gzip\.warc\.gz \(BadWarcError: not a WARC"):
         ingest_flow(config=IngestConfig(inputs=[str(tmp_path / "in")]), output_dir=str(tmp_path / "out"))
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     shards = {Path(s["input"]).name: s for s in report["shards"]}
@@ -137,9 +138,10 @@ def bad_shards(tmp_path) -> Path:
 def test_bad_parquet_shards_fail_by_name_in_filter_and_dedup_and_the_good_shard_is_written(services, bad_shards,
                                                                                            tmp_path, ledger):
     from flows.dedup import DedupFailed, dedup_flow
-    from flows.filter import FilterFailed, filter_flow
+    from flows.filter import filter_flow
+    from flows.runner import StageFailed
 
-    with pytest.raises(FilterFailed, match="3 of 4 shards failed") as info:
+    with pytest.raises(StageFailed, match="3 of 4 shards failed") as info:
         filter_flow(config=FilterConfig(), input_dir=str(bad_shards), output_dir=str(tmp_path / "f"))
     message = str(info.value)
     assert "no-text-column.parquet" in message and "'body'" in message

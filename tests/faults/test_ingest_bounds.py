@@ -24,7 +24,7 @@ from conftest import REPO
 from faultlib import HolderKiller, StageProcess, rows_of, slow
 from typer.testing import CliRunner
 
-from pretrain.cli import app
+from cli.main import app
 from pretrain.config import ConfigError, IngestConfig, validate_config
 from tasks.warcwriter import response_record, write_warc
 
@@ -147,7 +147,8 @@ def test_a_deep_page_between_good_pages_costs_only_itself(services, tmp_path, ex
 @slow  # 12 worker restarts and 2 Prefect retry delays: about 40 s
 @pytest.mark.integration
 def test_a_file_whose_worker_always_dies_fails_by_name_and_the_others_finish(services, tmp_path, ledger):
-    from flows.ingest import IngestFailed, ingest_flow
+    from flows.ingest import ingest_flow
+    from flows.runner import StageFailed
 
     inputs = tmp_path / "in"
     for name in ("a", "b"):
@@ -159,7 +160,7 @@ def test_a_file_whose_worker_always_dies_fails_by_name_and_the_others_finish(ser
     killer = HolderKiller(doomed)
     killer.start()
     try:
-        with pytest.raises(IngestFailed, match=r"1 of 3 input files failed: .*doomed\.warc\.gz"):
+        with pytest.raises(StageFailed, match=r"1 of 3 input files failed: .*doomed\.warc\.gz"):
             ingest_flow(config=IngestConfig(inputs=[str(inputs)]), output_dir=str(tmp_path / "out"))
     finally:
         killed = killer.stop()

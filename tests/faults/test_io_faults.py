@@ -30,7 +30,8 @@ RETRIES = DownloadConfig(max_attempts=3, backoff_base_s=0.02, backoff_max_s=1.0,
 
 
 def test_network_faults_are_retried_within_limits_then_fail_naming_the_url(services, tmp_path, ledger):
-    from flows.ingest import IngestFailed, ingest_flow
+    from flows.ingest import ingest_flow
+    from flows.runner import StageFailed
 
     demo = write_demo_data(tmp_path / "demo", n_files=6, articles_per_file=4)
     paths = [f"/w/{p.name}" for p in demo]
@@ -43,7 +44,7 @@ def test_network_faults_are_retried_within_limits_then_fail_naming_the_url(servi
         server.add_faults(bad_503, *[("status", 503)] * 3)
         server.add_faults(bad_drop, *[("drop",)] * 3)
         server.add_faults(bad_truncated, *[("truncate", 100)] * 3)
-        with pytest.raises(IngestFailed, match="3 of 6 input files failed") as info:
+        with pytest.raises(StageFailed, match="3 of 6 input files failed") as info:
             ingest_flow(config=IngestConfig(inputs=urls, download=RETRIES), output_dir=str(tmp_path / "faulty"))
         requests = {path: len(server.requests_for(path)) for path in paths}
         server.add_faults(ok_429)  # no faults left: a clean run to compare with
@@ -113,7 +114,8 @@ def test_an_output_folder_that_is_not_writable_fails_clearly(services, tmp_path,
 
 def test_a_full_disk_fails_the_shards_that_do_not_fit_and_keeps_earlier_ones_intact(services, tmp_path, mounts,
                                                                                     ledger):
-    from flows.ingest import IngestFailed, ingest_flow
+    from flows.ingest import ingest_flow
+    from flows.runner import StageFailed
 
     demo = write_demo_data(tmp_path / "in", n_files=8, articles_per_file=60)
     disk = tmp_path / "small-disk"
@@ -127,7 +129,7 @@ def test_a_full_disk_fails_the_shards_that_do_not_fit_and_keeps_earlier_ones_int
     room = used + 2 * len(before["demo-00000.parquet"])  # room for about two more of the seven shards to come
     subprocess.run(["mount", "-o", f"remount,size={room}", str(disk)], check=True)
 
-    with pytest.raises(IngestFailed, match=r"of 8 input files failed: .*No space left on device") as info:
+    with pytest.raises(StageFailed, match=r"of 8 input files failed: .*No space left on device") as info:
         ingest_flow(config=IngestConfig(inputs=[str(tmp_path / "in")]), output_dir=str(out))
     failed = str(info.value).count("No space left on device")
     assert 1 <= failed <= 7
@@ -207,7 +209,7 @@ def escaped_the_cli(output: str) -> bool:
 
     The flow run's own log keeps the traceback Prefect writes for a failed run; that one has no CLI frame.
     """
-    return f'File "{REPO / "pretrain" / "cli.py"}"' in output
+    return f'File "{REPO / "cli" / "main.py"}"' in output
 
 
 def test_the_cli_fails_with_the_clear_message_on_a_locked_or_escaping_output(services, tmp_path, ledger):

@@ -47,7 +47,7 @@ def test_killing_a_ray_worker_mid_ingest_loses_and_duplicates_nothing(services, 
     from flows.ingest import ingest_flow
 
     cfg = IngestConfig(inputs=[str(ingested / "demo")], min_text_chars=21)  # not a cache hit of the fixture's run
-    killed = run_with_worker_kill("ray::_ingest_on_ray", lambda: ingest_flow(config=cfg, output_dir=str(tmp_path / "k")))
+    killed = run_with_worker_kill("ray::ingest-shard", lambda: ingest_flow(config=cfg, output_dir=str(tmp_path / "k")))
     assert len(killed) == 1
     ingest_flow(config=cfg, output_dir=str(tmp_path / "clean"))
     assert shard_bytes(tmp_path / "k") == shard_bytes(tmp_path / "clean") and len(shard_bytes(tmp_path / "k")) == 6
@@ -62,7 +62,7 @@ def test_killing_a_ray_worker_mid_filter_loses_and_duplicates_nothing(services, 
 
     cfg = FilterConfig.model_validate({"c4": {"min_sentences": 4}})
     run = lambda out: filter_flow(config=cfg, input_dir=str(ingested / "ingest"), output_dir=str(out))  # noqa: E731
-    killed = run_with_worker_kill("ray::_filter_on_ray", lambda: run(tmp_path / "k"))
+    killed = run_with_worker_kill("ray::filter-shard", lambda: run(tmp_path / "k"))
     assert len(killed) == 1
     run(tmp_path / "clean")
     assert shard_bytes(tmp_path / "k", "**/*.parquet") == shard_bytes(tmp_path / "clean", "**/*.parquet")
