@@ -11,7 +11,7 @@ from conftest import shared_data
 from typer.testing import CliRunner
 
 from flows.filter import filter_flow
-from pretrain.cli import app
+from cli.main import app
 from pretrain.config import FilterConfig, IngestConfig
 from tasks.demo import write_demo_data
 from tasks.ingest import ingest_warc

@@ -14,7 +14,7 @@ from conftest import shared_data
 from typer.testing import CliRunner
 
 from flows.quality import score_flow, train_classifier_flow, train_perplexity_flow
-from pretrain.cli import app
+from cli.main import app
 from pretrain.config import ClassifierConfig, PerplexityConfig, QualityConfig
 from tasks.decode import decode_html
 from tasks.extract import extract_text

@@ -18,7 +18,7 @@ from httpserver import FaultyHTTPServer, http_server  # noqa: F401
 from typer.testing import CliRunner
 
 from flows.refresh import cc_refresh_flow
-from pretrain.cli import app
+from cli.main import app
 from pretrain.config import DownloadConfig, IngestConfig, RefreshConfig
 from tasks.demo import write_demo_data
 from tasks.refresh import LOCK_NAME, Layout, Ledger, LedgerConflict, RefreshLocked, plan_refresh, refresh_lock

@@ -295,7 +295,7 @@ def test_planted_credentials_never_reach_logs_reports_or_documents(services, tmp
         env = {**os.environ, **SECRETS, "AWS_ENDPOINT_URL": server.base_url, "AWS_DEFAULT_REGION": "us-east-1",
                "PREFECT_API_URL": services, "PYTHONPATH": str(REPO), "RAY_TMPDIR": ray_tmp,
                "PREFECT_LOGGING_LEVEL": "DEBUG", "PREFECT_LOGGING_TO_API_LEVEL": "DEBUG"}
-        cmd = [sys.executable, "-m", "pretrain.cli", "ingest", "--output", str(out), "--num-cpus", "1"]
+        cmd = [sys.executable, "-m", "cli.main", "ingest", "--output", str(out), "--num-cpus", "1"]
         for entry in inputs:
             cmd += ["--input", entry]
         proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)

@@ -25,7 +25,7 @@ N_TASKS = 200
 PROBE = textwrap.dedent("""
     from prefect import flow, task
 
-    from pretrain.cli import app
+    from cli.main import app
 
 
     @task

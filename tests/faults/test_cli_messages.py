@@ -23,7 +23,7 @@ import pytest
 from conftest import REPO
 from typer.testing import CliRunner
 
-from pretrain.cli import app
+from cli.main import app
 from pretrain.provenance import exclusive_lock
 from tasks.demo import write_demo_data
 
@@ -256,7 +256,7 @@ def ingest_beside_a_foreign_cluster(prefect_server, tmp_path_factory):
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         address = _cluster_address(holder, address_file)
-        cmd = [sys.executable, "-m", "pretrain.cli", "ingest", "--input", str(demo), "--output", str(base / "out"),
+        cmd = [sys.executable, "-m", "cli.main", "ingest", "--input", str(demo), "--output", str(base / "out"),
                "--num-cpus", "1"]
         run = subprocess.run(cmd, env={**env, "PREFECT_API_URL": prefect_server}, cwd=REPO, capture_output=True,
                              text=True, timeout=600)

@@ -21,7 +21,7 @@ from conftest import shared_data
 from test_dedup import run_stages  # the four dedup stages as plain functions
 from typer.testing import CliRunner
 
-from pretrain.cli import app
+from cli.main import app
 from pretrain.config import ClassifierConfig, ConfigError, DedupConfig, TokenizeConfig, validate_config
 from tasks.dedup.clusters import choose_kept, connected_components, unique_pairs
 

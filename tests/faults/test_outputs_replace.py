@@ -20,7 +20,7 @@ from tiny_run import tiny_run
 from train_fixtures import build_token_shards
 from typer.testing import CliRunner
 
-from pretrain.cli import app
+from cli.main import app
 from pretrain.config import DedupConfig, FilterConfig, IngestConfig, QualityConfig, TokenizeConfig
 from pretrain.outputs import OutputRefused
 from tasks.demo import write_demo_data

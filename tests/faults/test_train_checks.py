@@ -19,7 +19,7 @@ from conftest import shared_data
 from train_fixtures import build_token_shards
 from typer.testing import CliRunner
 
-from pretrain.cli import app
+from cli.main import app
 from pretrain.config import TrainConfig
 from tasks.train.checkpoint import COMPLETE_MARKER, list_checkpoints
 from tasks.train.launch import run_training
