@@ -18,6 +18,7 @@ from pretrain.config import (
     TrainConfig, deep_merge, load_recipe, parse_override, validate_config,
 )
 from pretrain.paths import parquet_files, require_folder, root_is_configured
+from cli.options import ListOptions
 from cli.prefect_exit import quiet_temporary_server
 
 # An offline tool: the local Prefect server must not try to phone home (set before Prefect is imported).
@@ -84,9 +85,9 @@ def _ingest_config(base: dict, **options) -> IngestConfig:
     return validate_config(IngestConfig, merged, prefix="ingest.")
 
 
-@app.command()
+@app.command(cls=ListOptions)
 def ingest(
-    input: list[str] = typer.Option(..., "--input", "-i", help="WARC path/glob/dir, https:// or s3:// URL, or crawl id (repeatable)."),
+    input: list[str] = typer.Option(..., "--input", "-i", help="WARC path/glob/dir, https:// or s3:// URL, or crawl id (one or more)."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder for the Parquet shards, report.json and info.json."),
     extractor: Optional[str] = typer.Option(None, help="fast (default) or precise (trafilatura)."),
     languages: Optional[str] = typer.Option(None, help="Comma-separated ISO 639-1 codes to keep, e.g. en,fr."),
@@ -215,10 +216,10 @@ quality_app = typer.Typer(help="Model-based quality: KenLM perplexity and a qual
 app.add_typer(quality_app, name="quality")
 
 
-@quality_app.command("train-perplexity")
+@quality_app.command("train-perplexity", cls=ListOptions)
 def train_perplexity(
     reference: list[str] = typer.Option(..., "--reference", "-r", help="Reference text: files, globs or folders "
-                                        "(.txt[.gz], JSONL, Parquet); repeatable."),
+                                        "(.txt[.gz], JSONL, Parquet); one or more."),
     output: Path = typer.Option(..., "--output", "-o", help="Model folder to write (sp.model, lm.binary, model.json)."),
     lang: str = typer.Option("en", help="Language of the reference text (documents in others are not scored)."),
     order: Optional[int] = typer.Option(None, help="n-gram order (default 5)."),
@@ -242,10 +243,10 @@ def train_perplexity(
     console.print(f"[green]perplexity model[/green] ({meta.get('lang')}, order {meta.get('order')}) in {output}")
 
 
-@quality_app.command("train-classifier")
+@quality_app.command("train-classifier", cls=ListOptions)
 def train_classifier(
-    positive: list[str] = typer.Option(..., "--positive", "-p", help="Reference (good) text; repeatable."),
-    negative: list[str] = typer.Option(..., "--negative", "-n", help="Web documents, e.g. ingested shards; repeatable."),
+    positive: list[str] = typer.Option(..., "--positive", "-p", help="Reference (good) text; one or more."),
+    negative: list[str] = typer.Option(..., "--negative", "-n", help="Web documents, e.g. ingested shards; one or more."),
     output: Path = typer.Option(..., "--output", "-o", help="Model folder to write (model.joblib, model.json)."),
     max_documents: int = typer.Option(20_000, help="Documents sampled per class, at most."),
     config: Optional[Path] = typer.Option(None, help="A recipe YAML; its `quality.classifier` section gives defaults."),
@@ -307,13 +308,13 @@ def score(
     _print_drops(summary["dropped"])
 
 
-@app.command()
+@app.command(cls=ListOptions)
 def tokenize(
-    input: list[Path] = typer.Option(..., "--input", "-i", help="Folder(s) of Parquet shards with `text` (repeatable)."),
+    input: list[Path] = typer.Option(..., "--input", "-i", help="Folder(s) of Parquet shards with `text` (one or more)."),
     output: Path = typer.Option(..., "--output", "-o", help="Token shards folder: train/, val/, index.json, tokenizer.json."),
     tokenizer: Optional[Path] = typer.Option(None, help="Use this tokenizer.json instead of training one."),
     vocab_size: Optional[int] = typer.Option(None, help="Vocabulary of the trained BPE tokenizer (default 32000)."),
-    weights: list[str] = typer.Option([], help="Mixture weight per source: source=w (repeatable or comma-separated)."),
+    weights: list[str] = typer.Option([], help="Mixture weight per source: source=w (one or more, or comma-separated)."),
     config: Optional[Path] = typer.Option(None, help="A recipe YAML; its `tokenize` section gives defaults."),
     num_cpus: Optional[int] = typer.Option(None, help="CPUs for the local Ray instance."),
 ) -> None:
@@ -361,10 +362,10 @@ def _train_config(config: Optional[Path], overrides: list[str], short: dict) -> 
     return validate_config(TrainConfig, raw, prefix="train.")
 
 
-@app.command()
+@app.command(cls=ListOptions)
 def train(
     config: Optional[Path] = typer.Option(None, help="A recipe YAML; its `train` section is the run's config."),
-    set_: list[str] = typer.Option([], "--set", help="Override a TrainConfig field: key=value (repeatable)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a TrainConfig field: key=value (one or more)."),
     resume: bool = typer.Option(False, help="Continue from the newest checkpoint in the run folder."),
     data: Optional[Path] = typer.Option(None, help="Token shards folder (from `pretrain tokenize`)."),
     output: Optional[Path] = typer.Option(None, help="Run folder: checkpoints, metrics.jsonl, summary.json."),
@@ -493,11 +494,11 @@ def demo_data(
         console.print(f"wrote {path} ({path.stat().st_size} bytes)")
 
 
-@app.command()
+@app.command(cls=ListOptions)
 def run(
     recipe: str = typer.Option("local", help="A recipe name in configs/ or a YAML path."),
     output: Optional[Path] = typer.Option(None, help="Output root (default: the recipe's output_dir)."),
-    set_: list[str] = typer.Option([], "--set", help="Override a recipe field: key.path=value (repeatable)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe field: key.path=value (one or more)."),
 ) -> None:
     """Run the pipeline on a recipe (ingest, filters, dedup, quality, tokenize, train); writes OUTPUT/summary.json."""
     from flows.pretrain import pretrain_flow
@@ -750,12 +751,12 @@ def scaling_fit(
     typer.echo(f"plot: {png}")
 
 
-@scaling_app.command("sweep")
+@scaling_app.command("sweep", cls=ListOptions)
 def scaling_sweep(
     data: Path = typer.Option(..., help="Token shards folder (from `pretrain tokenize`)."),
     output: Path = typer.Option(Path("runs/sweep"), "--output", "-o", help="Sweep folder: runs/, sweep.csv, fit.json, sweep.png."),
     config: Optional[Path] = typer.Option(None, help="A SweepConfig YAML (default: the CPU grid; configs/sweep/gpu.yaml)."),
-    set_: list[str] = typer.Option([], "--set", help="Override a SweepConfig field: key=value (repeatable)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a SweepConfig field: key=value (one or more)."),
 ) -> None:
     """Train a grid of models at several compute budgets, then fit L(N, D) to their losses."""
     from flows.sweep import sweep_flow

@@ -1,0 +1,76 @@
+"""The CLI's conventions: list options, recipe values against CLI defaults, one --set, recipes as package data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import typer
+from conftest import SHARED_DATA
+from typer.core import TyperGroup, TyperOption
+from typer.testing import CliRunner
+
+from cli.main import app
+from cli.options import ListOptions, spread_list_values
+from tasks.demo import write_demo_data
+
+FLAGS = {"--input", "-i", "--set"}
+
+
+def every_command(command=None, path: str = "pretrain"):
+    """(name, command) for every command of the app, subcommands included."""
+    command = command or typer.main.get_command(app)
+    if isinstance(command, TyperGroup):
+        for name, sub in command.commands.items():
+            yield from every_command(sub, f"{path} {name}")
+    else:
+        yield path, command
+
+
+# ---------------------------------------------------------------- list options
+
+
+def test_values_after_one_flag_become_one_flag_each():
+    assert spread_list_values(["--input", "a", "b", "--output", "X"], FLAGS) == [
+        "--input", "a", "--input", "b", "--output", "X"]
+    assert spread_list_values(["-i", "a", "b", "-i", "c"], FLAGS) == ["-i", "a", "-i", "b", "-i", "c"]
+    assert spread_list_values(["--input=a", "b"], FLAGS) == ["--input=a", "--input", "b"]
+    assert spread_list_values(["--set", "a.b=1", "c=2"], FLAGS) == ["--set", "a.b=1", "--set", "c=2"]
+
+
+def test_spreading_stops_at_an_option_and_after_double_dash_and_keeps_stdin_as_a_value():
+    assert spread_list_values(["--input", "-", "a", "--num-cpus", "1"], FLAGS) == [
+        "--input", "-", "--input", "a", "--num-cpus", "1"]
+    assert spread_list_values(["--input", "a", "--", "b", "--input", "c"], FLAGS) == [
+        "--input", "a", "--", "b", "--input", "c"]
+    assert spread_list_values(["--output", "X", "b"], FLAGS) == ["--output", "X", "b"]  # not a list flag
+    assert spread_list_values(["--input"], FLAGS) == ["--input"]  # click says the value is missing
+
+
+def test_every_command_with_a_list_option_takes_several_values_after_one_flag():
+    with_lists = {name: command for name, command in every_command()
+                  if any(isinstance(p, TyperOption) and p.multiple for p in command.params)}
+    assert set(with_lists) >= {"pretrain ingest", "pretrain tokenize", "pretrain train", "pretrain run",
+                               "pretrain quality train-perplexity", "pretrain quality train-classifier",
+                               "pretrain scaling sweep"}
+    assert [name for name, command in with_lists.items() if not isinstance(command, ListOptions)] == []
+
+
+def warc_inputs(tmp_path: Path) -> list[str]:
+    """What `--input ../shared/data/cc/*.warc.gz` gives the command (the shell expands the glob), else demo WARCs."""
+    found = sorted(str(p) for p in (SHARED_DATA / "cc").glob("*.warc.gz"))
+    return found or [str(p) for p in write_demo_data(tmp_path / "demo", n_files=3, articles_per_file=5)]
+
+
+@pytest.mark.integration
+def test_ingest_takes_a_globs_files_after_one_flag_and_repeated_flags(services, tmp_path):
+    files = warc_inputs(tmp_path)
+    assert len(files) >= 3
+    out = tmp_path / "out"
+    args = ["ingest", "--input", *files[:-1], "--output", str(out), "--input", files[-1], "--num-cpus", "1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["files"] == len(files) and report["failed"] == []
+    assert sorted(shard["input"] for shard in report["shards"]) == files
