@@ -13,6 +13,8 @@ left it is served normally. Fault forms:
     ("drop",)                     close the connection without an answer
     ("truncate", n_bytes)         full headers (right Content-Length), n_bytes of body, close
     ("slow", seconds)             wait, then answer normally
+    ("hold", hold)                keep the request open unanswered until ``hold`` releases it, then
+                                  close the connection (``server.hold(path)`` makes one; see ``Hold``)
 
 Files come from a dict (path -> bytes, mutable through ``server.files``) and/or a
 folder (``root``); the dict wins. ``ranges=False`` makes the server ignore ``Range``
@@ -23,6 +25,7 @@ folder (``root``); the dict wins. ``ranges=False`` makes the server ignore ``Ran
 
 from __future__ import annotations
 
+import queue
 import re
 import sys
 import threading
@@ -37,6 +40,51 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
+
+
+class Hold:
+    """Requests to one path held unanswered on arrival: while one is held its client is provably
+    inside that request, so a test can kill exactly the process that made it (found by the
+    client's port, ``HeldRequest.client_port``) and know what it was doing.
+
+    ``repeat=False`` holds the next request only; ``repeat=True`` holds every request.
+    """
+
+    def __init__(self, repeat: bool = False, max_hold_s: float = 300):
+        self.repeat, self.max_hold_s = repeat, max_hold_s
+        self._arrivals: queue.Queue[HeldRequest] = queue.Queue()
+        self._held: list[HeldRequest] = []
+        self._lock = threading.Lock()
+
+    def next(self, timeout_s: float = 120) -> HeldRequest:
+        """The next held request, in arrival order; AssertionError if none arrives in ``timeout_s``."""
+        try:
+            return self._arrivals.get(timeout=timeout_s)
+        except queue.Empty:
+            raise AssertionError(f"no request arrived to be held within {timeout_s:.0f} s") from None
+
+    def release_all(self) -> None:
+        with self._lock:
+            for held in self._held:
+                held.release()
+
+    def _wait(self, client_port: int) -> None:  # called by the handler thread
+        held = HeldRequest(client_port)
+        with self._lock:
+            self._held.append(held)
+        self._arrivals.put(held)
+        held._released.wait(self.max_hold_s)
+
+
+class HeldRequest:
+    """One request a ``Hold`` keeps open: its client's TCP port and a ``release``."""
+
+    def __init__(self, client_port: int):
+        self.client_port = client_port
+        self._released = threading.Event()
+
+    def release(self) -> None:
+        self._released.set()
 
 
 @dataclass(frozen=True)
@@ -67,6 +115,7 @@ class FaultyHTTPServer:
         self._lock = threading.Lock()
         self._httpd: _QuietServer | None = None
         self._thread: threading.Thread | None = None
+        self._holds: list[Hold] = []
 
     # -- lifecycle --
     def start(self) -> FaultyHTTPServer:
@@ -76,6 +125,8 @@ class FaultyHTTPServer:
         return self
 
     def stop(self) -> None:
+        for hold in self._holds:
+            hold.release_all()
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -94,6 +145,11 @@ class FaultyHTTPServer:
         host, port = self._httpd.server_address[:2]
         return f"http://{host}:{port}"
 
+    @property
+    def port(self) -> int:
+        assert self._httpd is not None, "server not started"
+        return self._httpd.server_address[1]
+
     def url(self, path: str) -> str:
         return self.base_url + "/" + path.lstrip("/")
 
@@ -105,6 +161,13 @@ class FaultyHTTPServer:
     def add_faults(self, path: str, *faults: tuple) -> None:
         with self._lock:
             self._faults["/" + path.lstrip("/")].extend(faults)
+
+    def hold(self, path: str, repeat: bool = False) -> Hold:
+        """Hold the next request to ``path`` (every one with ``repeat``) after the faults queued before."""
+        hold = Hold(repeat)
+        self._holds.append(hold)
+        self.add_faults(path, ("hold", hold))
+        return hold
 
     def requests_for(self, path: str) -> list[RecordedRequest]:
         path = "/" + path.lstrip("/")
@@ -118,8 +181,11 @@ class FaultyHTTPServer:
     def _record_and_next_fault(self, request: RecordedRequest) -> tuple | None:
         with self._lock:
             self.requests.append(request)
-            queue = self._faults.get(request.path)
-            return queue.popleft() if queue else None
+            faults = self._faults.get(request.path)
+            fault = faults.popleft() if faults else None
+            if fault is not None and fault[0] == "hold" and fault[1].repeat:
+                faults.appendleft(fault)
+            return fault
 
     def _lookup(self, path: str) -> bytes | None:
         if path in self.files:
@@ -163,6 +229,10 @@ def _make_handler(server: FaultyHTTPServer) -> type[BaseHTTPRequestHandler]:
                 if kind == "status":
                     return self._status(fault[1], fault[2] if len(fault) > 2 else None)
                 if kind == "drop":
+                    self.close_connection = True
+                    return
+                if kind == "hold":
+                    fault[1]._wait(self.client_address[1])
                     self.close_connection = True
                     return
                 if kind == "slow":

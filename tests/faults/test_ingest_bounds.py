@@ -21,7 +21,8 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import REPO
-from faultlib import HolderKiller, StageProcess, rows_of, slow
+from faultlib import RequestKiller, StageProcess, rows_of, slow
+from httpserver import FaultyHTTPServer
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -154,16 +155,20 @@ def test_a_file_whose_worker_always_dies_fails_by_name_and_the_others_finish(ser
     for name in ("a", "b"):
         write_warc(inputs / f"{name}.warc.gz", [response_record(f"https://{name}.org/{i}", article(i), "text/html",
                                                                 WHEN) for i in range(3)])
-    # Long enough to be caught open: a few thousand records.
-    doomed = write_warc(inputs / "doomed.warc.gz", [response_record(f"https://d.org/{i}", article(i), "text/html",
-                                                                    WHEN) for i in range(3000)])
-    killer = HolderKiller(doomed)
-    killer.start()
-    try:
-        with pytest.raises(StageFailed, match=r"1 of 3 input files failed: .*doomed\.warc\.gz"):
-            ingest_flow(config=IngestConfig(inputs=[str(inputs)]), output_dir=str(tmp_path / "out"))
-    finally:
-        killed = killer.stop()
+    # Served over HTTP and held at every request: each attempt's worker is killed inside its fetch.
+    doomed = write_warc(tmp_path / "remote" / "doomed.warc.gz", [response_record(f"https://d.org/{i}", article(i),
+                                                                                 "text/html", WHEN) for i in range(3)])
+    with FaultyHTTPServer(root=doomed.parent) as server:
+        killer = RequestKiller(server.hold("/doomed.warc.gz", repeat=True), server.port)
+        killer.start()
+        try:
+            with pytest.raises(StageFailed, match=r"1 of 3 input files failed: .*doomed\.warc\.gz"):
+                ingest_flow(config=IngestConfig(inputs=[str(inputs), server.url("doomed.warc.gz")]),
+                            output_dir=str(tmp_path / "out"))
+        finally:
+            killed = killer.stop()
+        requests = server.requests_for("/doomed.warc.gz")
+    assert len(requests) == len(killed) == len(set(killed))  # every attempt was killed in its fetch, each worker once
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert [Path(f["input"]).name for f in report["failed"]] == ["doomed.warc.gz"]
     assert "WorkerCrashedError" in report["failed"][0]["error"]

@@ -5,21 +5,33 @@ The flow-process kill of ingestion is in tests/test_ingest_flow.py; a training r
 mid-way and resumed is in tests/test_train.py, one killed with -9 and resumed in
 test_kill_train.py. Here: a worker kill in every Ray stage (in `make test`), and flow-process
 kills of filter, dedup and tokenize (slow: `make test-faults`).
+
+No kill waits on a clock. Ingest reads its inputs over HTTP from tests/httpserver.py, which holds
+one file's request open: the worker that made it is inside that shard's fetch when it is killed.
+The other stages run in a process of their own whose Ray workers carry the commit trap
+(tests/faults/trap): the worker about to rename one shard into place waits there, and the test
+kills exactly that worker (or the whole run). Each test then checks that the killed process was
+that task's worker and that the task ran again (a second request, a second worker at the commit).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
+import psutil
 import pytest
-from faultlib import StageProcess, WorkerKiller, assert_no_duplicate_ids, part_files, rows_of, shard_bytes, slow
+from faultlib import (CommitTrap, FlowProcess, RequestKiller, StageProcess, assert_no_duplicate_ids,
+                      kill_running_worker, part_files, rows_of, shard_bytes, slow)
+from httpserver import FaultyHTTPServer
 
 from pretrain.config import DedupConfig, FilterConfig, IngestConfig, TokenizeConfig
 from tasks.demo import write_demo_data
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 SAME_AS_CLEAN = "Ray reran the task; equals a clean run, ids unique, no .part"
+HELD = "demo-00003"  # the shard whose task is held and killed (of demo-00000 .. demo-00005)
 
 
 @pytest.fixture(scope="module")
@@ -33,23 +45,43 @@ def ingested(tmp_path_factory, prefect_server, ray_session) -> Path:
     return root
 
 
-def run_with_worker_kill(title: str, run) -> list[int]:
-    killer = WorkerKiller(title)
-    killer.start()
+def kill_worker_at_commit(flow: str, config, shard: Path, api_url: str, markers: Path, **kwargs) -> list[int]:
+    """Run ``flow`` in a process of its own; SIGKILL the Ray worker held at the commit of ``shard``.
+
+    The run must then end well, its task retried: a second worker reached the same commit and went on.
+    """
+    trap = CommitTrap(shard, markers)
+    run = FlowProcess(flow, config, api_url, trap.env, **kwargs)
     try:
-        run()
+        held = trap.wait_held(run)
+        kill_running_worker(held)
+        code, output = run.finish()
     finally:
-        killed = killer.stop()
-    return killed
+        run.stop()
+    assert code == 0, output[-3000:]
+    assert trap.pids("held") == [held] and len(trap.pids("passed")) == 1, \
+        f"the task of {shard.name} should run twice: held {trap.pids('held')}, passed {trap.pids('passed')}"
+    assert trap.pids("passed") != [held] and shard.is_file()
+    return [held]
 
 
 def test_killing_a_ray_worker_mid_ingest_loses_and_duplicates_nothing(services, ingested, tmp_path, ledger):
     from flows.ingest import ingest_flow
 
-    cfg = IngestConfig(inputs=[str(ingested / "demo")], min_text_chars=21)  # not a cache hit of the fixture's run
-    killed = run_with_worker_kill("ray::ingest-shard", lambda: ingest_flow(config=cfg, output_dir=str(tmp_path / "k")))
-    assert len(killed) == 1
-    ingest_flow(config=cfg, output_dir=str(tmp_path / "clean"))
+    held_file = f"/{HELD}.warc.gz"
+    with FaultyHTTPServer(root=ingested / "demo") as server:
+        urls = [server.url(p.name) for p in sorted((ingested / "demo").glob("*.warc.gz"))]
+        cfg = IngestConfig(inputs=urls, min_text_chars=21)  # not a cache hit of the fixture's run
+        killer = RequestKiller(server.hold(held_file), server.port, limit=1)
+        killer.start()
+        try:
+            ingest_flow(config=cfg, output_dir=str(tmp_path / "k"))
+        finally:
+            killed = killer.stop()
+        assert len(killed) == 1, f"no worker was caught fetching {held_file}"
+        # the killed worker's request, then Ray's retry of the task in another worker
+        assert [r.method for r in server.requests_for(held_file)] == ["GET", "GET"]
+        ingest_flow(config=cfg, output_dir=str(tmp_path / "clean"))
     assert shard_bytes(tmp_path / "k") == shard_bytes(tmp_path / "clean") and len(shard_bytes(tmp_path / "k")) == 6
     assert assert_no_duplicate_ids(tmp_path / "k") == json.loads((tmp_path / "k" / "report.json").read_text())["documents"]
     assert part_files(tmp_path / "k") == []
@@ -62,7 +94,8 @@ def test_killing_a_ray_worker_mid_filter_loses_and_duplicates_nothing(services, 
 
     cfg = FilterConfig.model_validate({"c4": {"min_sentences": 4}})
     run = lambda out: filter_flow(config=cfg, input_dir=str(ingested / "ingest"), output_dir=str(out))  # noqa: E731
-    killed = run_with_worker_kill("ray::filter-shard", lambda: run(tmp_path / "k"))
+    killed = kill_worker_at_commit("flows.filter.filter_flow", cfg, tmp_path / "k" / f"{HELD}.parquet", services,
+                                   tmp_path / "trap", input_dir=str(ingested / "ingest"), output_dir=str(tmp_path / "k"))
     assert len(killed) == 1
     run(tmp_path / "clean")
     assert shard_bytes(tmp_path / "k", "**/*.parquet") == shard_bytes(tmp_path / "clean", "**/*.parquet")
@@ -80,7 +113,9 @@ def test_killing_a_ray_worker_mid_dedup_loses_and_duplicates_nothing(services, i
 
     cfg = DedupConfig(hash_partitions=2, seed=7)
     run = lambda out: dedup_flow(config=cfg, input_dir=str(ingested / "ingest"), output_dir=str(out))  # noqa: E731
-    killed = run_with_worker_kill("ray::_hash_on_ray", lambda: run(tmp_path / "k"))
+    hashed = tmp_path / "k" / "dedup" / "work" / "shards" / f"{HELD}.keys.npy"  # the hash stage's 4th file of 5
+    killed = kill_worker_at_commit("flows.dedup.dedup_flow", cfg, hashed, services, tmp_path / "trap",
+                                   input_dir=str(ingested / "ingest"), output_dir=str(tmp_path / "k"))
     assert len(killed) == 1
     run(tmp_path / "clean")
     assert shard_bytes(tmp_path / "k") == shard_bytes(tmp_path / "clean")
@@ -101,7 +136,9 @@ def test_killing_a_ray_worker_mid_tokenize_loses_and_duplicates_nothing(services
 
     cfg = TokenizeConfig(vocab_size=400, train_max_documents=200, val_fraction=0.1)
     run = lambda out: tokenize_flow(config=cfg, input_dirs=[str(ingested / "ingest")], output_dir=str(out))  # noqa
-    killed = run_with_worker_kill("ray::_tokenize_on_ray", lambda: run(tmp_path / "k"))
+    killed = kill_worker_at_commit("flows.tokenize.tokenize_flow", cfg, tmp_path / "k" / "train" / f"{HELD}.bin",
+                                   services, tmp_path / "trap", input_dirs=[str(ingested / "ingest")],
+                                   output_dir=str(tmp_path / "k"))
     assert len(killed) == 1
     run(tmp_path / "clean")
     assert shard_bytes(tmp_path / "k", "*/*.bin") == shard_bytes(tmp_path / "clean", "*/*.bin")
@@ -115,11 +152,22 @@ def test_killing_a_ray_worker_mid_tokenize_loses_and_duplicates_nothing(services
            documents=index["documents"]["train"] + index["documents"]["val"])
 
 
-def kill_then_rerun(args: list[str], out: Path, started, api_url: str) -> None:
-    """Run ``pretrain <args>``, SIGKILL it once ``started(out)`` holds, then rerun it to the end."""
-    stage = StageProcess(args, api_url)
-    assert stage.wait_for(lambda: started(out)), "the run should be killed in the middle"
-    stage.kill9()
+def kill_then_rerun(args: list[str], out: Path, shard: Path, api_url: str, markers: Path) -> None:
+    """Run ``pretrain <args>``, SIGKILL it (and its Ray) while a worker is held at the commit of ``shard``,
+    then rerun it to the end."""
+    trap = CommitTrap(shard, markers)
+    stage = StageProcess(args, api_url, **trap.env)
+    try:
+        held = trap.wait_held(stage)
+        assert psutil.Process(held).cmdline()[0].startswith("ray::"), "the held process should be a Ray worker"
+        stage.kill9()
+        with contextlib.suppress(psutil.Error):  # its raylet is gone; the worker may be going on its own
+            psutil.Process(held).kill()
+    finally:
+        stage.stop()
+    # killed in the middle: the held shard's temporary file is on disk, the shard is not, the run never finished
+    assert list(shard.parent.glob(f".{shard.name}.*part")) and not shard.exists(), sorted(shard.parent.iterdir())
+    assert not (out / "report.json").exists()
     rerun = StageProcess(args, api_url)
     code, output = rerun.finish()
     assert code == 0, output[-3000:]
@@ -131,7 +179,7 @@ def test_killing_the_filter_process_then_rerunning_gives_the_clean_result(servic
 
     out = tmp_path / "k"
     args = ["filter", "--input", str(ingested / "ingest"), "--output", str(out), "--num-cpus", "1"]
-    kill_then_rerun(args, out, lambda o: 1 <= len(list(o.glob("*.parquet"))) < 6, services)
+    kill_then_rerun(args, out, out / f"{HELD}.parquet", services, tmp_path / "trap")
     filter_flow(config=FilterConfig(), input_dir=str(ingested / "ingest"), output_dir=str(tmp_path / "clean"))
     assert shard_bytes(out, "**/*.parquet") == shard_bytes(tmp_path / "clean", "**/*.parquet")
     ids = assert_no_duplicate_ids(out)
@@ -146,8 +194,7 @@ def test_killing_the_dedup_process_then_rerunning_gives_the_clean_result(service
 
     out = tmp_path / "k"
     args = ["dedup", "--input", str(ingested / "ingest"), "--output", str(out), "--partitions", "2", "--num-cpus", "1"]
-    kill_then_rerun(args, out, lambda o: any((o / "dedup").rglob("*.parquet")) if (o / "dedup").exists() else False,
-                    services)
+    kill_then_rerun(args, out, out / f"{HELD}.parquet", services, tmp_path / "trap")  # its cluster tables are written
     dedup_flow(config=DedupConfig(hash_partitions=2), input_dir=str(ingested / "ingest"),
                output_dir=str(tmp_path / "clean"))
     assert shard_bytes(out) == shard_bytes(tmp_path / "clean") and len(shard_bytes(out)) == 6
@@ -164,7 +211,7 @@ def test_killing_the_tokenize_process_then_rerunning_gives_the_clean_result(serv
     out = tmp_path / "k"
     args = ["tokenize", "--input", str(ingested / "ingest"), "--output", str(out), "--vocab-size", "400",
             "--num-cpus", "1"]
-    kill_then_rerun(args, out, lambda o: 1 <= len(list(o.glob("train/*.bin"))) < 6, services)
+    kill_then_rerun(args, out, out / "train" / f"{HELD}.bin", services, tmp_path / "trap")
     tokenize_flow(config=TokenizeConfig(vocab_size=400), input_dirs=[str(ingested / "ingest")],
                   output_dir=str(tmp_path / "clean"))
     assert shard_bytes(out, "*/*.bin") == shard_bytes(tmp_path / "clean", "*/*.bin")
