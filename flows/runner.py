@@ -31,11 +31,15 @@ from tasks.ray_runtime import cluster_cpus, ensure_ray
 
 
 class StageFailed(RuntimeError):
-    """Some of a stage's tasks failed after their retries; ``report.json`` lists them."""
+    """Some of a stage's tasks failed after their retries; ``report.json`` lists them.
 
-    def __init__(self, stage: str, failures: list[dict], total: int, what: str = "shards", prefix: str = ""):
+    ``entry`` formats one failure of the listing (dedup's phases list ``input: error``).
+    """
+
+    def __init__(self, stage: str, failures: list[dict], total: int, what: str = "shards", prefix: str = "",
+                 entry: str = "{input} ({error})"):
         self.stage, self.failures = stage, failures
-        listing = "; ".join(f"{f['input']} ({f['error']})" for f in failures)
+        listing = "; ".join(entry.format(**f) for f in failures)
         super().__init__(f"{prefix}{len(failures)} of {total} {what} failed: {listing}")
 
 

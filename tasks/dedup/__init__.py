@@ -1,7 +1,8 @@
 """Dataset-wide deduplication: exact, URL and fuzzy (MinHash LSH), in four stages.
 
-Plain functions, no Prefect; ``flows/dedup.py`` runs each stage as Ray tasks
-wrapped in cached, retried Prefect tasks. Stages pass files, never data:
+Plain functions, no Prefect; ``flows/dedup.py`` runs each stage's entry in
+``phases`` through the shard runner (cached, retried Prefect tasks that run Ray
+tasks). Stages pass files, never data:
 
 1. ``hashing.hash_shard`` (one task per shard): normalize text, compute the exact
    key, URL key and MinHash band keys of every document, write them bucketed by
@@ -60,6 +61,7 @@ DEDUP_MODULES = (
     "tasks.dedup.keys",
     "tasks.dedup.layout",
     "tasks.dedup.minhash",
+    "tasks.dedup.phases",
     "tasks.dedup.text",
     "tasks.shards",
 )

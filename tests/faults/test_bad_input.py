@@ -137,7 +137,7 @@ def bad_shards(tmp_path) -> Path:
 @pytest.mark.integration
 def test_bad_parquet_shards_fail_by_name_in_filter_and_dedup_and_the_good_shard_is_written(services, bad_shards,
                                                                                            tmp_path, ledger):
-    from flows.dedup import DedupFailed, dedup_flow
+    from flows.dedup import dedup_flow
     from flows.filter import filter_flow
     from flows.runner import StageFailed
 
@@ -149,7 +149,7 @@ def test_bad_parquet_shards_fail_by_name_in_filter_and_dedup_and_the_good_shard_
     assert "not-parquet.parquet" in message
     assert (tmp_path / "f" / "good.parquet").is_file() and part_files(tmp_path / "f") == []
 
-    with pytest.raises(DedupFailed, match="dedup-hash: 3 of 4 task") as info:
+    with pytest.raises(StageFailed, match="dedup-hash: 3 of 4 task") as info:
         dedup_flow(config=DedupConfig(hash_partitions=1), input_dir=str(bad_shards), output_dir=str(tmp_path / "d"))
     assert "no-text-column" in str(info.value) and "text-is-int" in str(info.value)
     assert not list((tmp_path / "d").glob("*.parquet"))  # dedup needs every shard: nothing half-done is written
