@@ -221,7 +221,8 @@ def train_perplexity(
     reference: list[str] = typer.Option(..., "--reference", "-r", help="Reference text: files, globs or folders "
                                         "(.txt[.gz], JSONL, Parquet); one or more."),
     output: Path = typer.Option(..., "--output", "-o", help="Model folder to write (sp.model, lm.binary, model.json)."),
-    lang: str = typer.Option("en", help="Language of the reference text (documents in others are not scored)."),
+    lang: Optional[str] = typer.Option(None, help="Language of the reference text (documents in others are not "
+                                       "scored; default: the recipe's, else en)."),
     order: Optional[int] = typer.Option(None, help="n-gram order (default 5)."),
     vocab_size: Optional[int] = typer.Option(None, help="Sentencepiece vocabulary size (default 8000)."),
     config: Optional[Path] = typer.Option(None, help="A recipe YAML; its `quality.perplexity` section gives defaults."),
@@ -248,17 +249,22 @@ def train_classifier(
     positive: list[str] = typer.Option(..., "--positive", "-p", help="Reference (good) text; one or more."),
     negative: list[str] = typer.Option(..., "--negative", "-n", help="Web documents, e.g. ingested shards; one or more."),
     output: Path = typer.Option(..., "--output", "-o", help="Model folder to write (model.joblib, model.json)."),
-    max_documents: int = typer.Option(20_000, help="Documents sampled per class, at most."),
-    config: Optional[Path] = typer.Option(None, help="A recipe YAML; its `quality.classifier` section gives defaults."),
+    max_documents: Optional[int] = typer.Option(None, help="Documents sampled per class, at most (default: the "
+                                                "recipe's quality_training.max_documents, else 20000)."),
+    config: Optional[Path] = typer.Option(None, help="A recipe YAML; its `quality.classifier` section and "
+                                          "quality_training.max_documents give defaults."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --output that is not an earlier classifier."),
 ) -> None:
     """Train the quality classifier (hashed n-grams + logistic SGD) and report held-out metrics."""
     from flows.quality import train_classifier_flow
 
     try:
-        cfg = _recipe_or_default(config).quality.classifier
+        recipe = _recipe_or_default(config)
     except ConfigError as error:
         _fail(str(error))
+    cfg = recipe.quality.classifier
+    if max_documents is None:
+        max_documents = recipe.quality_training.max_documents
     try:
         meta = train_classifier_flow(positive=positive, negative=negative, output_dir=str(output), config=cfg,
                                      max_documents=max_documents, force=force)

@@ -74,3 +74,64 @@ def test_ingest_takes_a_globs_files_after_one_flag_and_repeated_flags(services, 
     report = json.loads((out / "report.json").read_text())
     assert report["files"] == len(files) and report["failed"] == []
     assert sorted(shard["input"] for shard in report["shards"]) == files
+
+
+# ---------------------------------------------------------------- recipe values against CLI defaults
+
+
+def write_recipe(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> str:
+    from tasks.demo_reference import write_demo_reference
+
+    return str(write_demo_reference(tmp_path_factory.mktemp("reference"), n_documents=120))
+
+
+@pytest.mark.integration
+def test_train_perplexity_keeps_the_recipes_lang_unless_lang_is_given(services, reference, tmp_path):
+    recipe = write_recipe(tmp_path / "fr.yaml", "quality:\n  perplexity: {lang: fr, order: 3, vocab_size: 300}\n")
+    runs = {"recipe": [], "flag": ["--lang", "de"]}
+    for name, flag in runs.items():
+        out = tmp_path / name
+        result = CliRunner().invoke(app, ["quality", "train-perplexity", "--reference", reference, "--output", str(out),
+                                          "--config", str(recipe), *flag])
+        assert result.exit_code == 0, result.output
+        runs[name] = json.loads((out / "model.json").read_text())
+    assert runs["recipe"]["lang"] == "fr" and runs["flag"]["lang"] == "de"
+    assert runs["recipe"]["order"] == runs["flag"]["order"] == 3  # the rest of the section still applies
+
+
+def spam_shard(folder: Path, n_documents: int) -> str:
+    """Web-like junk, one Parquet shard: the classifier's negatives."""
+    import random
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = random.Random(0)
+    words = "buy cheap best price free shipping click here login cart sale discount now offer watches".split()
+    texts = [" ".join(rng.choice(words) for _ in range(30)) + f" item {n}" for n in range(n_documents)]
+    folder.mkdir(parents=True)
+    pq.write_table(pa.table({"id": [str(n) for n in range(n_documents)], "text": texts}), folder / "web.parquet")
+    return str(folder)
+
+
+@pytest.mark.integration
+def test_train_classifier_keeps_the_recipes_max_documents_unless_the_flag_is_given(services, reference, tmp_path):
+    negatives = spam_shard(tmp_path / "web", 100)
+    recipe = write_recipe(tmp_path / "small.yaml", "quality_training: {max_documents: 30}\n"
+                                                   "quality:\n  classifier: {n_features: 4096}\n")
+    runs = {"recipe": [], "flag": ["--max-documents", "50"]}
+    for name, flag in runs.items():
+        out = tmp_path / name
+        result = CliRunner().invoke(app, ["quality", "train-classifier", "--positive", reference,
+                                          "--negative", negatives, "--output", str(out), "--config", str(recipe),
+                                          *flag])
+        assert result.exit_code == 0, result.output
+        runs[name] = json.loads((out / "model.json").read_text())["counts"]
+    assert (runs["recipe"]["positives"], runs["recipe"]["negatives"]) == (30, 30)
+    assert (runs["flag"]["positives"], runs["flag"]["negatives"]) == (50, 50)
