@@ -188,8 +188,10 @@ def train_config(cfg: PipelineConfig, tokens_dir: Path, run_dir: Path) -> TrainC
 
 
 def planned_model(train: TrainConfig, tokens_dir: Path) -> TrainConfig:
-    """The scaling planner's choice (``pretrain.scaling``) for the tokens obtained."""
-    from pretrain.scaling import closest_model_shape, plan_for_tokens, tokens_in_index
+    """The scaling planner's choice (``models.scaling``) for the tokens obtained."""
+    from models.scaling import plan_for_tokens
+    from models.shapes import closest_model_shape
+    from tasks.scaling import tokens_in_index
 
     index = json.loads((tokens_dir / "index.json").read_text())
     plan = plan_for_tokens(tokens_in_index(tokens_dir))

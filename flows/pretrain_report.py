@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
 
 from flows.common import funnel_table
+from models.scaling import CHINCHILLA, optimal_tokens_for_params, plan_for_tokens
 
 SHARD_GLOBS = {"ingest": "*.parquet", "filter": "*.parquet", "dedup": "*.parquet", "quality": "kept/*.parquet"}
 MAX_SCORE_SAMPLE = 200_000
@@ -72,9 +73,7 @@ def funnel(stages: dict[str, dict]) -> list[dict]:
 
 
 def scaling_position(params: int | None, rows: list[dict]) -> dict | None:
-    """Where the trained model sits against the Chinchilla law (``pretrain.scaling``)."""
-    from pretrain.scaling import CHINCHILLA, optimal_tokens_for_params, plan_for_tokens
-
+    """Where the trained model sits against the Chinchilla law (``models.scaling``)."""
     by_stage = {row["stage"]: row for row in rows}
     if not params or "train" not in by_stage:
         return None
@@ -132,8 +131,6 @@ def score_histograms(scored_dir: Path) -> bytes | None:
 
 
 def scaling_figure(position: dict) -> bytes:
-    from pretrain.scaling import CHINCHILLA, optimal_tokens_for_params
-
     plt = _pyplot()
     n = np.logspace(np.log10(min(position["params"], position["optimal_params_for_tokens"]) / 10), 11, 100)
     fig, ax = plt.subplots(figsize=(6, 4))

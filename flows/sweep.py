@@ -1,7 +1,8 @@
 """Prefect flow: a scaling sweep. Train every model shape at every compute budget with
 the training stack (``flows.train.train_task``: DeepSpeed, one run after another), take
-each run's final validation loss, fit L(N, D) (``pretrain.scaling.fit_law``) and the
-IsoFLOP parabolas, and publish the runs table, the fit and the plot.
+each run's final validation loss, fit L(N, D) (``models.scaling.fit_law``) and the
+IsoFLOP parabolas, and publish the runs table, the fit and the plot. The sweep's plan (which
+shapes at which budgets, for how many steps) is made here too.
 
 Output folder::
 
@@ -19,9 +20,13 @@ nothing.
 from __future__ import annotations
 
 import base64
+import csv
+import io
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,18 +35,87 @@ from prefect.artifacts import create_table_artifact
 
 from flows.common import file_identity, funnel_table, parameter_policy, publish_markdown
 from flows.train import train_task
-from pretrain.config import SweepConfig
+from models.scaling import LAW_FIELDS, ScalingError, fit_law, isoflop_fits
+from models.shapes import total_params
+from models.transformer import non_embedding_params
+from pretrain.config import ModelConfig, SweepConfig, TrainConfig
 from pretrain.progress import report_progress
 from pretrain.provenance import atomic_write_text, code_version, stable_hash, write_info_json
-from pretrain.scaling import (
-    LAW_FIELDS, Runs, ScalingError, SweepRun, fit_law, isoflop_fits, plan_sweep, plot_fit, sweep_row, write_csv,
-)
-from tasks.tokenize import INDEX_FILE
+from tasks.scaling import Runs, plot_fit
+from tasks.tokenize import INDEX_FILE, TokenShards
 from tasks.train import TRAIN_MODULES
+from tasks.train.ds_config import batch_plan
 
 KEY_FILE = "sweep_key.txt"
 MIN_RUNS = 5  # the law has five parameters
 FIT_STARTS = 8  # L-BFGS from the 8 best points of the paper's grid (a sweep has few runs; they agree)
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One training run of a sweep: a shape at a budget, its steps and its TrainConfig."""
+
+    label: str
+    budget_flops: float
+    n_params: int  # with embeddings
+    steps: int
+    config: Any  # TrainConfig
+
+
+def plan_sweep(sweep, data_dir: str | Path, output_dir: str | Path) -> list[SweepRun]:
+    """Every (budget, shape) of a ``SweepConfig`` as a run in OUTPUT/runs/<label>.
+
+    Tokens are C / (6 N), N with embeddings, rounded to whole optimizer steps; a run
+    under ``min_steps`` is an error that names its budget and shape.
+    """
+    vocab_size = TokenShards.open(data_dir).vocab_size
+    base = sweep.train.model_dump(exclude={"model", "model_size"})
+    tokens_per_step = batch_plan(sweep.train, sweep.train.num_procs).tokens_per_step
+    runs = []
+    for budget in sweep.budgets_flops:
+        for shape in sweep.shapes:
+            model = ModelConfig(vocab_size=vocab_size, max_seq_len=sweep.train.seq_len, **shape.model_dump())
+            n_params = total_params(model)
+            steps = round(budget / (6.0 * n_params * tokens_per_step))
+            label = f"c{budget:.0e}-{shape.n_layers}x{shape.d_model}".replace("+", "")
+            if steps < sweep.min_steps:
+                raise ScalingError(
+                    f"sweep.budgets_flops: budget {budget:.3g} gives shape {shape.n_layers}x{shape.d_model} "
+                    f"({n_params:,} parameters) {steps} steps of {tokens_per_step:,} tokens, under min_steps "
+                    f"{sweep.min_steps}; raise the budget to at least "
+                    f"{6.0 * n_params * tokens_per_step * sweep.min_steps:.3g}")
+            fields = {**base, "data_dir": str(data_dir), "output_dir": str(Path(output_dir) / "runs" / label),
+                      "model": model.model_dump(), "model_size": None, "max_steps": steps,
+                      "warmup_steps": round(sweep.warmup_fraction * steps), "eval_every_steps": steps,
+                      "checkpoint_every_steps": steps, "stop_after_steps": None}
+            runs.append(SweepRun(label, budget, n_params, steps, TrainConfig.model_validate(fields)))
+    return runs
+
+
+SWEEP_COLUMNS = ("label", "budget_flops", "n_layers", "d_model", "n_heads", "n_params", "n_params_non_embedding",
+                 "steps", "tokens", "flops_6nd", "train_flops", "final_loss", "val_loss")
+
+
+def sweep_row(run: SweepRun, summary: dict) -> dict[str, Any]:
+    """One row of sweep.csv from a finished run's summary.json."""
+    model = run.config.model
+    if summary.get("val_loss") is None:
+        raise ScalingError(f"run {run.label}: no validation loss in its summary (empty val split?)")
+    return {"label": run.label, "budget_flops": run.budget_flops, "n_layers": model.n_layers,
+            "d_model": model.d_model, "n_heads": model.n_heads, "n_params": summary["params"],
+            "n_params_non_embedding": non_embedding_params(model), "steps": summary["steps"],
+            "tokens": summary["tokens"], "flops_6nd": 6.0 * summary["params"] * summary["tokens"],
+            "train_flops": summary["flops_per_token"] * summary["tokens"], "final_loss": summary["final_loss"],
+            "val_loss": summary["val_loss"]}
+
+
+def write_csv(path: str | Path, rows: list[dict], columns: tuple[str, ...] = SWEEP_COLUMNS) -> Path:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(Path(path), buffer.getvalue())
+    return Path(path)
 
 
 def run_key(run: SweepRun) -> str:
@@ -124,7 +198,7 @@ def sweep_flow(config: SweepConfig = SweepConfig(), data_dir: str = "", output_d
         report_progress("sweep", done, len(runs))
     write_csv(out / "sweep.csv", rows)
     result = fit_rows(rows, config.bootstrap, out)
-    write_info_json(out, stage="scaling-sweep", code=code_version("pretrain.scaling", *TRAIN_MODULES),
+    write_info_json(out, stage="scaling-sweep", code=code_version(__name__, *TRAIN_MODULES),
                     config=config.model_dump(mode="json"), inputs=[str(Path(data_dir).resolve())])
     publish(rows, result, out)
     seconds = round(time.perf_counter() - started, 1)

@@ -531,7 +531,7 @@ class PipelineConfig(_Model):
     export_hf: bool = Field(True, description="Export the trained model as a Hugging Face folder (OUTPUT/train/hf).")
     plan_model_size: bool = Field(
         False, description="Pick the model from the training tokens obtained with the scaling planner "
-                           "(pretrain.scaling: compute-optimal size, closest shape), instead of train.model_size.",
+                           "(models.scaling: compute-optimal size, closest shape), instead of train.model_size.",
     )
 
 

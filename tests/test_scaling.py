@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from pretrain.cli import app
-from pretrain.scaling import (
-    CHINCHILLA, EPOCH, InitGrid, ScalingError, ScalingLaw, closest_model_shape, epochs_needed, fit_law,
-    flops_from_gpu_hours, isoflop_fits, load_law, optimal_allocation, plan_for_tokens, read_runs_csv,
-    shape_for_params, tokens_in_index, total_params, training_flops_per_token,
+from cli.main import app
+from models.scaling import (
+    CHINCHILLA, EPOCH, InitGrid, ScalingError, ScalingLaw, epochs_needed, fit_law, flops_from_gpu_hours,
+    isoflop_fits, load_law, optimal_allocation, plan_for_tokens, shape_for_params, training_flops_per_token,
 )
+from models.shapes import closest_model_shape, total_params
+from tasks.scaling import read_runs_csv, tokens_in_index
 
 # Hoffmann et al. 2022, approach 3 (Eq. 10), and Besiroglu et al. 2024's refit, typed in again here.
 PAPER = {"chinchilla": (1.69, 406.4, 410.7, 0.34, 0.28), "epoch": (1.82, 482.01, 2085.43, 0.3478, 0.3658)}
@@ -26,7 +27,7 @@ BUDGETS = (1e18, 1e21, 5.76e23, 1e25)  # 5.76e23: Gopher's and Chinchilla's budg
 
 
 def closed_form(E, A, B, alpha, beta, flops):
-    """Hoffmann et al. 2022, Eq. 4, written out independently of pretrain.scaling."""
+    """Hoffmann et al. 2022, Eq. 4, written out independently of models.scaling."""
     g = (alpha * A / (beta * B)) ** (1 / (alpha + beta))
     n = g * (flops / 6) ** (beta / (alpha + beta))
     d = (1 / g) * (flops / 6) ** (alpha / (alpha + beta))

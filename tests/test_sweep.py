@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from conftest import shared_data
+from flows.sweep import plan_sweep
+from models.scaling import ScalingError, load_law
 from pretrain.config import SweepConfig
-from pretrain.scaling import ScalingError, load_law, plan_sweep
 from train_fixtures import build_token_shards
 
 BOOKS = ("Pride_and_Prejudice_JaneAusten", "Great_Expectations_CharlesDickens")

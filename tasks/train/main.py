@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.scaling import PEAK_BF16_FLOPS
 from pretrain.config import ModelConfig, TrainConfig
 from pretrain.provenance import atomic_write_text
 from tasks.train.checkpoint import (
@@ -45,9 +46,6 @@ from tasks.train.preflight import TrainConfigError, resolve_model_config  # noqa
 # the launcher is told through RUN_DIR/rank_errors/ and does not retry them.
 DETERMINISTIC_ERRORS = (TrainConfigError, CheckpointDamaged, ValueError, TypeError, KeyError, IndexError,
                         FileNotFoundError, NotImplementedError)
-
-# Dense bf16 peak per device (not the sparse figure), for MFU.
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -20,20 +20,22 @@ residuals log L_hat - log L, with L_hat written as a log-sum-exp of
 grid of initialisations; bootstrap resamples of the runs give confidence intervals.
 IsoFLOP fits (approach 2) put a parabola in log N through each budget's losses.
 
-Everything here is plain functions on numbers and arrays; ``flows/sweep.py`` trains
-the runs, ``pretrain scaling`` is the command line.
+Everything here is plain functions on numbers and arrays. Beside it: ``models.shapes``
+(the model config closest to a planned N), ``tasks.scaling`` (runs from a CSV, the plot,
+a token index's size), ``flows/sweep.py`` (plans and trains the runs); ``pretrain scaling``
+is the command line.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from pretrain.config import ConfigError, read_yaml_file
 
 LAW_FIELDS = ("E", "A", "B", "alpha", "beta")
 HUBER_DELTA = 1e-3
@@ -43,6 +45,8 @@ MAX_ITERATIONS = 1000  # L-BFGS iterations per start; a flat direction (E -> 0 o
 FIT_BOUNDS = ((-30.0, 60.0), (-30.0, 60.0), (-30.0, 10.0), (0.0, 5.0), (0.0, 5.0))
 DEFAULT_ASPECT_RATIO = 64.0  # d_model / n_layers; Kaplan et al. 2020 (Fig. 5): loss is flat over a wide range
 DATA_REPEAT_WARN_EPOCHS = 4.0  # Muennighoff et al. 2023: up to ~4 epochs cost little against fresh data
+# Dense bf16 peak per device (not the sparse figure): the budget of a GPU-hour here, MFU in training.
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
 class ScalingError(ValueError):
@@ -126,10 +130,8 @@ def load_law(name_or_path: str) -> ScalingLaw:
     path = Path(name_or_path)
     if not path.is_file():
         raise ScalingError(f"--law: {name_or_path!r} is neither a named law ({', '.join(LAWS)}) nor a file")
-    from pretrain.config import ConfigError, read_yaml_file  # JSON is YAML
-
     try:
-        data = read_yaml_file(path, "--law:")
+        data = read_yaml_file(path, "--law:")  # JSON is YAML
     except ConfigError as error:
         raise ScalingError(f"{error}; give a JSON file from `pretrain scaling fit --json`") from None
     return law_from_mapping(data, name=path.stem, source=str(path))
@@ -139,9 +141,7 @@ def load_law(name_or_path: str) -> ScalingLaw:
 
 
 def device_peak_flops(device: str) -> float:
-    """Dense bf16 peak of a device, from the training code's MFU table."""
-    from tasks.train.main import PEAK_BF16_FLOPS
-
+    """Dense bf16 peak of a device, from the table the training code's MFU uses."""
     peaks = {key.lower(): value for key, value in PEAK_BF16_FLOPS.items()}
     if device.lower() not in peaks:
         raise ScalingError(f"--device: unknown device {device!r}; known: {', '.join(sorted(peaks))}")
@@ -198,7 +198,8 @@ def training_flops_per_token(n_params: float, seq_len: int | None,
     return 6.0 * n_params + 12.0 * n_layers * seq_len * d_model
 
 
-def _check_positive(value: float, flag: str) -> None:
+def check_positive(value: float, flag: str) -> None:
+    """Refuse a budget or size that is not a positive finite number, naming its flag."""
     if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
         raise ScalingError(f"{flag} must be a positive number, got {value!r}")
 
@@ -210,7 +211,7 @@ def optimal_allocation(flops: float, law: ScalingLaw = CHINCHILLA, seq_len: int 
     Without ``seq_len``: the closed form under C = 6 N D. With it: C = D x (6 N +
     attention FLOPs per token at that sequence length), minimised numerically over log N.
     """
-    _check_positive(flops, "--flops")
+    check_positive(flops, "--flops")
     if not seq_len:
         n_params = law.G * (flops / 6.0) ** law.a
         n_tokens = flops / (6.0 * n_params)
@@ -233,115 +234,25 @@ def plan_for_tokens(tokens: float, law: ScalingLaw = CHINCHILLA) -> Allocation:
     """The compute-optimal model for exactly ``tokens`` of data (one epoch): the N whose
     optimal D (closed form) is ``tokens``. A bigger N still lowers the law's loss, but
     each FLOP would then be better spent on more data."""
-    _check_positive(tokens, "--tokens")
+    check_positive(tokens, "--tokens")
     n_params = law.G * (tokens * law.G) ** (law.a / law.b)
     return Allocation(n_params, tokens, 6.0 * n_params * tokens, law.loss(n_params, tokens), law.name, "tokens")
 
 
 def optimal_tokens_for_params(n_params: float, law: ScalingLaw = CHINCHILLA) -> float:
     """D_opt of the budget whose N_opt is ``n_params`` (closed form)."""
-    _check_positive(n_params, "--model")
+    check_positive(n_params, "--model")
     return (1.0 / law.G) * (n_params / law.G) ** (law.b / law.a)
 
 
 def epochs_needed(n_params: float, tokens_available: float, law: ScalingLaw = CHINCHILLA) -> dict[str, Any]:
     """How many passes over ``tokens_available`` a compute-optimal run of an N-parameter model takes."""
-    _check_positive(tokens_available, "--tokens")
+    check_positive(tokens_available, "--tokens")
     n_tokens = optimal_tokens_for_params(n_params, law)
     epochs = n_tokens / tokens_available
     return {"n_params": n_params, "optimal_tokens": n_tokens, "tokens_available": tokens_available,
             "epochs": epochs, "flops": 6.0 * n_params * n_tokens, "loss": law.loss(n_params, n_tokens),
             "repeats_too_much": epochs > DATA_REPEAT_WARN_EPOCHS}
-
-
-def tokens_in_index(tokens_dir: str | Path, split: str = "train") -> int:
-    """Tokens of a split in a tokenize output folder's index.json."""
-    from tasks.tokenize import INDEX_FILE
-
-    path = Path(tokens_dir) / INDEX_FILE
-    if not path.is_file():
-        raise ScalingError(f"--tokens-dir: no {INDEX_FILE} in {tokens_dir} (run `pretrain tokenize` first)")
-    try:
-        index = json.loads(path.read_bytes())
-    except ValueError as error:  # not JSON, or not UTF-8
-        raise ScalingError(f"--tokens-dir: {path} is not JSON ({error}); rerun `pretrain tokenize`") from None
-    if not isinstance(index, dict) or not isinstance(index.get("tokens", {}), dict):
-        raise ScalingError(f"--tokens-dir: {path} is not a token index (no tokens mapping)")
-    tokens = index.get("tokens", {}).get(split)
-    if not isinstance(tokens, int) or tokens <= 0:
-        raise ScalingError(f"--tokens-dir: {path} has no {split} tokens (tokens: {index.get('tokens')!r})")
-    return tokens
-
-
-# ---------------------------------------------------------------- model shapes
-
-
-def total_params(model_cfg) -> int:
-    """Parameters with embeddings (counted once when tied), from the shape alone."""
-    from models.transformer import non_embedding_params
-
-    embeddings = model_cfg.vocab_size * model_cfg.d_model * (1 if model_cfg.tie_embeddings else 2)
-    return non_embedding_params(model_cfg) + embeddings
-
-
-NAMED_SIZE_TOLERANCE = 0.10  # a named size within 10% of the target is preferred over a generated shape
-
-
-def _generated_shapes(n_params: float, vocab_size: int, seq_len: int, aspect_ratio: float):
-    """Shapes with head dim 64 (128 from d_model 2048), widths near ``aspect_ratio`` (x1/4 to x4),
-    and the layer count that brings the total closest to ``n_params``."""
-    from pretrain.config import ModelConfig
-
-    _, width = shape_for_params(n_params, aspect_ratio)
-    for d_model in range(64, 16385, 64):
-        head_dim = 64 if d_model < 2048 else 128
-        if d_model % head_dim or not width / 2.5 <= d_model <= width * 2.5:
-            continue
-        probe = ModelConfig(vocab_size=vocab_size, n_layers=1, d_model=d_model, n_heads=d_model // head_dim,
-                            max_seq_len=seq_len)
-        per_layer = total_params(probe.model_copy(update={"n_layers": 2})) - total_params(probe)
-        layers = max(1, round((n_params - (total_params(probe) - per_layer)) / per_layer))
-        if layers <= 256:
-            yield f"{layers}x{d_model}", probe.model_copy(update={"n_layers": layers})
-
-
-def closest_model_shape(n_params: float, vocab_size: int = 32_000, seq_len: int = 2048,
-                        aspect_ratio: float = DEFAULT_ASPECT_RATIO) -> tuple[str, Any]:
-    """(name, ModelConfig) of our model family closest to ``n_params`` (with embeddings).
-
-    A named size of ``models.sizes`` within 10% of ``n_params`` wins (the closest one).
-    Otherwise a generated shape ``LAYERSxWIDTH`` (head dim 64, 128 from d_model 2048)
-    minimising |log(params / n_params)| plus 0.05 per octave that its d_model / n_layers
-    is away from ``aspect_ratio``.
-    """
-    from models.sizes import MODEL_SIZES, model_config
-
-    _check_positive(n_params, "n_params")
-
-    def error(cfg) -> float:
-        return abs(math.log(total_params(cfg) / n_params))
-
-    named = min(((name, model_config(name, vocab_size, seq_len)) for name in MODEL_SIZES), key=lambda x: error(x[1]))
-    if error(named[1]) <= math.log(1 + NAMED_SIZE_TOLERANCE):
-        return named
-    generated = list(_generated_shapes(n_params, vocab_size, seq_len, aspect_ratio)) + [named]
-    return min(generated, key=lambda item: error(item[1])
-               + 0.05 * abs(math.log2(item[1].d_model / item[1].n_layers / aspect_ratio)))
-
-
-SHAPE_TOLERANCE = 0.25  # a config more than 25% away from the planned N is not that plan's model
-
-
-def shape_mismatch(n_params: float, name: str, shape) -> str | None:
-    """Why the closest config does not fit a planned N (past either end of the family), or None."""
-    params = total_params(shape)
-    if abs(math.log(params / n_params)) <= math.log(1 + SHAPE_TOLERANCE):
-        return None
-    if n_params > params:
-        return (f"the plan's N {n_params:.4g} exceeds the largest config ({name}, {params:.4g} parameters; generated "
-                f"shapes stop at 256 layers x d_model 16384): no config is proposed")
-    return (f"the plan's N {n_params:.4g} is below the smallest config at vocabulary {shape.vocab_size:,} ({name}, "
-            f"{params:.4g} parameters with its embeddings): no config is proposed")
 
 
 def loss_above_uniform(loss: float, vocab_size: int) -> str | None:
@@ -456,7 +367,8 @@ class LawFit:
                 "bootstrap": self.bootstrap, "huber_delta": HUBER_DELTA}
 
 
-def _check_runs(n_params, n_tokens, losses) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def check_runs(n_params, n_tokens, losses) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The runs as float arrays of one value each per run, all positive: the logs of the fit need it."""
     arrays = [np.asarray(x, dtype=float) for x in (n_params, n_tokens, losses)]
     for name, values in zip(("params", "tokens", "loss"), arrays):
         if values.ndim != 1 or len(values) != len(arrays[0]):
@@ -506,7 +418,7 @@ def fit_law(n_params, n_tokens, losses, grid: InitGrid = InitGrid(), starts: int
     runs (with replacement) is refitted from the full fit's optimum and the best grid
     point; the intervals are the resamples' central ``confidence`` percentiles.
     """
-    n, d, loss = _check_runs(n_params, n_tokens, losses)
+    n, d, loss = check_runs(n_params, n_tokens, losses)
     if len(loss) < 5:
         raise ScalingError(f"fitting 5 parameters needs at least 5 runs, got {len(loss)}")
     _check_identifiable(n, d)
@@ -592,180 +504,3 @@ def isoflop_fits(n_params, losses, flops) -> IsoFlopResult:
         a = float(np.polyfit(log_c, log_n, 1)[0])
         b = float(np.polyfit(log_c, log_c - math.log(6.0) - log_n, 1)[0])
     return IsoFlopResult(curves, a, b)
-
-
-# ---------------------------------------------------------------- runs from CSV, the plot
-
-
-@dataclass
-class Runs:
-    n_params: np.ndarray
-    n_tokens: np.ndarray
-    losses: np.ndarray
-    flops: np.ndarray  # the FLOPs column, else 6 N D
-
-    def __len__(self) -> int:
-        return len(self.losses)
-
-
-def read_runs_csv(path: str | Path, params_col: str, loss_col: str, tokens_col: str | None = None,
-                  flops_col: str | None = None) -> Runs:
-    """Runs from a CSV: tokens from ``tokens_col``, or FLOPs / (6 N) from ``flops_col``."""
-    if (tokens_col is None) == (flops_col is None):
-        raise ScalingError("give exactly one of --tokens-col and --flops-col")
-    path = Path(path)
-    if not path.is_file():
-        raise ScalingError(f"--csv: no file {path}")
-    try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-    except (UnicodeDecodeError, csv.Error) as error:
-        raise ScalingError(f"--csv: {path} is not a CSV text file ({error})") from None
-    columns = list(rows[0]) if rows else []
-    flags = {"--params-col": params_col, "--loss-col": loss_col, "--tokens-col": tokens_col, "--flops-col": flops_col}
-    for flag, column in flags.items():
-        if column is not None and column not in columns:
-            raise ScalingError(f"{flag}: no column {column!r} in {path} (columns: {', '.join(columns) or 'none'})")
-
-    def numbers(flag: str) -> np.ndarray:
-        values = []
-        for line, row in enumerate(rows, start=2):
-            try:
-                values.append(float(row[flags[flag]]))
-            except (TypeError, ValueError):
-                raise ScalingError(f"{flag}: {path} line {line}: {flags[flag]} = {row[flags[flag]]!r} is not a "
-                                   "number") from None
-        return np.array(values)
-
-    n, loss = numbers("--params-col"), numbers("--loss-col")
-    if flops_col is not None:
-        flops = numbers("--flops-col")
-        tokens = flops / (6.0 * n)
-    else:
-        tokens = numbers("--tokens-col")
-        flops = 6.0 * n * tokens
-    _check_runs(n, tokens, loss)
-    return Runs(n, tokens, loss, flops)
-
-
-def plot_fit(path: str | Path, runs: Runs, law: ScalingLaw, isoflop: IsoFlopResult) -> Path:
-    """IsoFLOP curves (runs, parabolas, the law at each budget) and the compute-optimal frontier."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
-    colors = plt.cm.viridis(np.linspace(0, 0.9, max(1, len(isoflop.curves))))
-    for curve, color in zip(isoflop.curves, colors):
-        left.scatter(curve.n_params, curve.losses, color=color, label=f"C = {curve.flops:.2g}")
-        grid = np.geomspace(min(curve.n_params) / 1.5, max(curve.n_params) * 1.5, 100)
-        left.plot(grid, law.loss(grid, curve.flops / (6.0 * grid)), color=color, alpha=0.6)
-        if curve.coeffs is not None:
-            x = np.log(grid)
-            left.plot(grid, np.polyval(curve.coeffs, x), "--", color=color, alpha=0.6)
-        if curve.n_opt is not None:
-            left.plot([curve.n_opt], [curve.loss_opt], "*", color=color, markersize=12)
-    left.set(xscale="log", xlabel="parameters N", ylabel="loss (nats/token)",
-             title="IsoFLOP profiles (line: fitted law, dashed: parabola, star: its minimum)")
-    left.legend(fontsize=8)
-
-    budgets = np.array([c.flops for c in isoflop.curves]) if isoflop.curves else runs.flops
-    c_grid = np.geomspace(budgets.min() / 3, budgets.max() * 3, 100)
-    right.plot(c_grid, law.G * (c_grid / 6.0) ** law.a, label=f"fitted law: N_opt ~ C^{law.a:.3f}")
-    right.plot(c_grid, CHINCHILLA.G * (c_grid / 6.0) ** CHINCHILLA.a, ":", color="gray",
-               label="Hoffmann et al. 2022 (approach 3)")
-    right.scatter(runs.flops, runs.n_params, s=12, color="lightgray", label="runs")
-    minima = [(c.flops, c.n_opt) for c in isoflop.curves if c.n_opt is not None]
-    if minima:
-        right.scatter(*zip(*minima), marker="*", s=120, color="C3", label="IsoFLOP minima")
-    right.set(xscale="log", yscale="log", xlabel="training FLOPs C", ylabel="N_opt",
-              title="Compute-optimal frontier")
-    right.legend(fontsize=8)
-    for ax in (left, right):
-        ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-# ---------------------------------------------------------------- sweep grid
-
-
-@dataclass(frozen=True)
-class SweepRun:
-    """One training run of a sweep: a shape at a budget, its steps and its TrainConfig."""
-
-    label: str
-    budget_flops: float
-    n_params: int  # with embeddings
-    steps: int
-    config: Any  # TrainConfig
-
-
-def plan_sweep(sweep, data_dir: str | Path, output_dir: str | Path) -> list[SweepRun]:
-    """Every (budget, shape) of a ``SweepConfig`` as a run in OUTPUT/runs/<label>.
-
-    Tokens are C / (6 N), N with embeddings, rounded to whole optimizer steps; a run
-    under ``min_steps`` is an error that names its budget and shape.
-    """
-    from pretrain.config import ModelConfig, TrainConfig
-    from tasks.tokenize import TokenShards
-    from tasks.train.ds_config import batch_plan
-
-    vocab_size = TokenShards.open(data_dir).vocab_size
-    base = sweep.train.model_dump(exclude={"model", "model_size"})
-    tokens_per_step = batch_plan(sweep.train, sweep.train.num_procs).tokens_per_step
-    runs = []
-    for budget in sweep.budgets_flops:
-        for shape in sweep.shapes:
-            model = ModelConfig(vocab_size=vocab_size, max_seq_len=sweep.train.seq_len, **shape.model_dump())
-            n_params = total_params(model)
-            steps = round(budget / (6.0 * n_params * tokens_per_step))
-            label = f"c{budget:.0e}-{shape.n_layers}x{shape.d_model}".replace("+", "")
-            if steps < sweep.min_steps:
-                raise ScalingError(
-                    f"sweep.budgets_flops: budget {budget:.3g} gives shape {shape.n_layers}x{shape.d_model} "
-                    f"({n_params:,} parameters) {steps} steps of {tokens_per_step:,} tokens, under min_steps "
-                    f"{sweep.min_steps}; raise the budget to at least "
-                    f"{6.0 * n_params * tokens_per_step * sweep.min_steps:.3g}")
-            fields = {**base, "data_dir": str(data_dir), "output_dir": str(Path(output_dir) / "runs" / label),
-                      "model": model.model_dump(), "model_size": None, "max_steps": steps,
-                      "warmup_steps": round(sweep.warmup_fraction * steps), "eval_every_steps": steps,
-                      "checkpoint_every_steps": steps, "stop_after_steps": None}
-            runs.append(SweepRun(label, budget, n_params, steps, TrainConfig.model_validate(fields)))
-    return runs
-
-
-SWEEP_COLUMNS = ("label", "budget_flops", "n_layers", "d_model", "n_heads", "n_params", "n_params_non_embedding",
-                 "steps", "tokens", "flops_6nd", "train_flops", "final_loss", "val_loss")
-
-
-def sweep_row(run: SweepRun, summary: dict) -> dict[str, Any]:
-    """One row of sweep.csv from a finished run's summary.json."""
-    from models.transformer import non_embedding_params
-
-    model = run.config.model
-    if summary.get("val_loss") is None:
-        raise ScalingError(f"run {run.label}: no validation loss in its summary (empty val split?)")
-    return {"label": run.label, "budget_flops": run.budget_flops, "n_layers": model.n_layers,
-            "d_model": model.d_model, "n_heads": model.n_heads, "n_params": summary["params"],
-            "n_params_non_embedding": non_embedding_params(model), "steps": summary["steps"],
-            "tokens": summary["tokens"], "flops_6nd": 6.0 * summary["params"] * summary["tokens"],
-            "train_flops": summary["flops_per_token"] * summary["tokens"], "final_loss": summary["final_loss"],
-            "val_loss": summary["val_loss"]}
-
-
-def write_csv(path: str | Path, rows: list[dict], columns: tuple[str, ...] = SWEEP_COLUMNS) -> Path:
-    from pretrain.provenance import atomic_write_text
-    import io
-
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(Path(path), buffer.getvalue())
-    return Path(path)
