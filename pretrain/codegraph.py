@@ -159,6 +159,34 @@ def _closure_files(names: tuple[str, ...], packages: frozenset[str], root: Path)
     return files
 
 
+def package_data(modules: dict[str, Path]) -> dict[str, Path]:
+    """The files shipped inside the packages among ``modules`` that are not modules (word lists, ...).
+
+    Results depend on them as on code (the URL filter's default lists live in tasks/filters/lists/),
+    so they join the code version. A package's data is every file in its folder and in its
+    subfolders that are not packages themselves; caches, dotfiles and ``.pyc`` are not data.
+    Keys read ``package/relative/path``, in order.
+    """
+    found: dict[str, Path] = {}
+    for name, path in modules.items():
+        if path.name == "__init__.py":
+            found.update(_data_under(path.parent, name, top=True))
+    return dict(sorted(found.items()))
+
+
+def _data_under(folder: Path, prefix: str, top: bool) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for entry in os.scandir(folder):
+        if entry.name.startswith(".") or entry.name == "__pycache__":
+            continue
+        if entry.is_dir():
+            if not os.path.isfile(os.path.join(entry.path, "__init__.py")):
+                found.update(_data_under(Path(entry.path), f"{prefix}/{entry.name}", top=False))
+        elif not entry.name.endswith(".pyc") and not (top and entry.name.endswith(".py")):
+            found[f"{prefix}/{entry.name}"] = Path(entry.path)
+    return found
+
+
 def _parents(name: str) -> list[str]:
     """``a.b.c`` -> ``a``, ``a.b``: importing a submodule runs its packages' ``__init__.py`` first."""
     parts = name.split(".")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import IO, Any, Callable, ContextManager, Iterator
 
 from pretrain import __version__
-from pretrain.codegraph import closure_files
+from pretrain.codegraph import closure_files, package_data
 
 
 def stable_hash(*parts: Any, length: int = 16) -> str:
@@ -25,15 +25,17 @@ def stable_hash(*parts: Any, length: int = 16) -> str:
 
 
 def code_version(*module_names: str) -> str:
-    """The package version plus a hash of the named modules and every project module they import.
+    """The package version plus a hash of the named modules, every project module they import and
+    the data files shipped in those modules' packages.
 
     The import closure is computed from the source (``pretrain.codegraph``), so a change to any
     module a stage runs changes the version and cached results computed by older code are not
     reused (Prefect's TASK_SOURCE would only see the task body; a hand-kept list goes stale).
     Files are re-read on every call, so an edit made while a process runs is seen.
     """
+    modules = closure_files(*module_names)
     digest = hashlib.sha256(__version__.encode())
-    for name, path in closure_files(*module_names).items():
+    for name, path in [*modules.items(), *package_data(modules).items()]:
         digest.update(f"\0{name}\0".encode())
         digest.update(path.read_bytes())
     return f"{__version__}+{digest.hexdigest()[:12]}"

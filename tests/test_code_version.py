@@ -23,7 +23,7 @@ import pytest
 from conftest import REPO
 
 from pretrain import __version__
-from pretrain.codegraph import module_closure, module_file
+from pretrain.codegraph import closure_files, module_closure, module_file, package_data
 from pretrain.provenance import code_version
 
 # Each stage's root modules: its flow module and its work function's module. When flows.registry lands,
@@ -81,6 +81,14 @@ def test_closure_follows_every_kind_of_import_and_nothing_else(tmp_path):
         "ground", "ground.base", "work", "work.dynamic", "work.plugin", "work.relplug"]
     assert "ground.unrelated" not in module_closure("work.step", "work.dynamic", root=root)
     assert module_closure("ground.base", root=root) == ["ground", "ground.base"]
+
+
+def test_package_data_is_what_a_closure_ships_besides_modules(tmp_path):
+    root = write_tree(tmp_path, {**MADE_UP, "work/lists/words.txt": "spam\n", "work/lists/deep/more.txt": "",
+                                 "work/lists/__pycache__/x.pyc": "", "work/inner/notes.md": "", "ground/.x.part": ""})
+    data = package_data(closure_files("work.step", root=root))
+    assert list(data) == ["work.inner/notes.md", "work/lists/deep/more.txt", "work/lists/words.txt"]
+    assert package_data(closure_files("ground.base", root=root)) == {}
 
 
 def test_closure_sees_an_edit_made_while_the_process_runs(tmp_path):
@@ -170,13 +178,17 @@ def copy_env(copy: Path, **extra: str) -> dict[str, str]:
 VERSIONS = """
 import json, sys
 import pretrain
-from pretrain.codegraph import module_closure
+from pretrain.codegraph import ROOT, closure_files, package_data
 from pretrain.provenance import code_version
+def answer(names):
+    modules = closure_files(*names)
+    files = [*modules.values(), *package_data(modules).values()]
+    return {"version": code_version(*names), "closure": sorted(modules),
+            "files": sorted(str(path.relative_to(ROOT)) for path in files)}
 roots = json.loads(sys.argv[1])
 for _ in sys.stdin:  # one answer per line read: the versions and closures as the files are now
-    print(json.dumps({"package": pretrain.__file__, "stages": {
-        stage: {"version": code_version(*names), "closure": module_closure(*names)} for stage, names in roots.items()
-    }}), flush=True)
+    print(json.dumps({"package": pretrain.__file__, "stages": {stage: answer(names) for stage, names in roots.items()}}),
+          flush=True)
 """
 
 
@@ -218,28 +230,29 @@ def appended(path: Path) -> bytes:
     return original
 
 
-def test_editing_any_module_a_stage_imports_changes_its_version_and_no_other(tmp_path):
+def test_editing_any_file_a_stage_runs_changes_its_version_and_no_other(tmp_path):
+    """Every module of every stage's closure, and the data shipped in its packages (the URL filter's lists)."""
     copy = copy_tree(tmp_path / "tree")
     baseline = fresh_versions(copy)
     assert Path(baseline["package"]).resolve() == (copy / "pretrain" / "__init__.py").resolve()
     assert versions_of(fresh_versions(copy)) == versions_of(baseline)  # an unchanged rerun: the same keys
-    closures = {stage: set(entry["closure"]) for stage, entry in baseline["stages"].items()}
-    modules = sorted(set().union(*closures.values()))
+    stage_files = {stage: set(entry["files"]) for stage, entry in baseline["stages"].items()}
+    files = sorted(set().union(*stage_files.values()))
+    assert "tasks/filters/lists/banned_url_words.txt" in stage_files["filter"]
 
     process = VersionProcess(copy)
     try:
-        for module in modules:
-            path = module_file(module, copy)
-            original = appended(path)
+        for rel in files:
+            original = appended(copy / rel)
             now = versions_of(process.ask())
-            path.write_bytes(original)
-            for stage, closure in closures.items():
+            (copy / rel).write_bytes(original)
+            for stage, own in stage_files.items():
                 changed = now[stage] != baseline["stages"][stage]["version"]
-                assert changed == (module in closure), (module, stage)
+                assert changed == (rel in own), (rel, stage)
         assert versions_of(process.ask()) == versions_of(baseline)  # restored content, restored keys
     finally:
         process.close()
-    assert len(modules) >= 30
+    assert len(files) >= 30
 
 
 @pytest.mark.parametrize(("stage", "module"), [
