@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from pretrain.config import (
     ConfigError, DedupConfig, IngestConfig, PerplexityConfig, PipelineConfig, QualityConfig, TokenizeConfig,
-    TrainConfig, deep_merge, load_recipe, parse_override, validate_config,
+    TrainConfig, apply_overrides, load_recipe, validate_config,
 )
 from pretrain.paths import parquet_files, require_folder, root_is_configured
 from cli.options import ListOptions
@@ -286,7 +286,8 @@ def score(
     num_cpus: Optional[int] = typer.Option(None, help="CPUs for the local Ray instance."),
 ) -> None:
     """Score shards with the models (on Ray, one load per worker) and keep by one rule."""
-    from flows.quality import QualityFailed, score_flow
+    from flows.quality import score_flow
+    from flows.runner import StageFailed
 
     try:
         recipe = _recipe_or_default(config)
@@ -303,7 +304,7 @@ def score(
         _require_input(input)
         summary = _run_with_progress("quality", lambda: score_flow(
             config=cfg, input_dir=str(input), output_dir=str(output), ray_config=ray_cfg))
-    except QualityFailed as error:
+    except StageFailed as error:
         _fail(f"{error}\nreport: {output / 'report.json'}", code=1)
     except _clear_failures() as error:
         _fail(str(error))
@@ -325,7 +326,8 @@ def tokenize(
     num_cpus: Optional[int] = typer.Option(None, help="CPUs for the local Ray instance."),
 ) -> None:
     """Train (or load) a byte-level BPE tokenizer and write packed token shards on Ray."""
-    from flows.tokenize import TokenizeFailed, tokenize_flow
+    from flows.runner import StageFailed
+    from flows.tokenize import tokenize_flow
     from tasks.tokenize import parse_weights
 
     if tokenizer and vocab_size:
@@ -343,7 +345,7 @@ def tokenize(
             _require_input(folder)
         summary = _run_with_progress("tokenize", lambda: tokenize_flow(
             config=cfg, input_dirs=[str(p) for p in input], output_dir=str(output), ray_config=ray_cfg))
-    except TokenizeFailed as error:
+    except StageFailed as error:
         _fail(f"{error}\nreport: {output / 'report.json'}", code=1)
     except _clear_failures() as error:
         _fail(str(error))
@@ -359,19 +361,30 @@ def tokenize(
 
 
 def _train_config(config: Optional[Path], overrides: list[str], short: dict) -> TrainConfig:
-    recipe = _recipe_or_default(config)
-    raw = recipe.train.model_dump(exclude_none=True)
+    """The recipe's `train` section, with the --set assignments (recipe paths: train.seq_len=8), then the options."""
     for assignment in overrides:
-        key = assignment.split("=", 1)[0]
-        raw = deep_merge(raw, parse_override(assignment.removeprefix("train.") if key.startswith("train.") else assignment))
+        _refuse_a_bare_train_key(assignment)
+    recipe = (load_recipe(str(config), overrides) if config else
+              validate_config(PipelineConfig, apply_overrides({}, overrides)))
+    raw = recipe.train.model_dump(exclude_none=True)
     raw.update({k: v for k, v in short.items() if v is not None})
     return validate_config(TrainConfig, raw, prefix="train.")
+
+
+def _refuse_a_bare_train_key(assignment: str) -> None:
+    """`--set seq_len=8` (a TrainConfig field, not a recipe key): say the recipe path, train.seq_len."""
+    key = assignment.split("=", 1)[0].strip()
+    top = key.split(".", 1)[0]
+    if top not in PipelineConfig.model_fields and top in TrainConfig.model_fields:
+        raise ConfigError(f"--set {assignment}: the recipe has no key {key!r}; the training field is train.{key} "
+                          f"(--set train.{assignment})")
 
 
 @app.command(cls=ListOptions)
 def train(
     config: Optional[Path] = typer.Option(None, help="A recipe YAML; its `train` section is the run's config."),
-    set_: list[str] = typer.Option([], "--set", help="Override a TrainConfig field: key=value (one or more)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe field: key.path=value, e.g. "
+                                   "train.max_steps=5 (one or more)."),
     resume: bool = typer.Option(False, help="Continue from the newest checkpoint in the run folder."),
     data: Optional[Path] = typer.Option(None, help="Token shards folder (from `pretrain tokenize`)."),
     output: Optional[Path] = typer.Option(None, help="Run folder: checkpoints, metrics.jsonl, summary.json."),
@@ -504,17 +517,18 @@ def demo_data(
 def run(
     recipe: str = typer.Option("local", help="A recipe name in configs/ or a YAML path."),
     output: Optional[Path] = typer.Option(None, help="Output root (default: the recipe's output_dir)."),
-    set_: list[str] = typer.Option([], "--set", help="Override a recipe field: key.path=value (one or more)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe field: key.path=value, e.g. "
+                                   "train.max_steps=5 (one or more)."),
 ) -> None:
     """Run the pipeline on a recipe (ingest, filters, dedup, quality, tokenize, train); writes OUTPUT/summary.json."""
-    from flows.pretrain import pretrain_flow
-
     try:
         cfg = load_recipe(recipe, set_)
         if output:
             cfg = cfg.model_copy(update={"output_dir": str(output)})
     except ConfigError as error:
         _fail(str(error))
+    from flows.pretrain import pretrain_flow  # after the recipe: a bad --set is refused without importing every flow
+
     try:
         _check_output_free(Path(cfg.output_dir), "pretrain")
         summary = _run_with_progress(f"run {cfg.name}", lambda: pretrain_flow(config=cfg))
@@ -762,7 +776,8 @@ def scaling_sweep(
     data: Path = typer.Option(..., help="Token shards folder (from `pretrain tokenize`)."),
     output: Path = typer.Option(Path("runs/sweep"), "--output", "-o", help="Sweep folder: runs/, sweep.csv, fit.json, sweep.png."),
     config: Optional[Path] = typer.Option(None, help="A SweepConfig YAML (default: the CPU grid; configs/sweep/gpu.yaml)."),
-    set_: list[str] = typer.Option([], "--set", help="Override a SweepConfig field: key=value (one or more)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a sweep config field: key.path=value, e.g. "
+                                   "train.seq_len=128 (one or more)."),
 ) -> None:
     """Train a grid of models at several compute budgets, then fit L(N, D) to their losses."""
     from flows.sweep import sweep_flow
@@ -771,9 +786,7 @@ def scaling_sweep(
 
     try:
         raw = (read_yaml_file(config, "sweep config") or {}) if config else {}
-        for assignment in set_:
-            raw = deep_merge(raw, parse_override(assignment))
-        cfg = validate_config(SweepConfig, raw, prefix="sweep.")
+        cfg = validate_config(SweepConfig, apply_overrides(raw, set_), prefix="sweep.")
     except (ConfigError, OSError) as error:
         _fail(str(error))
     try:

@@ -611,11 +611,13 @@ def validate_config(model: type[_Model], data: dict, prefix: str = "") -> Any:
 def parse_override(assignment: str) -> dict:
     """``a.b.c=value`` (value parsed as YAML) to a nested dict."""
     if "=" not in assignment:
-        raise ConfigError(f"--set expects key=value, got {assignment!r}")
+        raise ConfigError(f"--set expects key.path=value, got {assignment!r}")
     key, value = assignment.split("=", 1)
     nested: dict = {}
     node = nested
     parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"--set {assignment}: {key.strip()!r} is not a key path (names joined by dots)")
     for part in parts[:-1]:
         node = node.setdefault(part, {})
     try:
@@ -625,8 +627,13 @@ def parse_override(assignment: str) -> dict:
     return nested
 
 
-def load_recipe(name_or_path: str = "local", overrides: list[str] | None = None) -> PipelineConfig:
-    raw = _load_raw(name_or_path)
-    for assignment in overrides or []:
+def apply_overrides(raw: dict, assignments: list[str] | tuple[str, ...] = ()) -> dict:
+    """Lay ``--set key.path=value`` assignments over a config document. Every command spells the path the same
+    way: where the value sits in the YAML it reads (a recipe: ``train.max_steps=5``; a sweep config: its own keys)."""
+    for assignment in assignments:
         raw = deep_merge(raw, parse_override(assignment))
-    return validate_config(PipelineConfig, raw)
+    return raw
+
+
+def load_recipe(name_or_path: str = "local", overrides: list[str] | None = None) -> PipelineConfig:
+    return validate_config(PipelineConfig, apply_overrides(_load_raw(name_or_path), overrides or []))

@@ -135,3 +135,43 @@ def test_train_classifier_keeps_the_recipes_max_documents_unless_the_flag_is_giv
         runs[name] = json.loads((out / "model.json").read_text())["counts"]
     assert (runs["recipe"]["positives"], runs["recipe"]["negatives"]) == (30, 30)
     assert (runs["flag"]["positives"], runs["flag"]["negatives"]) == (50, 50)
+
+
+# ---------------------------------------------------------------- one --set syntax
+
+SET_COMMANDS = {"run": ["run"], "train": ["train"], "scaling sweep": ["scaling", "sweep", "--data", "tokens"]}
+
+
+@pytest.mark.parametrize("command", sorted(SET_COMMANDS))
+def test_set_takes_the_same_key_path_in_run_train_and_sweep(command):
+    """`--set train.seq_len=...` reaches the same field in all three: a bad value there is named by that path."""
+    result = CliRunner().invoke(app, [*SET_COMMANDS[command], "--set", "train.seq_len=x"])
+    assert result.exit_code == 2, result.output
+    assert "train.seq_len: Input should be a valid integer" in result.output
+
+
+@pytest.mark.parametrize("command", sorted(SET_COMMANDS))
+@pytest.mark.parametrize("assignment, said", [
+    ("train.no_such_key=1", "train.no_such_key: Extra inputs are not permitted"),
+    ("no_such_key", "--set expects key.path=value, got 'no_such_key'"),
+    ("train..seq_len=8", "'train..seq_len' is not a key path"),
+])
+def test_a_bad_set_key_exits_2_naming_it(command, assignment, said):
+    result = CliRunner().invoke(app, [*SET_COMMANDS[command], "--set", assignment])
+    assert result.exit_code == 2, result.output
+    assert said in " ".join(result.output.split()), result.output
+
+
+def test_train_names_the_recipe_path_of_a_bare_training_field():
+    result = CliRunner().invoke(app, ["train", "--set", "seq_len=8"])
+    assert result.exit_code == 2, result.output
+    assert "the training field is train.seq_len" in " ".join(result.output.split())
+
+
+def test_set_assignments_land_where_the_path_says():
+    from pretrain.config import SweepConfig, apply_overrides, load_recipe, validate_config
+
+    recipe = load_recipe("local", ["train.max_steps=3", "ingest.languages=[en, fr]"])
+    assert recipe.train.max_steps == 3 and recipe.ingest.languages == ["en", "fr"]
+    sweep = validate_config(SweepConfig, apply_overrides({}, ["train.seq_len=32", "min_steps=2"]))
+    assert sweep.train.seq_len == 32 and sweep.min_steps == 2

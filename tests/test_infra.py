@@ -256,7 +256,7 @@ def test_hostfile_example_parses_with_deepspeed_and_the_launcher_agrees():
     result = launch(hostfile, "--model", "1b")
     assert result.returncode == 0, result.stderr
     assert f"{len(pool)} nodes, {sum(pool.values())} GPUs" in result.stdout
-    assert f"pretrain train --set hostfile={hostfile} --model 1b" in result.stdout
+    assert f"pretrain train --set train.hostfile={hostfile} --model 1b" in result.stdout
 
 
 @pytest.mark.parametrize("lines, message", [

@@ -3,12 +3,12 @@
 #
 #   bash infra/deepspeed/launch_multinode.sh HOSTFILE [pretrain train options...]
 #   e.g. bash infra/deepspeed/launch_multinode.sh ~/hostfile \
-#          --data /data/tokens --output /data/runs/1b --model 1b --set global_batch_size=512
+#          --data /data/tokens --output /data/runs/1b --model 1b --set train.global_batch_size=512
 #   DRY_RUN=1 ... checks the hostfile, prints the plan and the command, starts nothing.
 #
 # It checks the hostfile (the format DeepSpeed parses: "<host> slots=<n>"), then that every
 # node answers ssh, holds the repository at this same path and has at least its slots
-# in GPUs, then runs `pretrain train --set hostfile=HOSTFILE ...`: our launcher
+# in GPUs, then runs `pretrain train --set train.hostfile=HOSTFILE ...`: our launcher
 # (tasks/train/launch.py) starts DeepSpeed's runner, which starts the ranks of every node
 # over pdsh/ssh. The batch arithmetic (micro x accumulation x world size = global batch)
 # is checked by the ranks at start-up, the error naming every factor.
@@ -55,7 +55,7 @@ echo "hostfile $HOSTFILE: ${#HOSTS[@]} nodes, $WORLD GPUs (world size): $(paste 
 if [[ -f "$REPO/infra/deepspeed/deepspeed_env" ]]; then
   export DS_ENV_FILE="$REPO/infra/deepspeed/deepspeed_env"
 fi
-CMD=("$PRETRAIN" train --set "hostfile=$HOSTFILE" "$@")
+CMD=("$PRETRAIN" train --set "train.hostfile=$HOSTFILE" "$@")
 if [[ "${DRY_RUN:-0}" == "1" ]]; then
   echo "dry run; would run: ${CMD[*]}"
   exit 0

@@ -63,9 +63,9 @@ def launches(run_dir: Path) -> int:
 BAD_RUNS = {
     "empty_token_folder": ([], "no index.json in"),
     "13_token_data_set": ([], "not one window of seq_len 256 + 1"),
-    "seq_len_100000000": (["--set", "seq_len=100000000"], "seq_len 100,000,000 is over 131,072"),
+    "seq_len_100000000": (["--set", "train.seq_len=100000000"], "seq_len 100,000,000 is over 131,072"),
     "model_size_huge": (["--model", "huge"], "unknown model size 'huge'"),
-    "model_vocab_size_10": (["--set", "model.vocab_size=10"],
+    "model_vocab_size_10": (["--set", "train.model.vocab_size=10"],
                             "model.vocab_size 10 is smaller than the data's vocabulary"),
 }
 
@@ -100,7 +100,8 @@ def test_no_validation_tokens_is_a_warning_that_says_why(prefect_server, shards,
     assert empty_validation(json.loads((shards / "index.json").read_text()), TokenizeConfig()) is None
 
     result = train_cli("--data", str(tiny_shards), "--output", str(tmp_path / "run"), "--max-steps", "1",
-                       "--num-procs", "1", "--set", "seq_len=8", "--set", "zero_stage=0", "--set", "precision=fp32")
+                       "--num-procs", "1", "--set", "train.seq_len=8", "--set", "train.zero_stage=0",
+                       "--set", "train.precision=fp32")
     assert result.exit_code == 0, result.output[-3000:]
     assert "warning:" in result.flat and "no validation loss will be computed" in result.flat
     assert "validation loss None" not in result.flat
