@@ -18,6 +18,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import file_identity, funnel_table, parameter_policy, parquet_shards, publish_markdown
 from flows.runner import Shard, ShardJob, StageRun, stage_run
+from flows.stage import Pipeline, Stage
 from pretrain.config import FilterConfig, RayConfig
 from pretrain.paths import PathPolicy
 from tasks.filter_runner import filter_checked_shard
@@ -115,3 +116,26 @@ def _filter(config: FilterConfig, shards: list[Path], input_dir: str, run: Stage
                     summary.get("documents_in", 0))
     return run.finish(summary, config=config.model_dump(), inputs=[str(s) for s in shards],
                       code=FILTER.code_version(), total=len(shards), publish=publish)
+
+
+# ---------------------------------------------------------------- the filter stage of the end-to-end run
+
+
+def run_in_pipeline(pipeline: Pipeline) -> dict:
+    recipe = pipeline.recipe
+    return filter_flow(config=recipe.filter, input_dir=str(pipeline.input_dir),
+                       output_dir=str(pipeline.folder("filter")), ray_config=recipe.ray)
+
+
+STAGE = Stage(
+    name="filter", folder="filter", section="filter", run=run_in_pipeline, jobs=(FILTER,), products=("*.parquet",),
+    reasons=(  # each filter's verdicts (tasks/filters/*.py); the n-gram ones for the default n
+        "url_blocked_domain", "url_banned_word", "url_soft_banned_words", "gopher_repetition_empty",
+        "dup_line_frac", "dup_line_char_frac", "dup_para_frac", "dup_para_char_frac", "top_2_gram", "top_3_gram",
+        "top_4_gram", *(f"duplicated_{n}_n_grams" for n in range(5, 11)), "gopher_short_doc", "gopher_long_doc",
+        "gopher_below_avg_word_length", "gopher_above_avg_word_length", "gopher_too_many_hashes",
+        "gopher_too_many_ellipsis", "gopher_too_many_bullets", "gopher_too_many_end_ellipsis",
+        "gopher_below_alpha_threshold", "gopher_too_few_stop_words", "c4_too_few_sentences", "c4_lorem_ipsum",
+        "c4_curly_bracket", "c4_no_lines_left", "fineweb_empty", "fineweb_line_punct_ratio",
+        "fineweb_short_line_ratio", "fineweb_char_dup_ratio", "fineweb_list_ratio"),
+)

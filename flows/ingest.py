@@ -19,6 +19,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import parameter_policy
 from flows.runner import Shard, ShardJob, StageRun, stage_run
+from flows.stage import Pipeline, Stage
 from pretrain.config import IngestConfig, RayConfig
 from pretrain.paths import PathPolicy, redact_url
 from pretrain.provenance import stable_hash
@@ -177,3 +178,26 @@ def redacted(config: IngestConfig) -> dict:
     dump["inputs"] = [redact_url(entry) for entry in dump["inputs"]]
     dump["cc_base_url"] = redact_url(dump["cc_base_url"])
     return dump
+
+
+# ---------------------------------------------------------------- the ingest stage of the end-to-end run
+
+
+def inputs_identity(pipeline: Pipeline) -> list[str]:
+    """Input identity: local files by path, size and mtime; remote ones by URL (a crawl's files do not change)."""
+    return [input_identity(item) for item in resolve_inputs(pipeline.recipe.ingest)]
+
+
+def run_in_pipeline(pipeline: Pipeline) -> dict:
+    recipe = pipeline.recipe
+    return ingest_flow(config=recipe.ingest, output_dir=str(pipeline.folder("ingest")), ray_config=recipe.ray)
+
+
+STAGE = Stage(
+    name="ingest", folder="ingest", section="ingest", run=run_in_pipeline, jobs=(INGEST,),
+    reads=None, inputs=inputs_identity, products=("*.parquet",),
+    reasons=("no_http_headers", "http_status_not_200", "not_html", "html_too_large", "truncated_record",
+             "corrupt_record", "content_length_mismatch", "content_encoding_error", "unsupported_content_encoding",
+             "empty_file", "binary_content", "html_too_deep", "extraction_error", "empty_text", "text_too_short",
+             "language_not_selected", "lang_score_too_low"),  # tasks/warc.py, tasks/decode.py, tasks/ingest.py
+)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -20,7 +21,9 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from prefect.runtime import task_run
 
 from flows.common import funnel_table, parameter_policy, publish_markdown
+from flows.stage import Pipeline, Stage
 from pretrain.config import TrainConfig
+from pretrain.outputs import check_replaceable
 from pretrain.paths import PathPolicy
 from pretrain.progress import report_progress
 from tasks.train.launch import TrainingFailed, run_training
@@ -114,3 +117,74 @@ def train_flow(config: TrainConfig = TrainConfig(), resume: bool = False) -> dic
     publish_training(config, summary)
     get_run_logger().info("training summary: %s", summary)
     return summary
+
+
+# ---------------------------------------------------------------- the train stage of the end-to-end run
+
+
+def train_config(pipeline: Pipeline) -> TrainConfig:
+    """The recipe's training config on the tokens read, into the stage's folder (planned, if asked)."""
+    cfg, tokens_dir = pipeline.recipe, pipeline.input_dir
+    train = cfg.train.model_copy(update={"data_dir": str(tokens_dir), "output_dir": str(pipeline.folder("train"))})
+    if cfg.plan_model_size:
+        train = planned_model(train, tokens_dir)
+    return train
+
+
+def planned_model(train: TrainConfig, tokens_dir: Path) -> TrainConfig:
+    """The scaling planner's choice (``models.scaling``) for the tokens obtained."""
+    from models.scaling import plan_for_tokens
+    from models.shapes import closest_model_shape
+    from tasks.scaling import tokens_in_index
+
+    index = json.loads((tokens_dir / "index.json").read_text())
+    plan = plan_for_tokens(tokens_in_index(tokens_dir))
+    name, model = closest_model_shape(plan.n_params, vocab_size=index["vocab_size"], seq_len=train.seq_len)
+    get_run_logger().info("scaling planner: %.3g tokens -> %.3g parameters -> model %s", plan.n_tokens,
+                          plan.n_params, name)
+    return train.model_copy(update={"model_size": None, "model": model})
+
+
+def key_config(pipeline: Pipeline) -> dict:
+    return {"train": train_config(pipeline), "export_hf": pipeline.recipe.export_hf}
+
+
+def run_in_pipeline(pipeline: Pipeline) -> dict:
+    return run_train(pipeline.config["train"], pipeline.key, pipeline.recipe.export_hf)
+
+
+def run_train(cfg: TrainConfig, key: str, export: bool) -> dict:
+    """Train; a folder left by a crashed run with the same key resumes, one from another config starts over."""
+    run_dir = Path(cfg.output_dir)
+    key_file = run_dir / "stage-key"
+    resume = key_file.is_file() and key_file.read_text().strip() == key and (run_dir / "checkpoints").is_dir()
+    if not resume and run_dir.exists():
+        check_replaceable(run_dir, "pretrain run (train stage)", lambda folder: (folder / "stage-key").is_file(),
+                          marker="stage-key", remedy="move it away or choose another --output")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(key + "\n")
+    summary = train_flow(config=cfg, resume=resume)
+    if export:
+        summary["hf_dir"] = str(export_model(run_dir, summary))
+    return summary
+
+
+def export_model(run_dir: Path, summary: dict) -> Path:
+    from models.export_hf import export_hf
+    from pretrain.config import ModelConfig
+    from tasks.train.checkpoint import checkpoint_root, consolidate_fp32
+    from tasks.train.main import load_train_config
+
+    cfg = load_train_config(run_dir / "train_config.json")
+    tokenizer = Path(cfg.data_dir) / "tokenizer.json"
+    state = consolidate_fp32(checkpoint_root(run_dir))
+    return export_hf(state, ModelConfig.model_validate(summary["model"]), run_dir / "hf",
+                     tokenizer_file=tokenizer if tokenizer.is_file() else None, inputs=[run_dir])
+
+
+STAGE = Stage(
+    name="train", folder="train", section="train", run=run_in_pipeline, key_config=key_config,
+    code=(__name__, "tasks.train.main"),  # the launcher runs tasks.train.main by name, not by import
+    products=("summary.json", "metrics.jsonl", "hf/config.json", "hf/model.safetensors"),
+)
