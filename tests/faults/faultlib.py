@@ -122,18 +122,19 @@ TRAP = Path(__file__).parent / "trap"  # sitecustomize.py: the commit trap, for 
 
 
 class CommitTrap:
-    """The Ray worker that is about to rename ``shard`` into place waits there (see trap/sitecustomize.py).
+    """The Ray worker that is about to rename ``shard`` into place waits there (see trap/sitecustomize.py);
+    ``process`` names other processes by the end of their ``sys.argv[0]`` (``tasks/train/main.py``).
 
     ``env`` goes to a process of the test's own (``StageProcess``, ``FlowProcess``); markers written
     under ``markers`` name the workers held (``held``), and those that passed later (``passed``: the
     retried task).
     """
 
-    def __init__(self, shard: Path, markers: Path, every: bool = False):
+    def __init__(self, shard: Path, markers: Path, process: str = "default_worker.py"):
         self.shard, self.markers = shard, markers
         markers.mkdir(parents=True, exist_ok=True)
         self.env = {"PYTHONPATH": f"{TRAP}{os.pathsep}{REPO}", "FAULT_TRAP_SHARD": str(shard),
-                    "FAULT_TRAP_DIR": str(markers), **({"FAULT_TRAP_EVERY": "1"} if every else {})}
+                    "FAULT_TRAP_DIR": str(markers), "FAULT_TRAP_PROCESS": process}
 
     def pids(self, kind: str) -> list[int]:
         return sorted(int(p.name.split("-", 1)[1]) for p in self.markers.glob(f"{kind}-*"))
@@ -142,7 +143,7 @@ class CommitTrap:
         """The pid of the worker held at the commit; the test fails, with the run's output, if none gets there."""
         if run.wait_for(lambda: self.pids("held"), timeout_s):
             return self.pids("held")[0]
-        pytest.fail(f"no Ray worker reached the commit of {self.shard} within {timeout_s:.0f} s; the run's "
+        pytest.fail(f"no process reached the commit of {self.shard} within {timeout_s:.0f} s; the run's "
                     f"output:\n{run.stop()[-3000:]}")
 
 

@@ -95,7 +95,8 @@ def test_killing_a_ray_worker_mid_filter_loses_and_duplicates_nothing(services, 
     cfg = FilterConfig.model_validate({"c4": {"min_sentences": 4}})
     run = lambda out: filter_flow(config=cfg, input_dir=str(ingested / "ingest"), output_dir=str(out))  # noqa: E731
     killed = kill_worker_at_commit("flows.filter.filter_flow", cfg, tmp_path / "k" / f"{HELD}.parquet", services,
-                                   tmp_path / "trap", input_dir=str(ingested / "ingest"), output_dir=str(tmp_path / "k"))
+                                   tmp_path / "trap", input_dir=str(ingested / "ingest"),
+                                   output_dir=str(tmp_path / "k"))
     assert len(killed) == 1
     run(tmp_path / "clean")
     assert shard_bytes(tmp_path / "k", "**/*.parquet") == shard_bytes(tmp_path / "clean", "**/*.parquet")

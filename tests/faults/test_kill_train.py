@@ -3,8 +3,9 @@ then the flow process (`pretrain train`), between two checkpoints; `--resume` th
 uninterrupted run step for step, and its final weights are bit-identical to a clean run's.
 
 tests/test_train.py covers a run that stops itself (``stop_after_steps``) and resumes; here
-nothing gets to exit cleanly: the kill lands while the ranks are training past a checkpoint, so
-metrics.jsonl holds steps the resumed run must redo, and a newer checkpoint may be half written.
+nothing gets to exit cleanly: the kill lands while rank 0 is held (tests/faults/trap) at the commit
+of the second checkpoint, its files written but not marked complete, so metrics.jsonl holds steps
+the resumed run must redo and the newest checkpoint is half written.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pytest
 import torch
 import yaml
 from conftest import shared_data
-from faultlib import StageProcess
+from faultlib import CommitTrap, StageProcess
 from train_fixtures import build_token_shards
 
 from pretrain.config import TrainConfig
@@ -29,7 +30,7 @@ from tasks.train.launch import run_training
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
 STEPS, CHECKPOINT_EVERY = 16, 4
-KILL_AFTER = CHECKPOINT_EVERY + 2  # the first checkpoint is complete and two more steps are logged
+HELD_AT = 2 * CHECKPOINT_EVERY  # killed while rank 0 commits this checkpoint; the one before is complete
 
 
 def train_config(shards: Path, run_dir: Path) -> TrainConfig:
@@ -72,17 +73,19 @@ def test_kill9_during_training_then_resume_repeats_the_uninterrupted_run(prefect
     recipe.write_text(yaml.safe_dump({"train": train_config(shards, run_dir).model_dump(mode="json",
                                                                                        exclude_none=True)}))
 
-    stage = StageProcess(["train", "--config", str(recipe)], prefect_server)
-    started = stage.wait_for(lambda: list_checkpoints(run_dir / "checkpoints")
-                             and max((s for s, _ in train_steps(run_dir)), default=0) >= KILL_AFTER, timeout_s=600)
-    assert started, f"the run should be killed between checkpoints; output:\n{stage.finish()[1][-3000:]}"
+    trap = CommitTrap(run_dir / "checkpoints" / f"step{HELD_AT}" / COMPLETE_MARKER, tmp_path / "trap",
+                      process="tasks/train/main.py")
+    stage = StageProcess(["train", "--config", str(recipe)], prefect_server, **trap.env)
+    held = trap.wait_held(stage, timeout_s=600)
     tree = kill_training(stage)
+    assert held in {p.pid for p in tree}, "the rank held at the checkpoint's commit should be among those killed"
     _, alive = psutil.wait_procs(tree, timeout=10)
     survivors = [p.pid for p in alive if p.status() != psutil.STATUS_ZOMBIE]
     assert survivors == [], "every training process should be gone"
     logged_at_kill = max(s for s, _ in train_steps(run_dir))
     complete_at_kill = [s for s, _ in list_checkpoints(run_dir / "checkpoints")]
     assert complete_at_kill and logged_at_kill > complete_at_kill[-1], (complete_at_kill, logged_at_kill)
+    assert complete_at_kill == [CHECKPOINT_EVERY] and (run_dir / "checkpoints" / f"step{HELD_AT}").is_dir()
     assert not (run_dir / "summary.json").exists()
 
     lines: list[str] = []

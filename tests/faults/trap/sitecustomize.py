@@ -7,12 +7,12 @@ run of their own (a subprocess with its own Ray), never for the suite. With
 
     FAULT_TRAP_SHARD=<the shard's final path>   FAULT_TRAP_DIR=<a folder for the markers>
 
-an audit hook watches for the rename onto that path in a Ray worker. The first worker to get
-there writes ``held-<pid>`` and waits to be killed (at most FAULT_TRAP_HOLD_S, 300 s, then
-``released-<pid>`` and it goes on); a later one, the retried task, writes ``passed-<pid>`` and
-goes on. With FAULT_TRAP_EVERY=1 every worker that gets there is held. The test waits for the
-marker, so the worker it kills is provably inside that shard's task, its work done and its output
-not yet in place.
+an audit hook watches for the rename onto that path in a Ray worker (or, with
+FAULT_TRAP_PROCESS=<suffix>, in a process whose ``sys.argv[0]`` ends so: ``tasks/train/main.py``
+for a training rank). The first process to get there writes ``held-<pid>`` and waits to be killed
+(at most FAULT_TRAP_HOLD_S, 300 s, then ``released-<pid>`` and it goes on); a later one, the
+retried task, writes ``passed-<pid>`` and goes on. The test waits for the marker, so the process
+it kills is provably inside that shard's task, its work done and its output not yet in place.
 """
 
 import os
@@ -38,19 +38,15 @@ def _first(folder: str) -> bool:
         return False
 
 
-def _in_ray_worker() -> bool:
-    return bool(sys.argv) and sys.argv[0].endswith("default_worker.py")
-
-
-def _install(target: str, folder: str, every: bool, hold_s: float) -> None:
+def _install(target: str, folder: str, hold_s: float, process: str) -> None:
     target = os.path.realpath(target)
 
     def hook(event: str, args: tuple) -> None:
         if event != "os.rename" or not isinstance(args[1], (str, bytes, os.PathLike)):
             return
-        if os.path.realpath(os.fsdecode(args[1])) != target or not _in_ray_worker():
+        if os.path.realpath(os.fsdecode(args[1])) != target or not sys.argv or not sys.argv[0].endswith(process):
             return
-        if not (every or _first(folder)):
+        if not _first(folder):
             _marker(folder, f"passed-{os.getpid()}")
             return
         _marker(folder, f"held-{os.getpid()}")
@@ -64,4 +60,5 @@ def _install(target: str, folder: str, every: bool, hold_s: float) -> None:
 
 if os.environ.get("FAULT_TRAP_SHARD") and os.environ.get("FAULT_TRAP_DIR"):
     _install(os.environ["FAULT_TRAP_SHARD"], os.environ["FAULT_TRAP_DIR"],
-             os.environ.get("FAULT_TRAP_EVERY") == "1", float(os.environ.get("FAULT_TRAP_HOLD_S", "300")))
+             float(os.environ.get("FAULT_TRAP_HOLD_S", "300")),
+             os.environ.get("FAULT_TRAP_PROCESS", "default_worker.py"))
