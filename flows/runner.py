@@ -26,6 +26,7 @@ from prefect import get_run_logger, task
 
 from flows.common import SHARD_TASK_OPTIONS, claim_output, gather, output_lock, write_report
 from pretrain.config import RayConfig
+from pretrain.errors import root_cause
 from pretrain.provenance import code_version, stable_hash, write_info_json
 from tasks.ray_runtime import cluster_cpus, ensure_ray
 
@@ -37,10 +38,10 @@ class StageFailed(RuntimeError):
     """
 
     def __init__(self, stage: str, failures: list[dict], total: int, what: str = "shards", prefix: str = "",
-                 entry: str = "{input} ({error})"):
+                 entry: str = "{input} ({error})", verb: str = "failed"):
         self.stage, self.failures = stage, failures
         listing = "; ".join(entry.format(**f) for f in failures)
-        super().__init__(f"{prefix}{len(failures)} of {total} {what} failed: {listing}")
+        super().__init__(f"{prefix}{len(failures)} of {total} {what} {verb}: {listing}")
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,8 @@ class ShardJob:
 
     name: str  # the Prefect task's name, e.g. "ingest-shard"
     work: Callable[..., dict]
-    run_name: str = "{name}-{label}"  # each task run's name; {name}: this job's, {label}: the shard's
+    run_name: str | None = "{name}-{label}"  # each task run's name; {name}: this job's, {label}: the shard's;
+    # None: Prefect's own ("<name>-<n>")
     progress: str | None = None  # the progress bar's label (default: the job's name)
     ray_options: dict = field(default_factory=dict)
     holder: type | None = None
@@ -128,6 +130,13 @@ def _shard_task(job: ShardJob, args: dict, key: str, actor: Any = None) -> dict:
     return ray.get(remote.options(name=job.name).remote(job.work, args))  # the worker's title: ray::<job name>
 
 
+def _task_for(job: ShardJob, shard: Shard):
+    """The Prefect task of one shard: named after the job and the shard, recomputed when an output is missing."""
+    missing = any(not Path(path).exists() for path in shard.outputs)
+    run_name = job.run_name.format(name=job.name, label=shard.label) if job.run_name else None
+    return _shard_task.with_options(name=job.name, refresh_cache=missing, task_run_name=run_name)
+
+
 class StageRun:
     """One run of a stage into its output folder (see ``stage_run``)."""
 
@@ -157,11 +166,9 @@ class StageRun:
         actors = self._start_holders(job, len(shards), holder_args or {})
         futures = {}
         for index, shard in enumerate(shards):
-            missing = any(not Path(path).exists() for path in shard.outputs)
-            runner = _shard_task.with_options(name=job.name, refresh_cache=missing,
-                                              task_run_name=job.run_name.format(name=job.name, label=shard.label))
             actor = actors[index % len(actors)] if actors else None
-            futures[runner.submit(job, shard.args, shard.cache_key(job), actor)] = shard.shown_as or shard.label
+            futures[_task_for(job, shard).submit(job, shard.args, shard.cache_key(job), actor)] = \
+                shard.shown_as or shard.label
         reports, failures, hits = gather(job.progress or job.name, futures, self.logger)
         self.failures += failures
         self.cache_hits[job.name] = self.cache_hits.get(job.name, 0) + hits
@@ -169,6 +176,21 @@ class StageRun:
         for actor in actors:
             ray.kill(actor)
         return reports
+
+    def one(self, job: ShardJob, shard: Shard) -> tuple[dict, bool]:
+        """Run a job's single task (whole-dataset work the rest of the stage needs): (report, from cache).
+
+        Nothing can go on without it, so a failure is raised at once as the work raised it
+        (without Ray's wrapper, as if it had run here), not listed in ``failures``.
+        """
+        state = _task_for(job, shard)(job, shard.args, shard.cache_key(job), return_state=True)
+        try:
+            report = state.result()
+        except Exception as error:
+            raise root_cause(error) from None
+        cached = state.name == "Cached"
+        self.cache_hits[job.name] = self.cache_hits.get(job.name, 0) + cached
+        return report, cached
 
     def _start_holders(self, job: ShardJob, shards: int, args: dict) -> list:
         if job.holder is None or shards == 0:

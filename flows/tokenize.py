@@ -2,9 +2,9 @@
 
 Output (see ``tasks.tokenize``): ``tokenizer.json``, ``train/`` and ``val/`` ``.bin``
 files, ``index.json`` (written last: its presence means the folder is complete),
-``report.json`` and ``info.json``; artifact: splits and the source mixture. The run holds
-the output folder's lock (``flows.common.output_lock``), which also removes the ``.*.part``
-files of killed writers on the way in and out.
+``report.json`` and ``info.json``; artifact: splits and the source mixture. Both jobs go
+through the shard runner (``flows.runner``), which holds the output folder's lock and
+removes the ``.*.part`` files of killed writers on the way in and out.
 
 Caching: the tokenizer task is keyed on the input shards' identities, the
 tokenizer settings, the code version and the output folder; each shard task on
@@ -19,63 +19,52 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import ray
-from prefect import flow, get_run_logger, task
+from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.common import (
-    SHARD_TASK_OPTIONS, claim_output, file_identity, funnel_table, gather, output_lock, parameter_policy,
-    publish_markdown, write_report,
-)
+from flows.common import file_identity, funnel_table, parameter_policy, publish_markdown
+from flows.runner import Shard, ShardJob, StageFailed, StageRun, stage_run
 from pretrain.config import RayConfig, TokenizeConfig
 from pretrain.paths import PathPolicy
-from pretrain.provenance import code_version, stable_hash, write_info_json
-from tasks.ray_runtime import ensure_ray
 from tasks.shards import check_document_shard
 from tasks.tokenize import (
-    INDEX_FILE, SPLITS, TOKENIZE_MODULES, TOKENIZER_FILE, ShardSurvey, build_index, build_tokenizer, bytes_per_token,
-    check_free_space, check_weight_sources, check_weights, estimated_tokens, file_sha256, input_shards,
-    survey_shard, token_dtype, tokenize_shard, vocab_shortfall, write_index,
+    INDEX_FILE, SPLITS, TOKENIZER_FILE, ShardSurvey, build_index, build_tokenizer, bytes_per_token, check_free_space,
+    check_weight_sources, check_weights, estimated_tokens, file_sha256, input_shards, survey_shard, token_dtype,
+    tokenize_shard, vocab_shortfall, write_index,
 )
 
 SHARD_SETTINGS = {"val_fraction", "weights", "seed", "eos_token"}
 TOKENIZER_SETTINGS = {"tokenizer", "eos_token", "vocab_size", "train_max_documents", "seed"}
 
-
-class TokenizeFailed(RuntimeError):
-    """Some shards failed after their retries; report.json lists them and no index.json is written."""
-
-
-def tokenizer_key(context, parameters: dict) -> str:
-    config: TokenizeConfig = parameters["config"]
-    inputs = [file_identity(config.tokenizer)] if config.tokenizer else \
-        [file_identity(p) for p in parameters["shard_paths"]]
-    return stable_hash("tokenizer", inputs, config.model_dump(include=TOKENIZER_SETTINGS),
-                       code_version(*TOKENIZE_MODULES), parameters["output_dir"])
-
-
-@task(name="tokenizer", cache_key_fn=tokenizer_key, **SHARD_TASK_OPTIONS)
-def tokenizer_task(shard_paths: list[str], config: TokenizeConfig, output_dir: str) -> dict:
-    return build_tokenizer([Path(p) for p in shard_paths], config, Path(output_dir))
-
-
-def shard_key(context, parameters: dict) -> str:
-    return stable_hash("tokenize-shard", file_identity(parameters["in_path"]), parameters["tokenizer_sha256"],
-                       parameters["config"].model_dump(include=SHARD_SETTINGS), code_version(*TOKENIZE_MODULES),
-                       parameters["train_path"], parameters["val_path"])
-
-
+# Whole-dataset work, run once before the shards. Its worker is one Ray task, but the tokenizer's
+# own thread pool trains on every core of the node, as it did when it ran in the flow process.
+TOKENIZER = ShardJob(name="tokenizer", work=build_tokenizer, run_name=None)
 # One CPU per shard: the tokenizer's own thread pool would oversubscribe the node.
-@ray.remote(num_cpus=1, max_retries=3, runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
-def _tokenize_on_ray(in_path: str, train_path: str, val_path: str, tokenizer_path: str,
-                     config: TokenizeConfig) -> dict:
-    return tokenize_shard(Path(in_path), Path(train_path), Path(val_path), Path(tokenizer_path), config)
+TOKENIZE = ShardJob(name="tokenize-shard", work=tokenize_shard, run_name="tokenize-{label}", progress="tokenize",
+                    ray_options={"runtime_env": {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}})
 
 
-@task(name="tokenize-shard", task_run_name="tokenize-{shard_name}", cache_key_fn=shard_key, **SHARD_TASK_OPTIONS)
-def tokenize_shard_task(in_path: str, train_path: str, val_path: str, tokenizer_path: str, tokenizer_sha256: str,
-                        config: TokenizeConfig, shard_name: str) -> dict:
-    return ray.get(_tokenize_on_ray.remote(in_path, train_path, val_path, tokenizer_path, config))
+def tokenizer_shard(config: TokenizeConfig, paths: list[Path], out: Path) -> Shard:
+    """The tokenizer's task, keyed on its inputs (the given tokenizer file, else every input shard),
+    the tokenizer settings and the output folder."""
+    inputs = [file_identity(config.tokenizer)] if config.tokenizer else [file_identity(p) for p in paths]
+    return Shard(label="tokenizer", args={"shard_paths": paths, "config": config, "output_dir": out},
+                 key=(inputs, config.model_dump(include=TOKENIZER_SETTINGS), str(out)),
+                 outputs=(out / TOKENIZER_FILE,))
+
+
+def tokenize_shards(config: TokenizeConfig, shards: list[tuple[str, Path]], out: Path, digest: str) -> list[Shard]:
+    """One task per input shard, keyed on its identity, the written tokenizer's digest, the split and
+    weight settings and its two output files."""
+    tasks = []
+    for name, path in shards:
+        train_path, val_path = out / "train" / f"{name}.bin", out / "val" / f"{name}.bin"
+        tasks.append(Shard(label=name, args={"in_path": path, "train_path": train_path, "val_path": val_path,
+                                             "tokenizer_path": out / TOKENIZER_FILE, "config": config},
+                           key=(file_identity(path), digest, config.model_dump(include=SHARD_SETTINGS),
+                                str(train_path), str(val_path)),
+                           outputs=(train_path, val_path), shown_as=str(path)))
+    return tasks
 
 
 def summarize(index: dict | None, reports: list[dict], failures: list[dict], tokenizer: dict,
@@ -149,56 +138,42 @@ def tokenize_flow(config: TokenizeConfig, input_dirs: list[str], output_dir: str
     check_input_shards([path for _, path in shards])
     surveys = [survey_shard(path) for _, path in shards]
     check_weight_sources(config.weights, sum((survey.sources for survey in surveys), Counter()))
-    with output_lock(Path(output_dir), "tokenize") as out:
-        return _tokenize(config, shards, surveys, out, ray_config)
+    with stage_run("tokenize", output_dir, ray_config) as run:
+        return _tokenize(config, shards, surveys, run)
 
 
-def _tokenize(config: TokenizeConfig, shards: list[tuple[str, Path]], surveys: list[ShardSurvey], out: Path,
-              ray_config: RayConfig) -> dict:
-    logger = get_run_logger()
+def _tokenize(config: TokenizeConfig, shards: list[tuple[str, Path]], surveys: list[ShardSurvey],
+              run: StageRun) -> dict:
     started = time.perf_counter()
+    out, paths = run.out, [path for _, path in shards]
     (out / INDEX_FILE).unlink(missing_ok=True)  # present only while the folder is complete and consistent
-    stale = claim_output(out, "tokenize", [name for name, _ in shards], logger)  # an earlier run's other .bin files
-    ensure_ray(ray_config)
+    run.claim([name for name, _ in shards])  # an earlier run's other .bin files
 
-    runner = tokenizer_task.with_options(refresh_cache=not (out / TOKENIZER_FILE).is_file())
-    state = runner([str(path) for _, path in shards], config, str(out), return_state=True)
-    tokenizer = {**state.result(), "cached": state.name == "Cached"}
+    report, cached = run.one(TOKENIZER, tokenizer_shard(config, paths, out))
+    tokenizer = {**report, "cached": cached}
     tokenizer_path = out / TOKENIZER_FILE
     digest = file_sha256(tokenizer_path)  # the file as it is now, whatever a cached result says
-    logger.info("tokenizer %s: vocab %d, EOS id %d; tokenizing %d shard(s) into %s",
-                tokenizer["source"], tokenizer["vocab_size"], tokenizer["eos_id"], len(shards), out)
+    run.logger.info("tokenizer %s: vocab %d, EOS id %d; tokenizing %d shard(s) into %s",
+                    tokenizer["source"], tokenizer["vocab_size"], tokenizer["eos_id"], len(shards), out)
     if shortfall := vocab_shortfall(tokenizer):
-        logger.warning(shortfall)
-    check_output_fits(config, [path for _, path in shards], surveys, tokenizer_path, tokenizer["vocab_size"], out)
+        run.logger.warning(shortfall)
+    check_output_fits(config, paths, surveys, tokenizer_path, tokenizer["vocab_size"], out)
 
-    futures = {}
-    for name, path in shards:
-        train_path, val_path = out / "train" / f"{name}.bin", out / "val" / f"{name}.bin"
-        task_runner = tokenize_shard_task.with_options(
-            refresh_cache=not (train_path.is_file() and val_path.is_file()))
-        future = task_runner.submit(str(path), str(train_path), str(val_path), str(tokenizer_path), digest,
-                                    config, name)
-        futures[future] = path
-    reports, failures, cache_hits = gather("tokenize", futures, logger)
-
-    index = build_index(reports, {**tokenizer, "sha256": digest}, config) if not failures else None
-    summary = summarize(index, reports, failures, tokenizer, time.perf_counter() - started, cache_hits)
-    summary["stale_removed"] = stale
+    reports = run.map(TOKENIZE, tokenize_shards(config, shards, out, digest))
+    cache_hits = run.cache_hits[TOKENIZE.name]
+    index = build_index(reports, {**tokenizer, "sha256": digest}, config) if not run.failed else None
+    summary = summarize(index, reports, run.failures, tokenizer, time.perf_counter() - started, cache_hits)
+    summary["stale_removed"] = run.stale
     summary["warnings"] = [shortfall] if shortfall else []
     summary["val_warning"] = empty_validation(index, config) if index else None
     if summary["val_warning"]:
-        logger.warning(summary["val_warning"])
-    write_info_json(out, stage="tokenize", code=code_version(*TOKENIZE_MODULES), config=config.model_dump(),
-                    inputs=[str(path) for _, path in shards], tokenizer_sha256=digest)
-    write_report(out, summary)
-    if failures:
-        raise TokenizeFailed(f"{len(failures)} of {len(shards)} shards failed: "
-                             + "; ".join(f"{f['input']} ({f['error']})" for f in failures))
-    write_index(out, index)
+        run.logger.warning(summary["val_warning"])
+    run.finish(summary, config=config.model_dump(), inputs=[str(path) for path in paths],
+               code=TOKENIZE.code_version(), total=len(shards), tokenizer_sha256=digest)  # StageFailed if a shard failed
+    write_index(out, index)  # last: its presence means the folder is complete
     publish(summary)
-    logger.info("tokenize: %d documents, %d train and %d val tokens (%d shard(s) from cache)",
-                summary["documents"], index["tokens"]["train"], index["tokens"]["val"], cache_hits)
+    run.logger.info("tokenize: %d documents, %d train and %d val tokens (%d shard(s) from cache)",
+                    summary["documents"], index["tokens"]["train"], index["tokens"]["val"], cache_hits)
     return summary
 
 
@@ -218,8 +193,9 @@ def check_input_shards(paths: list[Path]) -> None:
     for path in paths:
         try:
             check_document_shard(path, required=("text",))
-        except ValueError as error:
-            problems.append(str(error))
+        except ValueError as error:  # its message names the file
+            problems.append({"input": str(path), "error": str(error)})
     if problems:
-        raise TokenizeFailed(f"{len(problems)} of {len(paths)} input shards are unusable: " + "; ".join(problems))
+        raise StageFailed("tokenize", problems, len(paths), what="input shards", verb="are unusable",
+                          entry="{error}")
 

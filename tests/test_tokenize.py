@@ -280,3 +280,28 @@ def test_tokenize_flow_on_real_text_writes_a_consistent_index_and_reruns_from_ca
     (out / "val" / "dickens.bin").unlink()  # a missing output is recomputed, the other shard stays cached
     third = tokenize_flow(config=cfg, input_dirs=[str(tmp_path / "in")], output_dir=str(out))
     assert third["cache_hits"] == 1 and third["tokens"] == index["tokens"]
+
+
+@pytest.mark.integration
+def test_a_tokenizer_error_on_ray_is_raised_as_the_work_raised_it_and_the_cli_exits_2(services, tmp_path, shard):
+    """The tokenizer is a Ray task of the shard runner; its bad input still ends the run at once with the
+    work's own exception and message (no Ray wrapper, no traceback), before any shard is tokenized."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+    from flows.tokenize import tokenize_flow
+
+    make_tokenizer(tmp_path / "given", [shard])
+    given = tmp_path / "given" / "tokenizer.json"
+    cfg = TokenizeConfig(tokenizer=str(given), eos_token="</s>")
+    with pytest.raises(ValueError, match="tokenizer has no EOS token '</s>'") as info:
+        tokenize_flow(config=cfg, input_dirs=[str(shard.parent)], output_dir=str(tmp_path / "out"))
+    assert type(info.value) is ValueError
+    assert not (tmp_path / "out" / "train").exists() and not (tmp_path / "out" / "index.json").exists()
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("base: local\ntokenize:\n  eos_token: '</s>'\n")
+    result = CliRunner().invoke(app, ["tokenize", "--input", str(shard.parent), "--output", str(tmp_path / "cli"),
+                                      "--tokenizer", str(given), "--config", str(recipe)])
+    assert result.exit_code == 2, result.output
+    assert "tokenizer has no EOS token '</s>'" in result.output and "Traceback" not in result.output

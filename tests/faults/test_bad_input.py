@@ -163,9 +163,10 @@ def test_bad_parquet_shards_fail_by_name_in_filter_and_dedup_and_the_good_shard_
 
 @pytest.mark.integration
 def test_bad_parquet_shards_fail_by_name_in_tokenize(services, bad_shards, tmp_path, ledger):
-    from flows.tokenize import TokenizeFailed, tokenize_flow
+    from flows.runner import StageFailed
+    from flows.tokenize import tokenize_flow
 
-    with pytest.raises(TokenizeFailed, match="3 of 4 input shards are unusable") as info:
+    with pytest.raises(StageFailed, match="3 of 4 input shards are unusable") as info:
         tokenize_flow(config=TokenizeConfig(vocab_size=300, train_max_documents=100),
                       input_dirs=[str(bad_shards)], output_dir=str(tmp_path / "t"))
     message = str(info.value)
