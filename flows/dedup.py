@@ -28,6 +28,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import file_identity, funnel_table, parameter_policy, parquet_shards, publish_markdown
 from flows.runner import Shard, ShardJob, StageFailed, StageRun, stage_run
+from flows.stage import Pipeline, Stage
 from pretrain.config import DedupConfig, RayConfig
 from pretrain.provenance import stable_hash
 from tasks.dedup.hashing import stage1_outputs
@@ -171,3 +172,16 @@ def _dedup(config: DedupConfig, inputs: list[Path], input_dir: str, run: StageRu
     run.logger.info("dedup: kept %d of %d documents; dropped %s; %d clusters", summary["documents_kept"],
                     summary["documents_in"], summary["dropped"], summary["clusters"])
     return summary
+
+
+# ---------------------------------------------------------------- the dedup stage of the end-to-end run
+
+
+def run_in_pipeline(pipeline: Pipeline) -> dict:
+    recipe = pipeline.recipe
+    return dedup_flow(config=recipe.dedup, input_dir=str(pipeline.input_dir),
+                      output_dir=str(pipeline.folder("dedup")), ray_config=recipe.ray)
+
+
+STAGE = Stage(name="dedup", folder="dedup", section="dedup", run=run_in_pipeline, jobs=tuple(PHASES.values()),
+              products=("*.parquet",), reasons=REASONS)
