@@ -21,12 +21,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 DATA = REPO.parent / "shared" / "data"
 
-from models.perplexity import PerplexityModel, train_perplexity_model  # noqa: E402
+from models.perplexity import PerplexityModel  # noqa: E402
 from models.quality_classifier import QualityClassifier, train_classifier  # noqa: E402
 from pretrain.config import ClassifierConfig, PerplexityConfig  # noqa: E402
 from tasks.decode import decode_html  # noqa: E402
 from tasks.extract import extract_text  # noqa: E402
 from tasks.quality.corpus import iter_corpus  # noqa: E402
+from tasks.quality.perplexity import train_perplexity_model  # noqa: E402
 
 TRAIN = ["Great_Expectations_CharlesDickens", "French_Revolution_ThomasCarlyle", "My_Man_Jeeves_PGWodehouse",
          "Anne-of-Green-Gables", "Collected_Speeches_FrederickDouglass"]

@@ -52,7 +52,7 @@ def _train_key(context, parameters: dict) -> str:
 
 @task(name="train-perplexity", cache_key_fn=_train_key, persist_result=True)
 def train_perplexity_task(reference: list[str], output_dir: str, config: PerplexityConfig, force: bool = False) -> dict:
-    from models.perplexity import train_perplexity_model
+    from tasks.quality.perplexity import train_perplexity_model
 
     model_dir = train_perplexity_model(reference, Path(output_dir), config, force=force)
     return json.loads((Path(model_dir) / "model.json").read_text())
@@ -108,7 +108,7 @@ def train_classifier_flow(positive: list[str], negative: list[str], output_dir: 
     if policy is not None:
         positive, negative = confine_corpus(policy, positive, "positive"), confine_corpus(policy, negative, "negative")
         output_dir = str(policy.path(output_dir, "output_dir"))
-    from models.quality_classifier import check_distinct_corpora
+    from tasks.quality.corpus import check_distinct_corpora
 
     check_distinct_corpora(positive, negative)
     return train_classifier_task(positive, negative, output_dir, config, max_documents, force)

@@ -32,13 +32,12 @@ import uuid
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
 from pretrain.config import PerplexityConfig
-from pretrain.outputs import check_replaceable, local_inputs
-from tasks.quality.corpus import corpus_files, iter_corpus
+from pretrain.outputs import check_replaceable
 
 log = logging.getLogger(__name__)
 
@@ -166,10 +165,10 @@ def _run_tool(command: list[str]) -> None:
 
 # --------------------------------------------------------------------------- training
 
-def _training_lines(reference: list[str], max_chars: int) -> Iterator[str]:
+def _training_lines(documents: Iterable[str], max_chars: int) -> Iterator[str]:
     """Normalized paragraph lines with letters, until ``max_chars`` normalized chars."""
     total = 0
-    for document in iter_corpus(reference):
+    for document in documents:
         for line in normalize(document).split("\n"):
             if not has_letters(line):
                 continue
@@ -179,15 +178,15 @@ def _training_lines(reference: list[str], max_chars: int) -> Iterator[str]:
                 return
 
 
-def _write_training_text(reference: list[str], path: Path, max_chars: int) -> dict:
+def _write_training_text(documents: Iterable[str], source: str, path: Path, max_chars: int) -> dict:
     digest, chars, lines = hashlib.sha256(), 0, 0
     with open(path, "w", encoding="utf-8") as out:
-        for line in _training_lines(reference, max_chars):
+        for line in _training_lines(documents, max_chars):
             out.write(line + "\n")
             digest.update(line.encode() + b"\n")
             chars, lines = chars + len(line), lines + 1
     if not lines:
-        raise PerplexityTrainingError(f"reference corpus {reference} has no text with letters")
+        raise PerplexityTrainingError(f"reference corpus {source} has no text with letters")
     return {"training_chars": chars, "training_lines": lines, "training_text_sha256": digest.hexdigest()}
 
 
@@ -240,9 +239,9 @@ def is_perplexity_model(folder: Path) -> bool:
         return False
 
 
-def check_output(output_dir: Path, reference: list[str], force: bool = False) -> None:
-    """Raise OutputRefused unless a new model may replace ``output_dir`` (``pretrain.outputs``)."""
-    inputs = local_inputs(reference) + corpus_files(reference)
+def check_output(output_dir: Path, inputs: Sequence[Path | str], force: bool = False) -> None:
+    """Raise OutputRefused unless a new model may replace ``output_dir`` (``pretrain.outputs``): it must
+    not hold one of ``inputs``, the reference text."""
     check_replaceable(Path(output_dir), "train-perplexity", is_perplexity_model, inputs, force, marker=MODEL_JSON)
 
 
@@ -257,9 +256,7 @@ def _publish(staging: Path, output_dir: Path) -> None:
         staging.rename(output_dir)
 
 
-def _model_info(cfg: PerplexityConfig, stats: dict, processor, corpus: dict, staging: Path) -> dict:
-    from pretrain.provenance import code_version
-
+def _model_info(cfg: PerplexityConfig, stats: dict, processor, corpus: dict, code: str, staging: Path) -> dict:
     return {
         "format_version": FORMAT_VERSION,
         "lang": cfg.lang,
@@ -270,42 +267,42 @@ def _model_info(cfg: PerplexityConfig, stats: dict, processor, corpus: dict, sta
         **stats,
         "corpus": corpus,
         "config": cfg.model_dump(mode="json"),
-        "code_version": code_version("models.perplexity", "tasks.quality.corpus"),
+        "code_version": code,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "file_bytes": {name: (staging / name).stat().st_size for name in (SP_MODEL, LM_BINARY)},
     }
 
 
-def train_perplexity_model(reference: list[str], output_dir: Path, cfg: PerplexityConfig, *,
-                           corpus_id: str | None = None, kenlm_bin_dir: str | Path | None = None,
-                           force: bool = False) -> Path:
-    """Train sentencepiece + a KenLM n-gram on reference text; write ``output_dir``.
+def train_on_documents(documents: Iterable[str], output_dir: Path, cfg: PerplexityConfig, *, source: str,
+                       corpus: dict, inputs: Sequence[Path | str], code: str,
+                       kenlm_bin_dir: str | Path | None = None, force: bool = False) -> Path:
+    """Train sentencepiece + a KenLM n-gram on reference documents; write ``output_dir``.
 
-    ``reference``: paths, globs or folders of text/JSONL/Parquet (see tasks.quality.corpus).
-    ``corpus_id``: how the caller names the corpus (recorded with the file list; the text
-    actually used, a prefix when ``cfg.max_train_chars`` cuts it, is pinned by its sha256).
+    ``documents`` is read lazily, only until ``cfg.max_train_chars`` (the text actually used
+    is pinned by its sha256). Reading files is the caller's work (``tasks.quality.perplexity``),
+    which also names the corpus: ``source`` for messages, ``corpus`` (its id and files) and
+    ``code`` (the code version) for model.json, ``inputs`` the files the folder must not hold.
     ``kenlm_bin_dir``: folder holding lmplz and build_binary (default: see find_kenlm_tool).
     The folder appears complete or not at all: it is built in a staging folder and renamed.
     It replaces only an earlier model or an empty folder (another with ``force``), never one
     holding the reference text. Returns ``output_dir`` holding sp.model, lm.binary and model.json.
     """
     output_dir = Path(output_dir)
-    check_output(output_dir, reference, force)
+    check_output(output_dir, inputs, force)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = output_dir.with_name(f".{output_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
     build = staging / "build"
     build.mkdir(parents=True)
     started = time.monotonic()
     try:
-        corpus = {"id": corpus_id, "files": [str(path) for path in corpus_files(reference)]}
-        stats = _write_training_text(reference, build / "train.txt", cfg.max_train_chars)
+        stats = _write_training_text(documents, source, build / "train.txt", cfg.max_train_chars)
         processor = _train_sentencepiece(build / "train.txt", staging / Path(SP_MODEL).stem, cfg.vocab_size, stats)
         stats["training_tokens"] = _write_pieces(processor, build / "train.txt", build / "pieces.txt")
         _build_kenlm(build / "pieces.txt", staging / LM_BINARY, cfg, kenlm_bin_dir)
         shutil.rmtree(build)
-        info = _model_info(cfg, stats, processor, corpus, staging)
+        info = _model_info(cfg, stats, processor, corpus, code, staging)
         (staging / MODEL_JSON).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-        check_output(output_dir, reference, force)  # again: the folder may have been filled meanwhile
+        check_output(output_dir, inputs, force)  # again: the folder may have been filled meanwhile
         _publish(staging, output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -46,7 +46,7 @@ from sklearn.pipeline import FeatureUnion, Pipeline
 
 from pretrain.config import ClassifierConfig
 from pretrain.outputs import check_replaceable, json_field_is
-from pretrain.provenance import replace_dir
+from pretrain.provenance import code_version, replace_dir
 
 __all__ = [
     "FORMAT_VERSION", "MIN_DOCS_PER_CLASS", "EMPTY_TEXT_SCORE", "LOADS", "IncompatibleModelError",
@@ -305,19 +305,7 @@ def _check_separates(roc_auc: float, cfg: ClassifierConfig) -> None:
             f"hold different kinds of text (or lower quality.classifier.min_roc_auc)")
 
 
-def check_distinct_corpora(positive: list[str], negative: list[str]) -> None:
-    """The same file as both positives and negatives teaches nothing: refuse it by name."""
-    from tasks.quality.corpus import corpus_files
-
-    both = sorted({p.resolve() for p in corpus_files(positive)} & {p.resolve() for p in corpus_files(negative)})
-    if both:
-        raise ValueError(f"{len(both)} file(s) given as both positives and negatives, e.g. {both[0]}: "
-                         f"--positive takes reference text, --negative web documents")
-
-
 def _metadata(cfg: ClassifierConfig, counts: dict, sources: dict | None) -> dict:
-    from pretrain.provenance import code_version
-
     return {
         "format_version": FORMAT_VERSION,
         "kind": "quality_classifier",

@@ -33,10 +33,10 @@ from models.perplexity import (
     normalize,
     percentile_cutoffs,
     resolve_cutoffs,
-    train_perplexity_model,
 )
 from pretrain.config import PerplexityConfig
 from tasks.quality.corpus import iter_corpus
+from tasks.quality.perplexity import train_perplexity_model
 
 HELD_OUT = "Pride_and_Prejudice_JaneAusten.txt.gz"
 SMALL_EN = PerplexityConfig(order=5, vocab_size=4000, max_train_chars=2_500_000, lmplz_memory="256M")

@@ -98,6 +98,14 @@ def sample_corpus(specs: list[str], max_documents: int, seed: int = 0, text_fiel
     return reservoir_sample(iter_corpus(specs, text_field), max_documents, seed)
 
 
+def check_distinct_corpora(positive: list[str], negative: list[str]) -> None:
+    """The same file as both positives and negatives teaches the quality classifier nothing: refuse it by name."""
+    both = sorted({p.resolve() for p in corpus_files(positive)} & {p.resolve() for p in corpus_files(negative)})
+    if both:
+        raise ValueError(f"{len(both)} file(s) given as both positives and negatives, e.g. {both[0]}: "
+                         f"--positive takes reference text, --negative web documents")
+
+
 def corpus_identity(specs: list[str]) -> list[str]:
     """What a trained model depends on: each file's path, size and mtime."""
     identities = []

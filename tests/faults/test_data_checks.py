@@ -290,7 +290,7 @@ def test_train_classifier_with_one_folder_as_both_classes_exits_2(services, tmp_
 
 @pytest.fixture(scope="module")
 def small_perplexity_model(tmp_path_factory) -> Path:
-    from models.perplexity import train_perplexity_model
+    from tasks.quality.perplexity import train_perplexity_model
     from pretrain.config import PerplexityConfig
 
     book = sorted(shared_data("reference", "en").glob("*.txt.gz"))[0]
