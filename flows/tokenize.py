@@ -24,6 +24,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import file_identity, funnel_table, parameter_policy, publish_markdown
 from flows.runner import Shard, ShardJob, StageFailed, StageRun, stage_run
+from flows.stage import Pipeline, Stage
 from pretrain.config import RayConfig, TokenizeConfig
 from pretrain.paths import PathPolicy
 from tasks.shards import check_document_shard
@@ -199,3 +200,16 @@ def check_input_shards(paths: list[Path]) -> None:
         raise StageFailed("tokenize", problems, len(paths), what="input shards", verb="are unusable",
                           entry="{error}")
 
+
+
+# ---------------------------------------------------------------- the tokenize stage of the end-to-end run
+
+
+def run_in_pipeline(pipeline: Pipeline) -> dict:
+    recipe = pipeline.recipe
+    return tokenize_flow(config=recipe.tokenize, input_dirs=[str(pipeline.input_dir)],
+                         output_dir=str(pipeline.folder("tokenize")), ray_config=recipe.ray)
+
+
+STAGE = Stage(name="tokenize", folder="tokens", section="tokenize", run=run_in_pipeline, jobs=(TOKENIZER, TOKENIZE),
+              products=("index.json", "tokenizer.json", "train/*.bin", "val/*.bin"), reasons=("empty_text",))
