@@ -46,7 +46,6 @@ SPLITS = ("train", "val")
 UNKNOWN_SOURCE = "unknown"
 BATCH_ROWS = 1000
 UINT16_MAX_VOCAB = 65535
-TOKENIZE_MODULES = ("tasks.tokenize",)
 
 
 class Document(NamedTuple):
