@@ -1,74 +1,70 @@
 """Prefect flows for model-based quality: train the perplexity model and the classifier,
 score shards on Ray (models loaded once per worker), keep by a rule.
 
-Training tasks are cached on (training data identity, config, code version, output
-folder). Scoring runs one Ray actor per CPU; each actor loads the models once and
-scores the shards sent to it; a Prefect task per shard, cached like every stage.
+Training tasks are cached on (training data identity, config, code version of what their
+work imports, output folder). Scoring goes through the shard runner: one Ray actor per CPU
+holds the models (``tasks.quality.score.Scorer``, loaded once) and scores the shards sent to
+it, a Prefect task per shard, cached like every stage; then the cut-offs, then a second job
+applies them shard by shard.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
-import ray
-from prefect import flow, get_run_logger, task
+from prefect import flow, task
 from prefect.artifacts import create_image_artifact, create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.common import (
-    SHARD_TASK_OPTIONS, claim_output, file_identity, funnel_table, gather, output_lock, parameter_policy,
-    parquet_shards, write_report,
-)
+from flows.common import file_identity, funnel_table, parameter_policy, parquet_shards
+from flows.runner import Shard, ShardJob, StageRun, stage_run
+from models.perplexity import check_model_folder
 from pretrain.config import ClassifierConfig, PerplexityConfig, QualityConfig, RayConfig
 from pretrain.paths import PathPolicy
-from pretrain.provenance import code_version, stable_hash, write_info_json
-from pretrain.outputs import local_inputs
-from tasks.quality.corpus import corpus_files, corpus_identity, sample_corpus
+from pretrain.provenance import code_version, stable_hash
+from tasks.quality.classifier import train_classifier_from_corpora
+from tasks.quality.corpus import check_distinct_corpora, corpus_identity
+from tasks.quality.perplexity import train_perplexity_model
 from tasks.quality.score import (
-    QUALITY_MODULES, Cutoffs, apply_scores, cutoffs_from_scores, sample_scores, score_shard,
+    Cutoffs, Scorer, apply_scores, cutoffs_from_scores, model_loads, sample_scores, score_held,
 )
-from tasks.ray_runtime import cluster_cpus, ensure_ray
-
-
-class QualityFailed(RuntimeError):
-    """Some shards failed after their retries; report.json lists them."""
 
 
 # ---------------------------------------------------------------- training
+# Whole-dataset work, one task each: Prefect tasks of their own, not shard jobs.
 
 
-def _train_key(context, parameters: dict) -> str:
-    specs = [s for key in ("reference", "positive", "negative") for s in parameters.get(key, [])]
-    output = Path(parameters["output_dir"])
-    return stable_hash("train", context.task.name, corpus_identity(specs), parameters["config"].model_dump(),
-                       parameters.get("max_documents"), code_version(*QUALITY_MODULES), str(output),
-                       (output / "model.json").is_file())
+def _train_key(work: Callable) -> Callable:
+    """A training task's cache key: its text's identity, config, document cap, output folder (and
+    whether it holds a model), and the code version of ``work``'s module (all that it imports)."""
+
+    def key(context, parameters: dict) -> str:
+        specs = [s for name in ("reference", "positive", "negative") for s in parameters.get(name, [])]
+        output = Path(parameters["output_dir"])
+        return stable_hash("train", context.task.name, corpus_identity(specs), parameters["config"].model_dump(),
+                           parameters.get("max_documents"), code_version(work.__module__), str(output),
+                           (output / "model.json").is_file())
+
+    return key
 
 
-@task(name="train-perplexity", cache_key_fn=_train_key, persist_result=True)
+@task(name="train-perplexity", cache_key_fn=_train_key(train_perplexity_model), persist_result=True)
 def train_perplexity_task(reference: list[str], output_dir: str, config: PerplexityConfig, force: bool = False) -> dict:
-    from tasks.quality.perplexity import train_perplexity_model
-
     model_dir = train_perplexity_model(reference, Path(output_dir), config, force=force)
     return json.loads((Path(model_dir) / "model.json").read_text())
 
 
-@task(name="train-classifier", cache_key_fn=_train_key, persist_result=True)
+@task(name="train-classifier", cache_key_fn=_train_key(train_classifier_from_corpora), persist_result=True)
 def train_classifier_task(positive: list[str], negative: list[str], output_dir: str, config: ClassifierConfig,
                           max_documents: int, force: bool = False) -> dict:
-    from models.quality_classifier import check_output, train_classifier
-
-    inputs = local_inputs(positive + negative) + corpus_files(positive + negative)
-    check_output(Path(output_dir), inputs, force)  # before the corpora are read
-    positives = sample_corpus(positive, max_documents, seed=config.seed)
-    negatives = sample_corpus(negative, max_documents, seed=config.seed + 1)
-    sources = {"positive": corpus_identity(positive), "negative": corpus_identity(negative)}
-    return train_classifier(positives, negatives, Path(output_dir), config, sources=sources, inputs=inputs, force=force)
+    return train_classifier_from_corpora(positive, negative, output_dir, config, max_documents, force)
 
 
 def confine_corpus(policy: PathPolicy, specs: list[str], field: str) -> list[str]:
@@ -108,35 +104,15 @@ def train_classifier_flow(positive: list[str], negative: list[str], output_dir: 
     if policy is not None:
         positive, negative = confine_corpus(policy, positive, "positive"), confine_corpus(policy, negative, "negative")
         output_dir = str(policy.path(output_dir, "output_dir"))
-    from tasks.quality.corpus import check_distinct_corpora
-
     check_distinct_corpora(positive, negative)
     return train_classifier_task(positive, negative, output_dir, config, max_documents, force)
 
 
 # ---------------------------------------------------------------- scoring
 
-
-@ray.remote(num_cpus=1, max_restarts=2, max_task_retries=2)
-class Scorer:
-    """Holds the models of one worker process; they are loaded once, at construction."""
-
-    def __init__(self, config: QualityConfig):
-        from tasks.quality.score import _load_models
-
-        self.config = config
-        _load_models(config)
-
-    def score(self, in_path: str, scores_path: str) -> dict:
-        return score_shard(Path(in_path), Path(scores_path), self.config)
-
-    def model_loads(self) -> dict:
-        import os
-
-        from models import perplexity, quality_classifier
-
-        return {"pid": os.getpid(), "perplexity": sum(perplexity.LOADS.values()),
-                "classifier": sum(quality_classifier.LOADS.values())}
+# Pass 1 on Ray actors that each hold the models (loaded once per actor), pass 2 as Ray tasks.
+SCORE = ShardJob(name="quality-score", work=score_held, run_name="score-{label}", holder=Scorer)
+APPLY = ShardJob(name="quality-apply", work=apply_scores, run_name="apply-{label}")
 
 
 def model_identities(cfg: QualityConfig) -> list:
@@ -145,22 +121,27 @@ def model_identities(cfg: QualityConfig) -> list:
     return [file_identity(m) for m in models]
 
 
-def _score_key(context, parameters: dict) -> str:
-    cfg: QualityConfig = parameters["config"]
-    return stable_hash("quality-score", file_identity(parameters["in_path"]), model_identities(cfg),
-                       cfg.model_dump(include={"perplexity_model", "classifier_model"}),
-                       code_version(*QUALITY_MODULES), parameters["scores_path"])
+def score_shards(shards: list[Path], work: Path, cfg: QualityConfig) -> list[Shard]:
+    """One scoring task per shard, keyed on its identity, the models' identities and its score file."""
+    models = model_identities(cfg)
+    chosen = cfg.model_dump(include={"perplexity_model", "classifier_model"})
+    return [Shard(label=shard.stem, args={"in_path": shard, "scores_path": work / shard.name},
+                  key=(file_identity(shard), models, chosen, str(work / shard.name)),
+                  outputs=(work / shard.name,), shown_as=str(shard)) for shard in shards]
 
 
-@task(name="quality-score", task_run_name="score-{shard_name}", cache_key_fn=_score_key, **SHARD_TASK_OPTIONS)
-def score_task(scorer, in_path: str, scores_path: str, config: QualityConfig, shard_name: str) -> dict:
-    return ray.get(scorer.score.remote(in_path, scores_path))
-
-
-@ray.remote(num_cpus=1, max_retries=3)
-def _apply_on_ray(in_path: str, scores_path: str, scored_path: str, kept_path: str, cutoffs: Cutoffs,
-                  model_lang: str | None) -> dict:
-    return apply_scores(Path(in_path), Path(scores_path), Path(scored_path), Path(kept_path), cutoffs, model_lang)
+def apply_shards(scored: list[Path], work: Path, out: Path, cutoffs: Cutoffs, model_lang: str | None) -> list[Shard]:
+    """One task per scored shard, keyed on the shard, its score file, the cut-offs and its outputs."""
+    shards = []
+    for shard in scored:
+        scores, targets = work / shard.name, (out / "scored" / shard.name, out / "kept" / shard.name)
+        shards.append(Shard(label=shard.stem, args={"in_path": shard, "scores_path": scores, "scored_path": targets[0],
+                                                    "kept_path": targets[1], "cutoffs": cutoffs,
+                                                    "model_lang": model_lang},
+                            key=(file_identity(shard), file_identity(scores), cutoffs.__dict__, model_lang,
+                                 *map(str, targets)),
+                            outputs=targets, shown_as=str(shard)))
+    return shards
 
 
 def _model_lang(cfg: QualityConfig) -> str | None:
@@ -174,8 +155,6 @@ def _model_lang(cfg: QualityConfig) -> str | None:
 
 
 def _check_models(cfg: QualityConfig) -> None:
-    from models.perplexity import check_model_folder
-
     if not cfg.perplexity_model and not cfg.classifier_model:
         raise ValueError("give --perplexity-model and/or --classifier-model to score with")
     if cfg.perplexity_model:
@@ -183,20 +162,6 @@ def _check_models(cfg: QualityConfig) -> None:
     if cfg.classifier_model and not (Path(cfg.classifier_model) / "model.json").is_file():
         raise FileNotFoundError(f"no classifier model at {cfg.classifier_model}; make one with: "
                                 f"pretrain quality train-classifier --positive ... --negative ... --output DIR")
-
-
-def _run_scoring(shards: list[Path], work: Path, cfg: QualityConfig, logger) -> tuple[list, list, int, list]:
-    n_actors = max(1, min(len(shards), cluster_cpus()))
-    scorers = [Scorer.remote(cfg) for _ in range(n_actors)]
-    futures = {}
-    for index, shard in enumerate(shards):
-        runner = score_task.with_options(refresh_cache=not (work / shard.name).exists())
-        futures[runner.submit(scorers[index % n_actors], str(shard), str(work / shard.name), cfg, shard.stem)] = shard
-    reports, failures, hits = gather("quality-score", futures, logger)
-    loads = ray.get([s.model_loads.remote() for s in scorers])
-    for scorer in scorers:
-        ray.kill(scorer)
-    return reports, failures, hits, loads
 
 
 def _histogram_png(values, title: str, cut_lines: list[float]) -> bytes:
@@ -273,33 +238,31 @@ def score_flow(config: QualityConfig, input_dir: str, output_dir: str, ray_confi
     policy = parameter_policy()
     if policy is not None:
         config, input_dir, output_dir = confine_parameters(policy, config, input_dir, output_dir)
-    logger = get_run_logger()
     started = time.perf_counter()
     _check_models(config)
     model_lang = _model_lang(config)
     shards = parquet_shards(input_dir)
-    with output_lock(Path(output_dir), "quality") as out:  # claim_output removes stale shards: only with the lock
-        work = out / ".scores"
-        stale = claim_output(out, "quality", [shard.stem for shard in shards], logger)
-        ensure_ray(ray_config)
-        logger.info("scoring %d shard(s) with %s", len(shards),
+    with stage_run("quality", output_dir, ray_config) as run:  # claim removes stale shards: only with the lock
+        return _score(config, shards, model_lang, run, started)
+
+
+def _score(config: QualityConfig, shards: list[Path], model_lang: str | None, run: StageRun, started: float) -> dict:
+    """Score every shard, take the cut-offs from a sample of all scores, then apply them to each."""
+    work = run.out / ".scores"
+    run.claim([shard.stem for shard in shards])
+    run.logger.info("scoring %d shard(s) with %s", len(shards),
                     ", ".join(p for p in (config.perplexity_model, config.classifier_model) if p))
-        reports, failures, hits, loads = _run_scoring(shards, work, config, logger)
-        scored_ok = [Path(r["input"]) for r in reports]
-        ppl, quality = sample_scores([work / s.name for s in scored_ok], config.percentile_sample_rows)
-        cutoffs = cutoffs_from_scores(config, ppl, quality)
-        refs = [_apply_on_ray.remote(str(s), str(work / s.name), str(out / "scored" / s.name),
-                                     str(out / "kept" / s.name), cutoffs, model_lang) for s in sorted(scored_ok)]
-        applied = ray.get(refs)
-        summary = summarize(applied, failures, cutoffs, hits, loads, time.perf_counter() - started)
-        summary["stale_removed"] = stale
-        write_info_json(out, stage="quality", code=code_version(*QUALITY_MODULES), config=config.model_dump(),
-                        inputs=[str(s) for s in shards])
-        write_report(out, summary)
-        publish(summary, out, ppl, quality, cutoffs)
-        logger.info("quality: kept %d of %d documents; cut-offs %s", summary["documents_kept"], summary["documents_in"],
-                    summary["cutoffs"])
-        if failures:
-            raise QualityFailed(f"{len(failures)} of {len(shards)} shards failed: "
-                                + "; ".join(f"{f['input']} ({f['error']})" for f in failures))
-        return summary
+    reports = run.map(SCORE, score_shards(shards, work, config), holder_args={"config": config}, ask=model_loads)
+    loads = run.answers
+    scored_ok = sorted(Path(r["input"]) for r in reports)
+    ppl, quality = sample_scores([work / s.name for s in scored_ok], config.percentile_sample_rows)
+    cutoffs = cutoffs_from_scores(config, ppl, quality)
+    applied = sorted(run.map(APPLY, apply_shards(scored_ok, work, run.out, cutoffs, model_lang)),
+                     key=lambda report: report["input"])
+    summary = summarize(applied, run.failures, cutoffs, run.cache_hits[SCORE.name], loads,
+                        time.perf_counter() - started)
+    run.logger.info("quality: kept %d of %d documents; cut-offs %s", summary["documents_kept"],
+                    summary["documents_in"], summary["cutoffs"])
+    return run.finish(summary, config=config.model_dump(), inputs=[str(s) for s in shards],
+                      code=code_version(*SCORE.modules(), *APPLY.modules()), total=len(shards),
+                      publish=functools.partial(publish, out=run.out, ppl=ppl, quality=quality, cutoffs=cutoffs))

@@ -14,6 +14,7 @@ from conftest import shared_data
 from typer.testing import CliRunner
 
 from flows.quality import score_flow, train_classifier_flow, train_perplexity_flow
+from flows.runner import StageFailed
 from cli.main import app
 from pretrain.config import ClassifierConfig, PerplexityConfig, QualityConfig
 from tasks.decode import decode_html
@@ -140,3 +141,37 @@ def test_missing_model_is_a_clear_error(services, scoring_input, tmp_path):
     both = CliRunner().invoke(app, ["quality", "score", "--input", str(folder), "--output", str(tmp_path / "q"),
                                     "--keep-fraction", "0.5", "--max-perplexity", "300"])
     assert both.exit_code == 2 and "at most one of" in both.output
+
+
+def test_apply_is_one_cached_task_per_shard_and_a_failed_one_is_listed(services, models, tmp_path):
+    """The keep pass runs through the shard runner like the scoring: a rerun rewrites nothing, a
+    deleted kept shard is written again alone, and a shard whose scores no longer match it fails
+    by name (StageFailed, report.json) while the other shard is still written."""
+    books = shared_data("reference", "en")
+    english = [doc for doc in iter_corpus([str(books / f"{HELD_OUT_BOOKS[0]}.txt.gz")])][:60]
+    folder, out = tmp_path / "in", tmp_path / "q"
+    write_shards(folder, english, 2)
+    cfg = QualityConfig(perplexity_model=str(models / "ppl"), max_perplexity=1e9)
+    first = score_flow(config=cfg, input_dir=str(folder), output_dir=str(out))
+    written = lambda: {f"{part}/{p.name}": p.stat().st_mtime_ns  # noqa: E731
+                       for part in ("scored", "kept") for p in (out / part).glob("*.parquet")}
+    before = written()
+    assert len(before) == 4
+
+    (out / "kept" / "shard-00.parquet").unlink()
+    second = score_flow(config=cfg, input_dir=str(folder), output_dir=str(out))
+    after = written()
+    assert second["cache_hits"] == 2 and second["documents_kept"] == first["documents_kept"]
+    assert second["reports"] == first["reports"]
+    assert {name for name in before if after[name] != before[name]} == {"scored/shard-00.parquet",
+                                                                        "kept/shard-00.parquet"}
+
+    scores = out / ".scores" / "shard-01.parquet"
+    pq.write_table(pq.read_table(scores).slice(0, 1), scores)
+    with pytest.raises(StageFailed, match=r"^1 of 2 shards failed: \S+/shard-01\.parquet \(ValueError: .* has 1 rows "
+                                          rf"for {len(english[1::2])} in ") as failed:
+        score_flow(config=cfg, input_dir=str(folder), output_dir=str(out))
+    assert failed.value.stage == "quality"
+    report = json.loads((out / "report.json").read_text())
+    assert [Path(f["input"]).name for f in report["failed"]] == ["shard-01.parquet"]
+    assert report["shards"] == 2 and report["documents_in"] == len(english[0::2])

@@ -17,6 +17,7 @@ first are dropped (``unscorable_text``) and the second kept and counted
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -31,7 +32,6 @@ from tasks.shards import ShardWriter
 
 SCORE_SCHEMA = pa.schema([("perplexity", pa.float64()), ("quality_score", pa.float64())])
 BATCH_ROWS = 512
-QUALITY_MODULES = ("tasks.quality.score", "models.perplexity", "models.quality_classifier")
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,28 @@ class Cutoffs:
     ppl_middle: float | None = None
     min_quality: float | None = None
     max_perplexity: float | None = None
+
+
+class Scorer:
+    """The models of one Ray actor (``ShardJob.holder``): loaded once, when the actor starts,
+    so each worker process reads them once however many shards it scores."""
+
+    def __init__(self, config: QualityConfig):
+        self.config = config
+        _load_models(config)
+
+
+def score_held(scorer: Scorer, in_path: Path, scores_path: Path) -> dict:
+    """Pass 1 on an actor: ``score_shard`` with the models the actor holds."""
+    return score_shard(Path(in_path), Path(scores_path), scorer.config)
+
+
+def model_loads(scorer: Scorer) -> dict:
+    """How often this actor's process loaded each kind of model (asked of every actor at the end)."""
+    from models import perplexity, quality_classifier
+
+    return {"pid": os.getpid(), "perplexity": sum(perplexity.LOADS.values()),
+            "classifier": sum(quality_classifier.LOADS.values())}
 
 
 def _load_models(cfg: QualityConfig):
