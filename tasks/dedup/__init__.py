@@ -51,23 +51,8 @@ from tasks.dedup.layout import Layout, Slot, key_slots
 from tasks.dedup.minhash import band_keys, candidate_probability, estimated_jaccard, signatures
 from tasks.dedup.text import normalize_text, shingle_hashes, word_hashes, words
 
-DEDUP_MODULES = (
-    "tasks.dedup",
-    "tasks.dedup.apply",
-    "tasks.dedup.buckets",
-    "tasks.dedup.clusters",
-    "tasks.dedup.hashing",
-    "tasks.dedup.ids",
-    "tasks.dedup.keys",
-    "tasks.dedup.layout",
-    "tasks.dedup.minhash",
-    "tasks.dedup.phases",
-    "tasks.dedup.text",
-    "tasks.shards",
-)
-
 __all__ = [
-    "DEDUP_MODULES", "Layout", "Slot", "band_keys", "build_clusters", "candidate_probability", "choose_kept",
+    "Layout", "Slot", "band_keys", "build_clusters", "candidate_probability", "choose_kept",
     "connected_components", "document_keys", "estimated_jaccard", "find_edges", "hash_shard",
     "key_slots", "normalize_text", "normalize_url", "shingle_hashes", "signatures", "word_hashes", "words",
     "write_deduped_shard",
