@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import socket
@@ -11,10 +12,6 @@ from typing import Iterator
 import ray
 from ray._private import ray_constants
 
-import flows
-import models
-import pretrain
-import tasks
 from pretrain.config import RayConfig
 
 LOOPBACK = "127.0.0.1"
@@ -27,6 +24,9 @@ TOKEN_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 # With a bound the task fails with OutOfMemoryError and its file is reported failed. The owner of a task
 # (this driver) reads the budget from its environment when Ray starts; RAY_task_oom_retries overrides it.
 MAX_OOM_RETRIES = 3
+# The packages a cluster's workers need, shipped as py_modules. Named, not imported: this module is below
+# flows and must not import it (a package folder is found without running it).
+SHIPPED_PACKAGES = ("pretrain", "tasks", "flows", "models")
 
 
 def _bound_oom_retries() -> None:
@@ -127,12 +127,18 @@ def ensure_ray(cfg: RayConfig) -> bool:
         _bound_oom_retries()
         ray.init(
             address=address,
-            runtime_env={"py_modules": [pretrain, tasks, flows, models]},
+            runtime_env={"py_modules": [package_folder(name) for name in SHIPPED_PACKAGES]},
             log_to_driver=False,
         )
     else:
         start_local_ray(cfg.num_cpus, cfg.object_store_memory_mb)
     return True
+
+
+def package_folder(name: str) -> str:
+    """The folder of a top-level package, as Ray ships a package module object (its one ``__path__`` entry)."""
+    [folder] = importlib.util.find_spec(name).submodule_search_locations
+    return folder
 
 
 def cluster_cpus() -> int:
