@@ -19,16 +19,18 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_image_artifact, create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import file_identity, funnel_table, parameter_policy, parquet_shards
 from flows.runner import Shard, ShardJob, StageRun, stage_run
+from flows.stage import Pipeline, Stage
 from models.perplexity import check_model_folder
-from pretrain.config import ClassifierConfig, PerplexityConfig, QualityConfig, RayConfig
+from pretrain.config import ClassifierConfig, PerplexityConfig, PipelineConfig, QualityConfig, RayConfig
 from pretrain.paths import PathPolicy
 from pretrain.provenance import code_version, stable_hash
+from tasks.demo_reference import write_demo_reference
 from tasks.quality.classifier import train_classifier_from_corpora
 from tasks.quality.corpus import check_distinct_corpora, corpus_identity
 from tasks.quality.perplexity import train_perplexity_model
@@ -266,3 +268,67 @@ def _score(config: QualityConfig, shards: list[Path], model_lang: str | None, ru
     return run.finish(summary, config=config.model_dump(), inputs=[str(s) for s in shards],
                       code=code_version(*SCORE.modules(), *APPLY.modules()), total=len(shards),
                       publish=functools.partial(publish, out=run.out, ppl=ppl, quality=quality, cutoffs=cutoffs))
+
+
+# ---------------------------------------------------------------- the quality stage of the end-to-end run
+
+
+def quality_models(pipeline: Pipeline, logger) -> tuple[dict, str | None]:
+    """Model folders to score with: the recipe's, else trained here; (updates for QualityConfig, why skipped)."""
+    cfg = pipeline.recipe
+    quality = cfg.quality
+    if quality.perplexity_model or quality.classifier_model:
+        return {}, None
+    reference = list(cfg.quality_training.reference)
+    if not reference and cfg.demo_data:
+        reference = [str(write_demo_reference(pipeline.root / "demo-data" / "reference"))]
+    if not reference:
+        return {}, ("no reference text and no model folders: set quality_training.reference, or "
+                    "quality.perplexity_model / quality.classifier_model")
+    negatives = str(pipeline.folder("ingest") if cfg.quality_training.negatives == "ingest"
+                    else pipeline.folder("filter") / "removed")
+    models = pipeline.folder("quality") / "models"
+    logger.info("quality: training the perplexity model and the classifier on %s (negatives: %s)", reference, negatives)
+    train_perplexity_flow(reference=reference, output_dir=str(models / "perplexity"), config=quality.perplexity)
+    train_classifier_flow(positive=reference, negative=[negatives], output_dir=str(models / "classifier"),
+                          config=quality.classifier, max_documents=cfg.quality_training.max_documents)
+    return {"perplexity_model": str(models / "perplexity"), "classifier_model": str(models / "classifier")}, None
+
+
+def reference_identity(cfg: PipelineConfig) -> object:
+    if cfg.quality.perplexity_model or cfg.quality.classifier_model:
+        return model_identities(cfg.quality)  # a model retrained in place reruns quality
+    if cfg.quality_training.reference:
+        return corpus_identity(cfg.quality_training.reference)
+    return "demo-reference" if cfg.demo_data else None
+
+
+def key_config(pipeline: Pipeline) -> dict:
+    """Besides its config: the reference text (or models) it is trained on, the key of its negatives' stage."""
+    cfg = pipeline.recipe
+    negatives = "ingest" if cfg.quality_training.negatives == "ingest" else "filter"
+    return {"quality": cfg.quality, "training": cfg.quality_training, "reference": reference_identity(cfg),
+            "negatives_from": pipeline.results[negatives]["key"]}
+
+
+def run_in_pipeline(pipeline: Pipeline) -> dict:
+    logger = get_run_logger()
+    updates, skipped = quality_models(pipeline, logger)
+    if skipped:
+        logger.warning("quality: skipped: %s", skipped)
+        return {"skipped": skipped}
+    return score_flow(config=pipeline.recipe.quality.model_copy(update=updates), input_dir=str(pipeline.input_dir),
+                      output_dir=str(pipeline.folder("quality")), ray_config=pipeline.recipe.ray)
+
+
+def kept_or_input(pipeline: Pipeline, result: dict) -> Path:
+    """The next stage reads the kept documents; a skipped quality stage passes its input on."""
+    return pipeline.input_dir if result.get("skipped") else pipeline.folder("quality") / "kept"
+
+
+STAGE = Stage(
+    name="quality", folder="quality", section="quality", run=run_in_pipeline, jobs=(SCORE, APPLY), key_config=key_config,
+    output=kept_or_input, products=("kept/*.parquet", "scored/*.parquet", "models/*/model.json"),
+    reasons=("unscorable_text", "perplexity_too_high", "quality_too_low",
+             "not_scored_other_language"),  # tasks/quality/score.py; the last is counted, and kept
+)
