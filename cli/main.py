@@ -515,7 +515,7 @@ def demo_data(
 
 @app.command(cls=ListOptions)
 def run(
-    recipe: str = typer.Option("local", help="A recipe name in configs/ or a YAML path."),
+    recipe: str = typer.Option("local", help="A shipped recipe by name (local, cc-small, cc-full) or a YAML path."),
     output: Optional[Path] = typer.Option(None, help="Output root (default: the recipe's output_dir)."),
     set_: list[str] = typer.Option([], "--set", help="Override a recipe field: key.path=value, e.g. "
                                    "train.max_steps=5 (one or more)."),
@@ -775,18 +775,18 @@ def scaling_fit(
 def scaling_sweep(
     data: Path = typer.Option(..., help="Token shards folder (from `pretrain tokenize`)."),
     output: Path = typer.Option(Path("runs/sweep"), "--output", "-o", help="Sweep folder: runs/, sweep.csv, fit.json, sweep.png."),
-    config: Optional[Path] = typer.Option(None, help="A SweepConfig YAML (default: the CPU grid; configs/sweep/gpu.yaml)."),
+    config: Optional[str] = typer.Option(None, help="A sweep config: a shipped one by name (gpu: a GPU grid) or a "
+                                         "YAML path (default: the CPU grid)."),
     set_: list[str] = typer.Option([], "--set", help="Override a sweep config field: key.path=value, e.g. "
                                    "train.seq_len=128 (one or more)."),
 ) -> None:
     """Train a grid of models at several compute budgets, then fit L(N, D) to their losses."""
     from flows.sweep import sweep_flow
     from models.scaling import ScalingError
-    from pretrain.config import SweepConfig, read_yaml_file
+    from pretrain.config import load_sweep_config
 
     try:
-        raw = (read_yaml_file(config, "sweep config") or {}) if config else {}
-        cfg = validate_config(SweepConfig, apply_overrides(raw, set_), prefix="sweep.")
+        cfg = load_sweep_config(config, set_)
     except (ConfigError, OSError) as error:
         _fail(str(error))
     try:

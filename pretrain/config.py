@@ -1,21 +1,27 @@
 """The one typed config tree: CLI options, Prefect flow parameters and recipes.
 
-Recipes live in ``configs/*.yaml``. A recipe may name a ``base`` recipe; its keys
+Recipes ship as package data, ``pretrain/recipes/*.yaml`` (sweep configs in ``recipes/sweep/``), read through
+importlib.resources so that an installed wheel has them. A recipe may name a ``base`` recipe; its keys
 are deep-merged over the base, so a variant is a few lines. Unknown keys and wrong
 types are errors that name the field.
 """
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pretrain.languages import language_codes
 
-CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
+RECIPES = resources.files("pretrain") / "recipes"  # a Traversable: a folder on disk, or inside an archive
+SWEEP_RECIPES = RECIPES / "sweep"
 
 
 class ConfigError(ValueError):
@@ -545,11 +551,18 @@ def deep_merge(base: dict, override: dict) -> dict:
     return merged
 
 
-def _recipe_path(name_or_path: str) -> Path:
+def _recipe_path(name_or_path: str, shipped: Traversable = RECIPES) -> Path | Traversable:
+    """A YAML path as given, else the shipped recipe of that name."""
     path = Path(name_or_path)
     if path.suffix in {".yaml", ".yml"} or path.exists():
         return path
-    return CONFIGS_DIR / f"{name_or_path}.yaml"
+    return shipped / f"{name_or_path}.yaml"
+
+
+def shipped_names(shipped: Traversable = RECIPES) -> list[str]:
+    """The names of the recipes (or sweep configs) the package ships."""
+    return sorted(entry.name.removesuffix(".yaml") for entry in shipped.iterdir()
+                  if entry.is_file() and entry.name.endswith(".yaml"))
 
 
 def yaml_problem(error: yaml.YAMLError) -> str:
@@ -561,7 +574,7 @@ def yaml_problem(error: yaml.YAMLError) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
 
 
-def read_yaml_file(path: Path, what: str) -> Any:
+def read_yaml_file(path: Path | Traversable, what: str) -> Any:
     """A YAML (or JSON) file's content; a ConfigError naming the file, and the line and column of a syntax error."""
     try:
         text = path.read_bytes().decode("utf-8")
@@ -578,9 +591,9 @@ def read_yaml_file(path: Path, what: str) -> Any:
 def _load_raw(name_or_path: str, seen: tuple[str, ...] = ()) -> dict:
     path = _recipe_path(name_or_path)
     if not path.is_file():
-        known = sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
-        raise ConfigError(f"recipe {name_or_path!r} not found ({path}); known recipes: {', '.join(known)}")
-    if str(path.resolve()) in seen:
+        raise ConfigError(f"recipe {name_or_path!r} not found ({path}); known recipes: {', '.join(shipped_names())}")
+    identity = str(path.resolve()) if isinstance(path, Path) else str(path)
+    if identity in seen:
         raise ConfigError(f"recipe {path} derives from itself (base chain: {' -> '.join(seen)})")
     raw = read_yaml_file(path, "recipe") or {}
     if not isinstance(raw, dict):
@@ -588,9 +601,16 @@ def _load_raw(name_or_path: str, seen: tuple[str, ...] = ()) -> dict:
     base = raw.pop("base", None)
     if base is None:
         return raw
-    sibling = path.parent / (base if str(base).endswith((".yaml", ".yml")) else f"{base}.yaml")
-    base_ref = str(sibling) if sibling.is_file() else str(base)  # else a recipe name in configs/
-    return deep_merge(_load_raw(base_ref, seen + (str(path.resolve()),)), raw)
+    return deep_merge(_load_raw(_base_ref(path, str(base)), seen + (identity,)), raw)
+
+
+def _base_ref(path: Path | Traversable, base: str) -> str:
+    """A base beside the recipe's file when there is one, else a shipped recipe's name."""
+    if isinstance(path, Path):
+        sibling = path.parent / (base if base.endswith((".yaml", ".yml")) else f"{base}.yaml")
+        if sibling.is_file():
+            return str(sibling)
+    return base
 
 
 def format_validation_error(error: ValidationError, prefix: str = "") -> str:
@@ -637,3 +657,17 @@ def apply_overrides(raw: dict, assignments: list[str] | tuple[str, ...] = ()) ->
 
 def load_recipe(name_or_path: str = "local", overrides: list[str] | None = None) -> PipelineConfig:
     return validate_config(PipelineConfig, apply_overrides(_load_raw(name_or_path), overrides or []))
+
+
+def load_sweep_config(name_or_path: str | None = None, overrides: list[str] | None = None) -> SweepConfig:
+    """A sweep config: a shipped one by name (``gpu``), a YAML path, or None for the CPU grid (the defaults)."""
+    raw: Any = {}
+    if name_or_path is not None:
+        path = _recipe_path(name_or_path, SWEEP_RECIPES)
+        if not path.is_file():
+            raise ConfigError(f"sweep config {name_or_path!r} not found ({path}); shipped sweep configs: "
+                              f"{', '.join(shipped_names(SWEEP_RECIPES))}")
+        raw = read_yaml_file(path, "sweep config") or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"sweep config {name_or_path} must be a mapping, got {type(raw).__name__}")
+    return validate_config(SweepConfig, apply_overrides(raw, overrides or []), prefix="sweep.")

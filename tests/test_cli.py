@@ -175,3 +175,78 @@ def test_set_assignments_land_where_the_path_says():
     assert recipe.train.max_steps == 3 and recipe.ingest.languages == ["en", "fr"]
     sweep = validate_config(SweepConfig, apply_overrides({}, ["train.seq_len=32", "min_steps=2"]))
     assert sweep.train.seq_len == 32 and sweep.min_steps == 2
+
+
+# ---------------------------------------------------------------- recipes as package data
+
+INSTALLED_PROBE = """
+import json, sys
+sys.path[:0] = [{site!r}, {venv!r}]
+import cli.main, pretrain.config
+from pretrain.config import load_recipe, load_sweep_config, shipped_names
+from typer.testing import CliRunner
+result = CliRunner().invoke(cli.main.app, ["run", "--recipe", "local", "--set", "train.no_such_key=1"])
+print(json.dumps({{"modules": [cli.main.__file__, pretrain.config.__file__], "recipes": shipped_names(),
+                  "local": load_recipe("local").model_dump(mode="json"),
+                  "gpu": load_sweep_config("gpu").model_dump(mode="json"),
+                  "run": [result.exit_code, " ".join(result.output.split())]}}))
+"""
+
+
+def copy_sources(into: Path) -> Path:
+    """pyproject.toml, README.md and the packages it lists, so that the build writes nothing into the tree."""
+    import shutil
+    import tomllib
+
+    from conftest import REPO
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    packages = [p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]]
+    into.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, into / name)
+    for package in packages:
+        shutil.copytree(REPO / package, into / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return into
+
+
+def test_a_wheel_install_has_the_recipes(tmp_path):
+    import site
+    import subprocess
+    import sys
+
+    from pretrain.config import load_recipe, load_sweep_config
+
+    source = copy_sources(tmp_path / "src")
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "wheel"), str(source)],
+                   check=True, capture_output=True)
+    wheel = next((tmp_path / "wheel").glob("pretrain_pipeline-*.whl"))
+    installed = tmp_path / "installed"
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(installed), str(wheel)], check=True,
+                   capture_output=True)
+    probe = INSTALLED_PROBE.format(site=str(installed), venv=site.getsitepackages()[0])
+    # -I -S: no source tree on sys.path (nor the editable install's finder): only the installed copy and the venv
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", probe], cwd=tmp_path, capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "PREFECT_HOME": str(tmp_path / "prefect")})
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.splitlines()[-1])
+    assert all(Path(module).is_relative_to(installed) for module in found["modules"]), found["modules"]
+    assert found["recipes"] == ["base", "cc-full", "cc-small", "local"]
+    assert found["local"] == load_recipe("local").model_dump(mode="json")
+    assert found["gpu"] == load_sweep_config("gpu").model_dump(mode="json")
+    assert found["run"][0] == 2 and "train.no_such_key: Extra inputs are not permitted" in found["run"][1]
+
+
+def test_recipe_and_sweep_config_by_name_or_path(tmp_path):
+    from pretrain.config import ConfigError, SWEEP_RECIPES, load_recipe, load_sweep_config
+
+    variant = tmp_path / "variant.yaml"
+    variant.write_text("base: local\ntrain: {max_steps: 7}\n")
+    assert load_recipe(str(variant)).train.max_steps == 7
+    assert load_sweep_config(str(SWEEP_RECIPES / "gpu.yaml")) == load_sweep_config("gpu")
+    assert load_sweep_config(None, ["min_steps=3"]).min_steps == 3
+    with pytest.raises(ConfigError, match="shipped sweep configs: gpu"):
+        load_sweep_config("tpu")
+    with pytest.raises(ConfigError, match="known recipes: base, cc-full, cc-small, local"):
+        load_recipe("nope")

@@ -150,7 +150,7 @@ def test_dockerfile_copies_files_that_exist_and_are_not_ignored(variant):
             hits = [p for p in ignored if fnmatch.fnmatch(source, p) or fnmatch.fnmatch(source.split("/")[0], p)]
             assert not hits, f"{dockerfile.name}: COPY {source} is excluded by {hits} in its .dockerignore"
     copied = {source.split("/")[0] for *sources, _ in copies for source in sources}
-    assert {"pyproject.toml", "pretrain", "flows", "tasks", "models", "configs"} <= copied
+    assert {"pyproject.toml", "pretrain", "flows", "tasks", "models", "cli"} <= copied
 
 
 @pytest.mark.parametrize("variant", ["cpu", "cuda"])
