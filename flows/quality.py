@@ -54,6 +54,7 @@ def _train_key(work: Callable) -> Callable:
                            parameters.get("max_documents"), code_version(work.__module__), str(output),
                            (output / "model.json").is_file())
 
+    key.work = work  # what the key's code version is taken from
     return key
 
 

@@ -175,3 +175,16 @@ def test_apply_is_one_cached_task_per_shard_and_a_failed_one_is_listed(services,
     report = json.loads((out / "report.json").read_text())
     assert [Path(f["input"]).name for f in report["failed"]] == ["shard-01.parquet"]
     assert report["shards"] == 2 and report["documents_in"] == len(english[0::2])
+
+
+def test_the_training_tasks_key_on_everything_their_work_imports():
+    """The train-perplexity and train-classifier keys take the code version of their work's module,
+    which covers the corpus reader and sampler (a hand-kept list once missed them) and the model."""
+    from flows.quality import train_classifier_task, train_perplexity_task
+    from pretrain.codegraph import module_closure
+
+    reader = {"tasks.quality.corpus", "tasks.sampling"}
+    for task, model in ((train_perplexity_task, "models.perplexity"),
+                        (train_classifier_task, "models.quality_classifier")):
+        work = task.cache_key_fn.work
+        assert reader | {model, work.__module__} <= set(module_closure(work.__module__)), task.name
