@@ -1,6 +1,7 @@
-"""The end-to-end flow: (demo data ->) ingest -> filter -> dedup -> quality -> tokenize -> train.
+"""The end-to-end flow: (demo data ->) the stages of ``flows.registry`` in order, up to ``until``.
 
-Each stage is one cached Prefect task that runs the stage's own flow as a subflow
+(ingest -> filter -> dedup -> quality -> tokenize -> train.) Each stage (``flows.stage.Stage``)
+is one cached Prefect task that runs the stage's own flow as a subflow
 (whose per-shard tasks are cached and retried as always), and passes folders, never
 data. A stage's cache key is Marin-style: the stage name, its config, its code
 version, its output folder and the key of the stage it reads from (ingest: the
@@ -17,52 +18,23 @@ artifact (see ``flows.pretrain_report``).
 from __future__ import annotations
 
 import json
-import shutil
 import time
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
 from prefect import flow, get_run_logger, task
 
+from flows import registry
 from flows.common import output_lock, parameter_policy, retry_if_transient
-from flows.dedup import dedup_flow
-from flows.filter import filter_flow
 from flows.ingest import confine_parameters as confine_ingest
-from flows.ingest import ingest_flow
 from flows.pretrain_report import funnel, publish_report, scaling_position
-from flows.quality import model_identities, score_flow, train_classifier_flow, train_perplexity_flow
-from flows.tokenize import tokenize_flow
-from flows.train import train_flow
-from pretrain.config import PipelineConfig, TrainConfig
-from pretrain.outputs import check_replaceable
-from pretrain.provenance import atomic_write_text, code_version, stable_hash
+from flows.stage import Pipeline, Stage
+from pretrain.config import PipelineConfig
+from pretrain.provenance import atomic_write_text
 from tasks.demo import write_demo_data
-from tasks.demo_reference import write_demo_reference
-from tasks.dedup import DEDUP_MODULES
-from tasks.filter_runner import FILTER_MODULES
-from tasks.ingest import INGEST_MODULES
-from tasks.quality.corpus import corpus_identity
-from tasks.quality.score import QUALITY_MODULES
-from tasks.sources import input_identity, resolve_inputs
-from tasks.tokenize import TOKENIZE_MODULES
-from tasks.train import TRAIN_MODULES
 
-STAGES = ("ingest", "filter", "dedup", "quality", "tokenize", "train")
-FOLDERS = {"ingest": "ingest", "filter": "filter", "dedup": "dedup", "quality": "quality", "tokenize": "tokens",
-           "train": "train"}
-# What a finished stage leaves behind; stage.json records their size and mtime.
-PRODUCTS = {
-    "ingest": ["*.parquet"], "filter": ["*.parquet"], "dedup": ["*.parquet"],
-    "quality": ["kept/*.parquet", "scored/*.parquet", "models/*/model.json"],
-    "tokenize": ["index.json", "tokenizer.json", "train/*.bin", "val/*.bin"],
-    "train": ["summary.json", "metrics.jsonl", "hf/config.json", "hf/model.safetensors"],
-}
 STAGE_FILE = "stage.json"
-CODE = {
-    "ingest": ("flows.ingest", *INGEST_MODULES), "filter": ("flows.filter", *FILTER_MODULES),
-    "dedup": ("flows.dedup", *DEDUP_MODULES), "quality": ("flows.quality", "tasks.demo_reference", *QUALITY_MODULES),
-    "tokenize": ("flows.tokenize", *TOKENIZE_MODULES), "train": TRAIN_MODULES,
-}
 SUMMARY_FIELDS = ("files", "records_read", "html_responses", "documents", "documents_in", "documents_kept",
                   "text_bytes", "bytes_in", "bytes_kept", "clusters", "dropped", "buckets", "cutoffs", "tokens",
                   "sources", "tokenizer", "steps", "final_loss", "val_loss", "params", "checkpoint", "seconds",
@@ -72,28 +44,28 @@ SUMMARY_FIELDS = ("files", "records_read", "html_responses", "documents", "docum
 # ---------------------------------------------------------------- stage bookkeeping
 
 
-def products(folder: Path, stage: str) -> dict[str, list[int]]:
+def products(folder: Path, globs: tuple[str, ...]) -> dict[str, list[int]]:
     """The stage's output files now: relative path -> [size, mtime_ns]."""
     found = {}
-    for pattern in PRODUCTS[stage]:
+    for pattern in globs:
         for path in sorted(folder.glob(pattern)):
             stat = path.stat()
             found[str(path.relative_to(folder))] = [stat.st_size, stat.st_mtime_ns]
     return found
 
 
-def outputs_intact(folder: Path, stage: str, key: str) -> bool:
+def outputs_intact(folder: Path, globs: tuple[str, ...], key: str) -> bool:
     """True when the stage last finished here with this key and its outputs are as it left them."""
     record = folder / STAGE_FILE
     if not record.is_file():
         return False
     written = json.loads(record.read_text())
-    return written.get("key") == key and written.get("products") == products(folder, stage) != {}
+    return written.get("key") == key and written.get("products") == products(folder, globs) != {}
 
 
-def record_stage(folder: Path, stage: str, key: str) -> None:
+def record_stage(folder: Path, stage: str, globs: tuple[str, ...], key: str) -> None:
     atomic_write_text(folder / STAGE_FILE, json.dumps({"stage": stage, "key": key,
-                                                       "products": products(folder, stage)}, indent=1) + "\n")
+                                                       "products": products(folder, globs)}, indent=1) + "\n")
 
 
 def stage_key(context, parameters: dict) -> str:
@@ -110,125 +82,31 @@ def _trim(summary: dict, output: Path) -> dict:
 
 @task(name="stage", task_run_name="{stage}", cache_key_fn=stage_key, persist_result=True, retries=1,
       retry_condition_fn=retry_if_transient)
-def run_stage(stage: str, key: str, output_dir: str, run: Callable[[], dict]) -> dict:
+def run_stage(stage: str, key: str, output_dir: str, products: tuple[str, ...], run: Callable[[], dict]) -> dict:
     """Run one stage's flow (``run``) and record its outputs; the result is its trimmed summary."""
     folder = Path(output_dir)
     summary = _trim(run(), folder)
     if not summary.get("skipped"):
-        record_stage(folder, stage, key)
+        record_stage(folder, stage, products, key)
     return summary
 
 
-def call_stage(stage: str, key: str, folder: Path, run: Callable[[], dict]) -> dict:
+def call_stage(stage: Stage, key: str, folder: Path, run: Callable[[], dict]) -> dict:
     """The stage from cache when its outputs are intact, else run it; adds ``cached`` and the key."""
-    runner = run_stage.with_options(refresh_cache=not outputs_intact(folder, stage, key))
-    state = runner(stage, key, str(folder), run, return_state=True)
+    runner = run_stage.with_options(refresh_cache=not outputs_intact(folder, stage.products, key))
+    state = runner(stage.name, key, str(folder), stage.products, run, return_state=True)
     return {**state.result(), "cached": state.name == "Cached", "key": key}
 
 
-# ---------------------------------------------------------------- stage keys
-
-
-def ingest_inputs_key(config) -> list[str]:
-    """Input identity: local files by path, size and mtime; remote ones by URL (a crawl's files do not change)."""
-    return [input_identity(item) for item in resolve_inputs(config)]
-
-
-def key_for(stage: str, upstream: object, config: object, folder: Path) -> str:
-    dump = config.model_dump() if hasattr(config, "model_dump") else config
-    return stable_hash(stage, upstream, dump, code_version(*CODE[stage]), str(folder.resolve()), length=24)
-
-
-# ---------------------------------------------------------------- quality and training
-
-
-def quality_models(cfg: PipelineConfig, root: Path, logger) -> tuple[dict, str | None]:
-    """Model folders to score with: the recipe's, else trained here; (updates for QualityConfig, why skipped)."""
-    quality = cfg.quality
-    if quality.perplexity_model or quality.classifier_model:
-        return {}, None
-    reference = list(cfg.quality_training.reference)
-    if not reference and cfg.demo_data:
-        reference = [str(write_demo_reference(root / "demo-data" / "reference"))]
-    if not reference:
-        return {}, ("no reference text and no model folders: set quality_training.reference, or "
-                    "quality.perplexity_model / quality.classifier_model")
-    negatives = str(root / ("ingest" if cfg.quality_training.negatives == "ingest" else "filter/removed"))
-    models = root / "quality" / "models"
-    logger.info("quality: training the perplexity model and the classifier on %s (negatives: %s)", reference, negatives)
-    train_perplexity_flow(reference=reference, output_dir=str(models / "perplexity"), config=quality.perplexity)
-    train_classifier_flow(positive=reference, negative=[negatives], output_dir=str(models / "classifier"),
-                          config=quality.classifier, max_documents=cfg.quality_training.max_documents)
-    return {"perplexity_model": str(models / "perplexity"), "classifier_model": str(models / "classifier")}, None
-
-
-def reference_identity(cfg: PipelineConfig, root: Path) -> object:
-    if cfg.quality.perplexity_model or cfg.quality.classifier_model:
-        return model_identities(cfg.quality)  # a model retrained in place reruns quality
-    if cfg.quality_training.reference:
-        return corpus_identity(cfg.quality_training.reference)
-    return "demo-reference" if cfg.demo_data else None
-
-
-def run_quality(cfg: PipelineConfig, root: Path, input_dir: Path) -> dict:
-    logger = get_run_logger()
-    updates, skipped = quality_models(cfg, root, logger)
-    if skipped:
-        logger.warning("quality: skipped: %s", skipped)
-        return {"skipped": skipped}
-    return score_flow(config=cfg.quality.model_copy(update=updates), input_dir=str(input_dir),
-                      output_dir=str(root / "quality"), ray_config=cfg.ray)
-
-
-def train_config(cfg: PipelineConfig, tokens_dir: Path, run_dir: Path) -> TrainConfig:
-    train = cfg.train.model_copy(update={"data_dir": str(tokens_dir), "output_dir": str(run_dir)})
-    if cfg.plan_model_size:
-        train = planned_model(train, tokens_dir)
-    return train
-
-
-def planned_model(train: TrainConfig, tokens_dir: Path) -> TrainConfig:
-    """The scaling planner's choice (``models.scaling``) for the tokens obtained."""
-    from models.scaling import plan_for_tokens
-    from models.shapes import closest_model_shape
-    from tasks.scaling import tokens_in_index
-
-    index = json.loads((tokens_dir / "index.json").read_text())
-    plan = plan_for_tokens(tokens_in_index(tokens_dir))
-    name, model = closest_model_shape(plan.n_params, vocab_size=index["vocab_size"], seq_len=train.seq_len)
-    get_run_logger().info("scaling planner: %.3g tokens -> %.3g parameters -> model %s", plan.n_tokens,
-                          plan.n_params, name)
-    return train.model_copy(update={"model_size": None, "model": model})
-
-
-def run_train(cfg: TrainConfig, key: str, export: bool) -> dict:
-    """Train; a folder left by a crashed run with the same key resumes, one from another config starts over."""
-    run_dir = Path(cfg.output_dir)
-    key_file = run_dir / "stage-key"
-    resume = key_file.is_file() and key_file.read_text().strip() == key and (run_dir / "checkpoints").is_dir()
-    if not resume and run_dir.exists():
-        check_replaceable(run_dir, "pretrain run (train stage)", lambda folder: (folder / "stage-key").is_file(),
-                          marker="stage-key", remedy="move it away or choose another --output")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    key_file.write_text(key + "\n")
-    summary = train_flow(config=cfg, resume=resume)
-    if export:
-        summary["hf_dir"] = str(export_model(run_dir, summary))
-    return summary
-
-
-def export_model(run_dir: Path, summary: dict) -> Path:
-    from models.export_hf import export_hf
-    from pretrain.config import ModelConfig
-    from tasks.train.checkpoint import checkpoint_root, consolidate_fp32
-    from tasks.train.main import load_train_config
-
-    cfg = load_train_config(run_dir / "train_config.json")
-    tokenizer = Path(cfg.data_dir) / "tokenizer.json"
-    state = consolidate_fp32(checkpoint_root(run_dir))
-    return export_hf(state, ModelConfig.model_validate(summary["model"]), run_dir / "hf",
-                     tokenizer_file=tokenizer if tokenizer.is_file() else None, inputs=[run_dir])
+def run_one(stage: Stage, pipeline: Pipeline, previous: dict | None, reading: Path | None) -> dict:
+    """Key the stage on what it reads, its config, its code and its folder; run it or take it from cache."""
+    folder = pipeline.folder(stage.name)
+    pipeline.input_dir = reading if stage.reads else None
+    pipeline.config = stage.config_of(pipeline)
+    pipeline.key = stage.key(stage.upstream(pipeline, previous), pipeline.config, folder)
+    result = call_stage(stage, pipeline.key, folder, partial(stage.run, pipeline))
+    pipeline.results[stage.name] = result
+    return result
 
 
 # ---------------------------------------------------------------- the flow
@@ -261,49 +139,18 @@ def pretrain_flow(config: PipelineConfig = PipelineConfig()) -> dict:
 def _pretrain(cfg: PipelineConfig, root: Path) -> dict:
     logger = get_run_logger()
     started = time.perf_counter()
-    ingest_cfg = cfg.ingest
     if cfg.demo_data:
         demo_dir = root / "demo-data"
         paths = write_demo_data(demo_dir)
         logger.info("demo data: %d WARC files in %s", len(paths), demo_dir)
-        ingest_cfg = ingest_cfg.model_copy(update={"inputs": [str(demo_dir)]})
-    folders = {stage: root / name for stage, name in FOLDERS.items()}
-    todo = STAGES[: STAGES.index(cfg.until) + 1]
-    stages: dict[str, dict] = {}
-
-    def stage(name: str, upstream: object, config: object, run: Callable[[], dict]) -> dict:
-        stages[name] = call_stage(name, key_for(name, upstream, config, folders[name]), folders[name], run)
-        logger.info("%s: %s", name, "from cache" if stages[name]["cached"] else "done")
-        return stages[name]
-
-    up = stage("ingest", ingest_inputs_key(ingest_cfg), ingest_cfg, lambda: ingest_flow(
-        config=ingest_cfg, output_dir=str(folders["ingest"]), ray_config=cfg.ray))
-    if "filter" in todo:
-        up = stage("filter", up["key"], cfg.filter, lambda: filter_flow(
-            config=cfg.filter, input_dir=str(folders["ingest"]), output_dir=str(folders["filter"]),
-            ray_config=cfg.ray))
-    if "dedup" in todo:
-        up = stage("dedup", up["key"], cfg.dedup, lambda: dedup_flow(
-            config=cfg.dedup, input_dir=str(folders["filter"]), output_dir=str(folders["dedup"]),
-            ray_config=cfg.ray))
-    tokenize_input = folders["dedup"]
-    if "quality" in todo:
-        quality_cfg = {"quality": cfg.quality, "training": cfg.quality_training,
-                       "reference": reference_identity(cfg, root), "negatives_from": stages[
-                           "ingest" if cfg.quality_training.negatives == "ingest" else "filter"]["key"]}
-        up = stage("quality", up["key"], quality_cfg, lambda: run_quality(cfg, root, folders["dedup"]))
-        if not up.get("skipped"):
-            tokenize_input = folders["quality"] / "kept"
-    if "tokenize" in todo:
-        up = stage("tokenize", up["key"], cfg.tokenize, lambda: tokenize_flow(
-            config=cfg.tokenize, input_dirs=[str(tokenize_input)], output_dir=str(folders["tokenize"]),
-            ray_config=cfg.ray))
-    if "train" in todo:
-        train_cfg = train_config(cfg, folders["tokenize"], folders["train"])
-        train_key = key_for("train", up["key"], {"train": train_cfg, "export_hf": cfg.export_hf}, folders["train"])
-        stages["train"] = call_stage("train", train_key, folders["train"],
-                                     lambda: run_train(train_cfg, train_key, cfg.export_hf))
-    summary = build_summary(cfg, root, stages, time.perf_counter() - started)
+        cfg = cfg.model_copy(update={"ingest": cfg.ingest.model_copy(update={"inputs": [str(demo_dir)]})})
+    pipeline = Pipeline(recipe=cfg, root=root, folders={stage.name: root / stage.folder for stage in registry.STAGES})
+    previous, reading = None, None
+    for stage in registry.until(cfg.until):
+        previous = run_one(stage, pipeline, previous, reading)
+        reading = stage.next_input(pipeline, previous)
+        logger.info("%s: %s", stage.name, "from cache" if previous["cached"] else "done")
+    summary = build_summary(cfg, root, pipeline.results, time.perf_counter() - started)
     atomic_write_text(root / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     publish_report(summary, root)
     logger.info("summary: %s", root / "summary.json")

@@ -14,10 +14,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from flows.pretrain import STAGES, pretrain_flow
+from flows.pretrain import pretrain_flow
+from flows.registry import names
 from pretrain.config import load_recipe
 
 pytestmark = pytest.mark.integration
+STAGES = names()
 FAST_TRAIN = ["train.max_steps=20", "train.eval_every_steps=10", "train.checkpoint_every_steps=20"]
 
 
