@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from tasks.dedup.buckets import make_refs, split_refs
+from tasks.dedup.clusters import read_ids
 from tasks.dedup.keys import hash64
 from tasks.dedup.layout import Layout, save_npy
 
@@ -71,8 +72,6 @@ def _repeated(hashes: np.ndarray, refs: np.ndarray) -> np.ndarray:
 
 def duplicate_ids(layout: Layout, shards: list[str], inputs: list[Path], partitions: int) -> dict:
     """``{id: [(shard, row), ...]}`` of every id held by more than one document."""
-    from tasks.dedup.clusters import read_ids
-
     refs = np.sort(np.concatenate([_repeated(*_partition(layout, shards, part)) for part in range(partitions)]))
     found: dict = {}
     shard_of, row_of = split_refs(refs)

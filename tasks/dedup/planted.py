@@ -28,7 +28,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tasks.decode import decode_html
 from tasks.dedup.text import words
+from tasks.extract import extract_text
 from tasks.shards import DOCUMENT_SCHEMA
 
 BOILERPLATE = (
@@ -60,9 +62,6 @@ class PlantedDataset:
 
 def web_pages(extraction_dev: Path, min_words: int = 50) -> list[Document]:
     """Main text of the real pages (our `fast` extractor), those with at least ``min_words`` words."""
-    from tasks.decode import decode_html
-    from tasks.extract import extract_text
-
     expectations = json.loads((extraction_dev / "expectations.json").read_text())
     pages = []
     for key in sorted(expectations):

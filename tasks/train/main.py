@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from models.scaling import PEAK_BF16_FLOPS
+from models.transformer import Block, Transformer, compile_enabled, flops_per_token
 from pretrain.config import ModelConfig, TrainConfig
 from pretrain.provenance import atomic_write_text
 from tasks.train.checkpoint import (
@@ -150,8 +151,6 @@ def build_model(model_cfg: ModelConfig, ds_config: dict, seed: int, zero_stage: 
     import deepspeed
     import torch._dynamo  # noqa: F401  imported inside zero.Init (which patches Tensor.__new__) it fails to load
 
-    from models.transformer import Transformer
-
     torch.manual_seed(seed)
     with deepspeed.zero.Init(config_dict_or_path=ds_config, enabled=zero_stage == 3):
         model = Transformer(model_cfg)
@@ -160,8 +159,6 @@ def build_model(model_cfg: ModelConfig, ds_config: dict, seed: int, zero_stage: 
         model.reset_parameters(lambda params: deepspeed.zero.GatheredParameters(params, modifier_rank=0))
         if leaf_layers:
             from deepspeed.utils import set_z3_leaf_modules
-
-            from models.transformer import Block
 
             set_z3_leaf_modules(model, [Block])
     else:
@@ -342,8 +339,6 @@ def write_summary(run: Setup, cfg: TrainConfig, run_dir: Path, step: int, loss, 
 
 def train(cfg: TrainConfig, run_dir: Path, resume_run: bool) -> dict | None:
     """Train to max_steps; the summary, or None when stopped early by stop_after_steps."""
-    from models.transformer import compile_enabled, flops_per_token
-
     dist = Dist()
     log = Log(run_dir, dist.rank)
     run = set_up(cfg, run_dir, dist, log)

@@ -13,7 +13,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from models.sizes import model_config
 from pretrain.config import ModelConfig, TrainConfig
+from tasks.tokenize import TokenShards
 
 MAX_SEQ_LEN = 131_072  # tokens per sequence; past this one sequence's attention does not fit a device
 
@@ -33,8 +35,6 @@ class Preflight:
 
 def resolve_model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
     """The run's model shape: ``cfg.model`` or the named size, fitted to the data's vocabulary."""
-    from models.sizes import model_config
-
     if cfg.model is not None:
         model = cfg.model
         if model.vocab_size < vocab_size:
@@ -73,8 +73,6 @@ def open_index(data_dir: str | Path) -> dict:
 
 def check_token_files(data_dir: str | Path) -> None:
     """The ``.bin`` files index.json lists exist with the sizes it gives (as the ranks will check)."""
-    from tasks.tokenize import TokenShards
-
     try:
         TokenShards.open(data_dir)
     except (OSError, ValueError, KeyError, TypeError) as error:
