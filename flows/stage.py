@@ -67,6 +67,10 @@ class Stage:
     key_config: Callable[[Pipeline], object] | None = None  # default: the recipe's ``section``
     output: Callable[[Pipeline, dict], Path] | None = None  # what the next stage reads; default: its folder
 
+    def __post_init__(self):
+        if self.reads not in (None, PREVIOUS):  # the registry's order says what a stage reads
+            raise ValueError(f"stage {self.name}: reads is None (the run's inputs) or {PREVIOUS!r}, not {self.reads!r}")
+
     @property
     def code_modules(self) -> tuple[str, ...]:
         """The modules whose import closure is this stage's code: its flow module, its jobs' work modules."""

@@ -18,6 +18,7 @@ import pytest
 import passthrough_stage
 from flows import registry
 from flows.pretrain import pretrain_flow
+from flows.stage import Stage
 from pretrain.config import PipelineConfig, load_recipe
 
 
@@ -42,6 +43,9 @@ def test_unknown_stage_is_an_error_naming_the_stages():
     with pytest.raises(KeyError, match="no stage 'decontaminate'; the stages are ingest, filter, dedup"):
         registry.stage("decontaminate")
     assert [stage.name for stage in registry.until("dedup")] == ["ingest", "filter", "dedup"]
+    with pytest.raises(ValueError, match="stage copy: reads is None .* or 'previous', not 'dedup'"):
+        Stage(name="copy", folder="copy", products=("*.parquet",), run=passthrough_stage.run_in_pipeline,
+              reads="dedup")  # what a stage reads is the registry's order, not a name
 
 
 def stage_records(root: Path, names) -> dict[str, dict]:
