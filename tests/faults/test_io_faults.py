@@ -209,7 +209,7 @@ def escaped_the_cli(output: str) -> bool:
 
     The flow run's own log keeps the traceback Prefect writes for a failed run; that one has no CLI frame.
     """
-    return f'File "{REPO / "cli" / "main.py"}"' in output
+    return f'File "{REPO / "cli"}/' in output
 
 
 def test_the_cli_fails_with_the_clear_message_on_a_locked_or_escaping_output(services, tmp_path, ledger):

@@ -1,0 +1,288 @@
+"""The data stage commands: ingest, filter, dedup, quality (train the models, score), tokenize."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cli.common import (
+    app, clear_failures, console, fail, print_drops, recipe_or_default, require_input, run_with_progress,
+)
+from cli.options import ListOptions
+from pretrain.config import (
+    ConfigError, DedupConfig, IngestConfig, PerplexityConfig, QualityConfig, TokenizeConfig, validate_config,
+)
+
+
+def _ingest_config(base: dict, **options) -> IngestConfig:
+    merged = {**base, **{key: value for key, value in options.items() if value not in (None, [])}}
+    return validate_config(IngestConfig, merged, prefix="ingest.")
+
+
+@app.command(cls=ListOptions)
+def ingest(
+    input: list[str] = typer.Option(..., "--input", "-i", help="WARC path/glob/dir, https:// or s3:// URL, or crawl id (one or more)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the Parquet shards, report.json and info.json."),
+    extractor: Optional[str] = typer.Option(None, help="fast (default) or precise (trafilatura)."),
+    languages: Optional[str] = typer.Option(None, help="Comma-separated ISO 639-1 codes to keep, e.g. en,fr."),
+    max_files: Optional[int] = typer.Option(None, help="Use at most N input files."),
+    num_shards: Optional[int] = typer.Option(None, help="Split the file list into N parts..."),
+    shard_index: Optional[int] = typer.Option(None, help="...and process part I (0-based)."),
+    config: Optional[Path] = typer.Option(None, help="A recipe YAML; its `ingest` section gives defaults."),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster address (default: RAY_ADDRESS, else local)."),
+    num_cpus: Optional[int] = typer.Option(None, help="CPUs for the local Ray instance."),
+) -> None:
+    """Ingest WARC files into Parquet shards (one per input file) on Ray."""
+    from flows.ingest import ingest_flow
+    from flows.runner import StageFailed
+    from tasks.sources import check_local_inputs
+
+    try:
+        recipe = recipe_or_default(config)
+        cfg = _ingest_config(
+            recipe.ingest.model_dump(exclude={"inputs"}), inputs=input, extractor=extractor, languages=languages,
+            max_files=max_files, num_shards=num_shards, shard_index=shard_index,
+        )
+        ray_cfg = recipe.ray.model_copy(update={k: v for k, v in {"address": ray_address, "num_cpus": num_cpus}.items() if v})
+    except ConfigError as error:
+        fail(str(error))
+    try:
+        check_local_inputs(cfg)  # a missing file, a FIFO or a device: refused before the run starts
+        summary = run_with_progress("ingest", lambda: ingest_flow(config=cfg, output_dir=str(output), ray_config=ray_cfg))
+    except StageFailed as error:
+        fail(f"{error}\nreport: {output / 'report.json'}", code=1)
+    except clear_failures() as error:
+        fail(str(error))
+    except (FileNotFoundError, ValueError) as error:
+        fail(str(error))
+    _print_ingest_summary(summary, output)
+
+
+def _print_ingest_summary(summary: dict, output: Path) -> None:
+    console.print(
+        f"[green]ingested[/green] {summary.get('documents', 0)} documents from {summary.get('html_responses', 0)} "
+        f"HTML responses in {summary['files']} file(s) ({summary.get('cache_hits', 0)} from cache), "
+        f"{summary['docs_per_s']} docs/s"
+    )
+    for reason, count in summary["dropped"].items():
+        console.print(f"  {reason}: {count}")
+    console.print(f"shards and report.json in {output}")
+
+
+@app.command("filter")
+def filter_(
+    input: Path = typer.Option(..., "--input", "-i", help="Folder of Parquet shards (e.g. the ingest output)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for kept shards, removed/, report.json."),
+    config: Optional[Path] = typer.Option(None, help="A recipe YAML; its `filter` section configures the chain."),
+    num_cpus: Optional[int] = typer.Option(None, help="CPUs for the local Ray instance."),
+) -> None:
+    """Apply the heuristic filters (URL, Gopher, C4, FineWeb) to every shard."""
+    from flows.filter import filter_flow
+    from flows.runner import StageFailed
+
+    try:
+        recipe = recipe_or_default(config)
+    except ConfigError as error:
+        fail(str(error))
+    ray_cfg = recipe.ray.model_copy(update={"num_cpus": num_cpus} if num_cpus else {})
+    try:
+        require_input(input)
+        summary = run_with_progress("filter", lambda: filter_flow(
+            config=recipe.filter, input_dir=str(input), output_dir=str(output), ray_config=ray_cfg))
+    except StageFailed as error:
+        fail(f"{error}\nreport: {output / 'report.json'}", code=1)
+    except clear_failures() as error:
+        fail(str(error))
+    except (FileNotFoundError, ValueError) as error:
+        fail(str(error))
+    console.print(f"[green]kept[/green] {summary.get('documents_kept', 0)} of {summary.get('documents_in', 0)} "
+                  f"documents ({summary.get('cache_hits', 0)} shard(s) from cache)")
+    print_drops(summary["dropped"])
+    console.print(f"shards, removed/ and report.json in {output}")
+
+
+@app.command()
+def dedup(
+    input: Path = typer.Option(..., "--input", "-i", help="Folder of Parquet shards."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for deduplicated shards, clusters, report.json."),
+    threshold: Optional[float] = typer.Option(None, help="Confirm fuzzy pairs at this estimated Jaccard (0-1)."),
+    bands: Optional[int] = typer.Option(None, help="MinHash LSH bands (default 14)."),
+    rows: Optional[int] = typer.Option(None, help="Rows per band (default 8)."),
+    partitions: Optional[int] = typer.Option(None, help="Bucket files per band (default 16; 1 for small data)."),
+    config: Optional[Path] = typer.Option(None, help="A recipe YAML; its `dedup` section gives defaults."),
+    num_cpus: Optional[int] = typer.Option(None, help="CPUs for the local Ray instance."),
+) -> None:
+    """Remove exact, URL and near duplicates across the whole dataset (MinHash LSH)."""
+    from flows.dedup import dedup_flow
+
+    try:
+        recipe = recipe_or_default(config)
+        updates = {k: v for k, v in {"threshold": threshold, "bands": bands, "rows_per_band": rows,
+                                   "hash_partitions": partitions}.items()
+                   if v is not None}
+        cfg = validate_config(DedupConfig, {**recipe.dedup.model_dump(), **updates}, prefix="dedup.")
+    except ConfigError as error:
+        fail(str(error))
+    ray_cfg = recipe.ray.model_copy(update={"num_cpus": num_cpus} if num_cpus else {})
+    try:
+        require_input(input)
+        summary = run_with_progress("dedup", lambda: dedup_flow(
+            config=cfg, input_dir=str(input), output_dir=str(output), ray_config=ray_cfg))
+    except clear_failures() as error:
+        fail(str(error))
+    except (FileNotFoundError, ValueError) as error:
+        fail(str(error))
+    console.print(f"[green]kept[/green] {summary.get('documents_kept', 0)} of {summary.get('documents_in', 0)} documents")
+    print_drops(summary.get("dropped", {}))
+    console.print(f"shards, clusters and report.json in {output}")
+
+
+quality_app = typer.Typer(help="Model-based quality: KenLM perplexity and a quality classifier.", no_args_is_help=True)
+app.add_typer(quality_app, name="quality")
+
+
+@quality_app.command("train-perplexity", cls=ListOptions)
+def train_perplexity(
+    reference: list[str] = typer.Option(..., "--reference", "-r", help="Reference text: files, globs or folders "
+                                        "(.txt[.gz], JSONL, Parquet); one or more."),
+    output: Path = typer.Option(..., "--output", "-o", help="Model folder to write (sp.model, lm.binary, model.json)."),
+    lang: Optional[str] = typer.Option(None, help="Language of the reference text (documents in others are not "
+                                       "scored; default: the recipe's, else en)."),
+    order: Optional[int] = typer.Option(None, help="n-gram order (default 5)."),
+    vocab_size: Optional[int] = typer.Option(None, help="Sentencepiece vocabulary size (default 8000)."),
+    config: Optional[Path] = typer.Option(None, help="A recipe YAML; its `quality.perplexity` section gives defaults."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty --output that is not an earlier model."),
+) -> None:
+    """Train a CCNet-style perplexity model: normalize, sentencepiece, KenLM n-gram, binarize."""
+    from flows.quality import train_perplexity_flow
+
+    try:
+        base = recipe_or_default(config).quality.perplexity.model_dump()
+        updates = {k: v for k, v in {"lang": lang, "order": order, "vocab_size": vocab_size}.items() if v is not None}
+        cfg = validate_config(PerplexityConfig, {**base, **updates}, prefix="quality.perplexity.")
+    except ConfigError as error:
+        fail(str(error))
+    try:
+        meta = train_perplexity_flow(reference=reference, output_dir=str(output), config=cfg, force=force)
+    except (FileNotFoundError, ValueError, RuntimeError) as error:
+        fail(str(error))
+    console.print(f"[green]perplexity model[/green] ({meta.get('lang')}, order {meta.get('order')}) in {output}")
+
+
+@quality_app.command("train-classifier", cls=ListOptions)
+def train_classifier(
+    positive: list[str] = typer.Option(..., "--positive", "-p", help="Reference (good) text; one or more."),
+    negative: list[str] = typer.Option(..., "--negative", "-n", help="Web documents, e.g. ingested shards; one or more."),
+    output: Path = typer.Option(..., "--output", "-o", help="Model folder to write (model.joblib, model.json)."),
+    max_documents: Optional[int] = typer.Option(None, help="Documents sampled per class, at most (default: the "
+                                                "recipe's quality_training.max_documents, else 20000)."),
+    config: Optional[Path] = typer.Option(None, help="A recipe YAML; its `quality.classifier` section and "
+                                          "quality_training.max_documents give defaults."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty --output that is not an earlier classifier."),
+) -> None:
+    """Train the quality classifier (hashed n-grams + logistic SGD) and report held-out metrics."""
+    from flows.quality import train_classifier_flow
+
+    try:
+        recipe = recipe_or_default(config)
+    except ConfigError as error:
+        fail(str(error))
+    cfg = recipe.quality.classifier
+    if max_documents is None:
+        max_documents = recipe.quality_training.max_documents
+    try:
+        meta = train_classifier_flow(positive=positive, negative=negative, output_dir=str(output), config=cfg,
+                                     max_documents=max_documents, force=force)
+    except (FileNotFoundError, ValueError) as error:
+        fail(str(error))
+    console.print(f"[green]classifier[/green] in {output}: " + json.dumps(meta.get("metrics", meta), default=str))
+
+
+@quality_app.command("score")
+def score(
+    input: Path = typer.Option(..., "--input", "-i", help="Folder of Parquet shards with `text` (and `id`)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Writes OUTPUT/scored (all rows + scores), OUTPUT/kept."),
+    perplexity_model: Optional[Path] = typer.Option(None, help="Folder from train-perplexity."),
+    classifier_model: Optional[Path] = typer.Option(None, help="Folder from train-classifier."),
+    keep_fraction: Optional[float] = typer.Option(None, help="Keep the top F of documents by quality_score."),
+    max_perplexity: Optional[float] = typer.Option(None, help="Keep documents with perplexity <= X."),
+    min_quality: Optional[float] = typer.Option(None, help="Keep documents with quality_score >= Q."),
+    config: Optional[Path] = typer.Option(None, help="A recipe YAML; its `quality` section gives defaults."),
+    num_cpus: Optional[int] = typer.Option(None, help="CPUs for the local Ray instance."),
+) -> None:
+    """Score shards with the models (on Ray, one load per worker) and keep by one rule."""
+    from flows.quality import score_flow
+    from flows.runner import StageFailed
+
+    try:
+        recipe = recipe_or_default(config)
+        updates = {"perplexity_model": str(perplexity_model) if perplexity_model else None,
+                   "classifier_model": str(classifier_model) if classifier_model else None,
+                   "keep_fraction": keep_fraction, "max_perplexity": max_perplexity, "min_quality": min_quality}
+        cfg = validate_config(QualityConfig, {**recipe.quality.model_dump(),
+                                                     **{k: v for k, v in updates.items() if v is not None}},
+                              prefix="quality.")
+    except ConfigError as error:
+        fail(str(error))
+    ray_cfg = recipe.ray.model_copy(update={"num_cpus": num_cpus} if num_cpus else {})
+    try:
+        require_input(input)
+        summary = run_with_progress("quality", lambda: score_flow(
+            config=cfg, input_dir=str(input), output_dir=str(output), ray_config=ray_cfg))
+    except StageFailed as error:
+        fail(f"{error}\nreport: {output / 'report.json'}", code=1)
+    except clear_failures() as error:
+        fail(str(error))
+    except (FileNotFoundError, ValueError) as error:
+        fail(str(error))
+    console.print(f"[green]kept[/green] {summary['documents_kept']} of {summary['documents_in']} documents; "
+                  f"cut-offs {summary['cutoffs']}; buckets {summary['buckets']}")
+    print_drops(summary["dropped"])
+
+
+@app.command(cls=ListOptions)
+def tokenize(
+    input: list[Path] = typer.Option(..., "--input", "-i", help="Folder(s) of Parquet shards with `text` (one or more)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Token shards folder: train/, val/, index.json, tokenizer.json."),
+    tokenizer: Optional[Path] = typer.Option(None, help="Use this tokenizer.json instead of training one."),
+    vocab_size: Optional[int] = typer.Option(None, help="Vocabulary of the trained BPE tokenizer (default 32000)."),
+    weights: list[str] = typer.Option([], help="Mixture weight per source: source=w (one or more, or comma-separated)."),
+    config: Optional[Path] = typer.Option(None, help="A recipe YAML; its `tokenize` section gives defaults."),
+    num_cpus: Optional[int] = typer.Option(None, help="CPUs for the local Ray instance."),
+) -> None:
+    """Train (or load) a byte-level BPE tokenizer and write packed token shards on Ray."""
+    from flows.runner import StageFailed
+    from flows.tokenize import tokenize_flow
+    from tasks.tokenize import parse_weights
+
+    if tokenizer and vocab_size:
+        fail("give --tokenizer or --vocab-size, not both (a given tokenizer has its own vocabulary)")
+    try:
+        recipe = recipe_or_default(config)
+        updates = {k: v for k, v in {"tokenizer": str(tokenizer) if tokenizer else None, "vocab_size": vocab_size,
+                                     "weights": parse_weights(weights) if weights else None}.items() if v is not None}
+        cfg = validate_config(TokenizeConfig, {**recipe.tokenize.model_dump(), **updates}, prefix="tokenize.")
+    except (ConfigError, ValueError) as error:
+        fail(str(error))
+    ray_cfg = recipe.ray.model_copy(update={"num_cpus": num_cpus} if num_cpus else {})
+    try:
+        for folder in input:
+            require_input(folder)
+        summary = run_with_progress("tokenize", lambda: tokenize_flow(
+            config=cfg, input_dirs=[str(p) for p in input], output_dir=str(output), ray_config=ray_cfg))
+    except StageFailed as error:
+        fail(f"{error}\nreport: {output / 'report.json'}", code=1)
+    except clear_failures() as error:
+        fail(str(error))
+    except (FileNotFoundError, ValueError) as error:
+        fail(str(error))
+    console.print(f"[green]tokenized[/green] {summary['documents']} documents: {summary['tokens']['train']} train and "
+                  f"{summary['tokens']['val']} validation tokens ({summary['tokens_per_s']} tokens/s, "
+                  f"{summary['cache_hits']} shard(s) from cache); index in {output / 'index.json'}")
+    for warning in summary.get("warnings", []):
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    if summary.get("val_warning"):
+        console.print(f"[yellow]warning:[/yellow] {summary['val_warning']}")
