@@ -20,8 +20,6 @@ from tasks.filters import Doc, build_chain
 from tasks.shards import ShardWriter, check_document_shard
 
 BATCH_ROWS = 1000
-FILTER_MODULES = ("tasks.filter_runner", "tasks.filters.base", "tasks.filters.text", "tasks.filters.url",
-                  "tasks.filters.gopher", "tasks.filters.c4", "tasks.filters.fineweb")
 
 
 def _verdict_reason(verdict, filter_name: str) -> str | None:

@@ -23,7 +23,6 @@ from tasks.warc import CRAWL_RE, HtmlPage, iter_html_pages
 
 # Keys of the counter that are totals, not drop reasons.
 TOTAL_KEYS = ("records_read", "responses", "html_responses", "documents", "html_bytes", "text_bytes")
-INGEST_MODULES = ("tasks.ingest", "tasks.extract", "tasks.decode", "tasks.langid", "tasks.warc", "tasks.shards")
 
 
 def document_id(source: str, record_id: str) -> str:

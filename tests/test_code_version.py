@@ -22,20 +22,13 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import REPO
 
+from flows.registry import STAGES
 from pretrain import __version__
 from pretrain.codegraph import closure_files, module_closure, module_file, package_data
 from pretrain.provenance import code_version
 
-# Each stage's root modules: its flow module and its work function's module. When flows.registry lands,
-# this becomes: STAGE_ROOTS = {stage.name: tuple(stage.code_modules) for stage in flows.registry.STAGES}
-STAGE_ROOTS = {
-    "ingest": ("flows.ingest", "tasks.ingest"),
-    "filter": ("flows.filter", "tasks.filter_runner"),
-    "dedup": ("flows.dedup",),
-    "quality": ("flows.quality", "tasks.quality.score"),
-    "tokenize": ("flows.tokenize", "tasks.tokenize"),
-    "train": ("flows.train", "tasks.train.main"),
-}
+# Each stage's root modules (its flow module and its jobs' work modules): their closures are its code.
+STAGE_ROOTS = {stage.name: stage.code_modules for stage in STAGES}
 EDIT = b"\n# an edit by tests/test_code_version.py\n"
 
 
@@ -135,8 +128,9 @@ def test_an_installed_copy_counts_only_the_packages_its_distribution_owns(tmp_pa
 def test_closures_hold_what_the_hand_kept_lists_missed():
     assert "tasks.sampling" in module_closure(*STAGE_ROOTS["tokenize"])
     assert "tasks.sampling" in module_closure("tasks.tokenize")
-    quality = module_closure("tasks.quality.score")
-    assert {"tasks.quality.corpus", "tasks.sampling"} <= set(quality)
+    # the quality stage reads its reference corpus to train its models (the score shards read none)
+    for quality in (STAGE_ROOTS["quality"], ("tasks.quality.perplexity",), ("tasks.quality.classifier",)):
+        assert {"tasks.quality.corpus", "tasks.sampling"} <= set(module_closure(*quality)), quality
     assert "tasks.tokenize" in module_closure("tasks.train.main")
     assert "tasks.tokenize" in module_closure(*STAGE_ROOTS["train"])
     assert "tasks.shards" in module_closure("tasks.filter_runner")  # the filter list missed it too
@@ -232,6 +226,7 @@ def appended(path: Path) -> bytes:
 
 def test_editing_any_file_a_stage_runs_changes_its_version_and_no_other(tmp_path):
     """Every module of every stage's closure, and the data shipped in its packages (the URL filter's lists)."""
+    assert set(STAGE_ROOTS) >= {"ingest", "filter", "dedup", "quality", "tokenize", "train"}
     copy = copy_tree(tmp_path / "tree")
     baseline = fresh_versions(copy)
     assert Path(baseline["package"]).resolve() == (copy / "pretrain" / "__init__.py").resolve()
@@ -323,7 +318,7 @@ def test_filter_rerun_is_served_from_cache_until_a_module_deep_in_its_closure_ch
     copy = copy_tree(tmp_path / "tree")
     shards, out = write_shards(tmp_path / "in"), tmp_path / "out"
     deep = "tasks.fetch"  # reads remote URL lists: imported inside a function of tasks.filters.url, four
-    # imports below the flow (filter_runner, filters, filters.url), and missed by the old FILTER_MODULES
+    # imports below the flow (filter_runner, filters, filters.url), and missed by the old hand-kept filter list
     assert deep in module_closure(*STAGE_ROOTS["filter"], root=copy)
 
     first_process = FilterProcess(copy, prefect_server, shards, out)
