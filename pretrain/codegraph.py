@@ -23,6 +23,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DISTRIBUTION = "pretrain-pipeline"
 
+# Package data that is configuration, not code: the shipped recipes reach a cache key through the
+# config values they give (editing local.yaml's tokenize section must rerun tokenize, not ingest).
+NOT_CODE = frozenset({"pretrain/recipes"})
+
 # path -> ((size, mtime_ns), the absolute module names its imports may refer to)
 _IMPORTS: dict[Path, tuple[tuple[int, int], tuple[str, ...]]] = {}
 
@@ -164,8 +168,8 @@ def package_data(modules: dict[str, Path]) -> dict[str, Path]:
 
     Results depend on them as on code (the URL filter's default lists live in tasks/filters/lists/),
     so they join the code version. A package's data is every file in its folder and in its
-    subfolders that are not packages themselves; caches, dotfiles and ``.pyc`` are not data.
-    Keys read ``package/relative/path``, in order.
+    subfolders that are not packages themselves; caches, dotfiles, ``.pyc`` and the folders in
+    ``NOT_CODE`` are not. Keys read ``package/relative/path``, in order.
     """
     found: dict[str, Path] = {}
     for name, path in modules.items():
@@ -180,8 +184,9 @@ def _data_under(folder: Path, prefix: str, top: bool) -> dict[str, Path]:
         if entry.name.startswith(".") or entry.name == "__pycache__":
             continue
         if entry.is_dir():
-            if not os.path.isfile(os.path.join(entry.path, "__init__.py")):
-                found.update(_data_under(Path(entry.path), f"{prefix}/{entry.name}", top=False))
+            key = f"{prefix}/{entry.name}"
+            if key not in NOT_CODE and not os.path.isfile(os.path.join(entry.path, "__init__.py")):
+                found.update(_data_under(Path(entry.path), key, top=False))
         elif not entry.name.endswith(".pyc") and not (top and entry.name.endswith(".py")):
             found[f"{prefix}/{entry.name}"] = Path(entry.path)
     return found

@@ -234,6 +234,7 @@ def test_editing_any_file_a_stage_runs_changes_its_version_and_no_other(tmp_path
     stage_files = {stage: set(entry["files"]) for stage, entry in baseline["stages"].items()}
     files = sorted(set().union(*stage_files.values()))
     assert "tasks/filters/lists/banned_url_words.txt" in stage_files["filter"]
+    assert not any(rel.startswith("pretrain/recipes/") for rel in files)  # config: keyed by its values
 
     process = VersionProcess(copy)
     try:
