@@ -34,6 +34,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from flows.common import file_identity, funnel_table, parameter_policy, publish_markdown
+from flows.train import STAGE as TRAIN_STAGE
 from flows.train import train_task
 from models.scaling import LAW_FIELDS, ScalingError, fit_law, isoflop_fits
 from models.shapes import total_params
@@ -43,7 +44,6 @@ from pretrain.progress import report_progress
 from pretrain.provenance import atomic_write_text, code_version, stable_hash, write_info_json
 from tasks.scaling import Runs, plot_fit
 from tasks.tokenize import INDEX_FILE, TokenShards
-from tasks.train import TRAIN_MODULES
 from tasks.train.ds_config import batch_plan
 
 KEY_FILE = "sweep_key.txt"
@@ -121,7 +121,7 @@ def write_csv(path: str | Path, rows: list[dict], columns: tuple[str, ...] = SWE
 def run_key(run: SweepRun) -> str:
     cfg = run.config
     return stable_hash("sweep-run", cfg.model_dump(mode="json"), file_identity(Path(cfg.data_dir) / INDEX_FILE),
-                       code_version(*TRAIN_MODULES))
+                       TRAIN_STAGE.code_version())
 
 
 def reusable_summary(run: SweepRun) -> dict | None:
@@ -198,7 +198,7 @@ def sweep_flow(config: SweepConfig = SweepConfig(), data_dir: str = "", output_d
         report_progress("sweep", done, len(runs))
     write_csv(out / "sweep.csv", rows)
     result = fit_rows(rows, config.bootstrap, out)
-    write_info_json(out, stage="scaling-sweep", code=code_version(__name__, *TRAIN_MODULES),
+    write_info_json(out, stage="scaling-sweep", code=code_version(__name__, *TRAIN_STAGE.code_modules),
                     config=config.model_dump(mode="json"), inputs=[str(Path(data_dir).resolve())])
     publish(rows, result, out)
     seconds = round(time.perf_counter() - started, 1)
