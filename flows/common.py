@@ -70,10 +70,10 @@ def parquet_shards(folder: str | Path) -> list[Path]:
     return parquet_files(folder)
 
 
-def claim_output(folder: Path, stage: str, names, logger) -> list[str]:
+def claim_output(folder: Path, stage: str, names, patterns, logger) -> list[str]:
     """Make a stage's output folder hold only this run's shards (``pretrain.outputs.claim_shards``):
     an earlier run's other shards are removed and logged; a foreign shard stops the run (OutputRefused)."""
-    stale = claim_shards(folder, stage, names)
+    stale = claim_shards(folder, stage, names, patterns)
     if stale:
         logger.warning("%s: removed %d shard file(s) of an earlier run that this run does not produce: %s",
                        stage, len(stale), ", ".join(stale[:10]) + (", ..." if len(stale) > 10 else ""))

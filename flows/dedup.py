@@ -153,7 +153,7 @@ def _dedup(config: DedupConfig, inputs: list[Path], input_dir: str, run: StageRu
     layout, names = Layout(run.out), [p.stem for p in inputs]
     run.logger.info("dedup: %d shard(s) from %s into %s, %d key slot(s) x %d partition(s)",
                     len(inputs), input_dir, run.out, len(key_slots(config)), config.hash_partitions)
-    run.claim(names)
+    run.claim(names, ("*.parquet", "dedup/clusters/*.parquet"))
 
     shards = hash_shards(inputs, layout, config)
     run_phase(run, HASH, shards)

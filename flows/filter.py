@@ -108,7 +108,7 @@ def filter_flow(config: FilterConfig, input_dir: str, output_dir: str, ray_confi
 def _filter(config: FilterConfig, shards: list[Path], input_dir: str, run: StageRun) -> dict:
     started = time.perf_counter()
     run.logger.info("filtering %d shard(s) from %s into %s (chain: %s)", len(shards), input_dir, run.out, config.order)
-    run.claim([shard.stem for shard in shards])
+    run.claim([shard.stem for shard in shards], ("*.parquet", "removed/*/*.parquet"))
     reports = sorted(run.map(FILTER, filter_shards(shards, run.out, config)), key=lambda r: r["shard"])
     summary = summarize(reports, run.failures, time.perf_counter() - started)
     summary["cache_hits"] = run.hits()

@@ -159,7 +159,7 @@ def _ingest(config: IngestConfig, run: StageRun, policy: PathPolicy | None) -> d
     if policy is not None:
         confine_files(policy, files)
     run.logger.info("ingesting %d input file(s) into %s", len(files), run.out)
-    run.claim(shard_names(files))  # the folder holds this run's shards only
+    run.claim(shard_names(files), ("*.parquet",))  # the folder holds this run's shards only
     reports = sorted(run.map(INGEST, ingest_shards(files, run.out, config)), key=lambda r: r["shard"])
     summary = summarize(reports, run.failures, time.perf_counter() - started)
     summary["cache_hits"] = run.hits()

@@ -252,7 +252,7 @@ def score_flow(config: QualityConfig, input_dir: str, output_dir: str, ray_confi
 def _score(config: QualityConfig, shards: list[Path], model_lang: str | None, run: StageRun, started: float) -> dict:
     """Score every shard, take the cut-offs from a sample of all scores, then apply them to each."""
     work = run.out / ".scores"
-    run.claim([shard.stem for shard in shards])
+    run.claim([shard.stem for shard in shards], ("scored/*.parquet", "kept/*.parquet", ".scores/*.parquet"))
     run.logger.info("scoring %d shard(s) with %s", len(shards),
                     ", ".join(p for p in (config.perplexity_model, config.classifier_model) if p))
     reports = run.map(SCORE, score_shards(shards, work, config), holder_args={"config": config}, ask=model_loads)

@@ -150,9 +150,10 @@ class StageRun:
     def failed(self) -> bool:
         return bool(self.failures)
 
-    def claim(self, names) -> list[str]:
-        """Make the folder hold only this run's shards (``flows.common.claim_output``)."""
-        self.stale = claim_output(self.out, self.stage, names, self.logger)
+    def claim(self, names, patterns) -> list[str]:
+        """Make the folder hold only this run's shards ``names``: the files matching ``patterns`` (globs
+        relative to the folder) whose stem is a shard name (``flows.common.claim_output``)."""
+        self.stale = claim_output(self.out, self.stage, names, patterns, self.logger)
         return self.stale
 
     def map(self, job: ShardJob, shards: list[Shard], holder_args: dict | None = None,

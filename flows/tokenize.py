@@ -148,7 +148,7 @@ def _tokenize(config: TokenizeConfig, shards: list[tuple[str, Path]], surveys: l
     started = time.perf_counter()
     out, paths = run.out, [path for _, path in shards]
     (out / INDEX_FILE).unlink(missing_ok=True)  # present only while the folder is complete and consistent
-    run.claim([name for name, _ in shards])  # an earlier run's other .bin files
+    run.claim([name for name, _ in shards], ("train/*.bin", "val/*.bin"))  # an earlier run's other .bin files
 
     report, cached = run.one(TOKENIZER, tokenizer_shard(config, paths, out))
     tokenizer = {**report, "cached": cached}

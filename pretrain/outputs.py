@@ -21,15 +21,6 @@ from pretrain.provenance import atomic_write_text
 
 RECORD = ".outputs.json"  # the shard names this stage's runs have written into a folder
 # Where a stage's shard files lie in its output folder; a file's stem is its shard name.
-SHARD_FILES = {
-    "ingest": ("*.parquet",),
-    "filter": ("*.parquet", "removed/*/*.parquet"),
-    "dedup": ("*.parquet", "dedup/clusters/*.parquet"),
-    "quality": ("scored/*.parquet", "kept/*.parquet", ".scores/*.parquet"),
-    "tokenize": ("train/*.bin", "val/*.bin"),
-}
-
-
 FORCE_REMEDY = "choose a new or empty folder, or pass --force to replace it"
 
 
@@ -78,16 +69,16 @@ def local_inputs(specs: Iterable[str]) -> list[Path]:
 # ---------------------------------------------------------------- stage folders of shards
 
 
-def claim_shards(folder: Path, stage: str, names: Iterable[str]) -> list[str]:
+def claim_shards(folder: Path, stage: str, names: Iterable[str], patterns: Iterable[str]) -> list[str]:
     """Make ``folder`` hold only the shards ``names`` of this run; call with the output lock held, before writing.
 
-    A shard file of ``stage`` (``SHARD_FILES``) that no earlier run of ``stage`` wrote (the folder's
+    A shard file of ``stage`` (one matching ``patterns``, relative to ``folder``) that no earlier run of ``stage`` wrote (the folder's
     record, else its report.json) raises OutputRefused, and nothing is removed; one that an earlier
     run wrote and this run does not produce is removed. Returns the removed files (relative paths).
     """
     names = set(names)
     owned = owned_names(folder, stage)
-    present = [path for pattern in SHARD_FILES[stage] for path in sorted(folder.glob(pattern))]
+    present = [path for pattern in patterns for path in sorted(folder.glob(pattern))]
     foreign = [path for path in present if path.stem not in owned]  # even one this run would overwrite
     if foreign:
         shown = ", ".join(str(path.relative_to(folder)) for path in foreign[:5])

@@ -4,9 +4,7 @@ What a new stage takes: this module (a flow that goes through ``flows.runner``, 
 ``STAGE``) plus its line in ``flows.registry.STAGES`` (tests/test_stage_registry.py inserts
 it after dedup). The copy is the filter's shard work with an empty chain: every row is
 written as it was read, and counted. Its work function must live in a project module: Ray
-workers import it by name, and code versions are computed over project modules only. It
-claims no shards (``StageRun.claim``): the shard globs it would need are kept per stage name in
-``pretrain.outputs.SHARD_FILES``, which has no entry for a stage outside the project.
+workers import it by name, and code versions are computed over project modules only.
 """
 
 from __future__ import annotations
@@ -38,6 +36,7 @@ def copies(shards: list[Path], out: Path) -> list[Shard]:
 def passthrough_flow(input_dir: str, output_dir: str, ray_config: RayConfig = RayConfig()) -> dict:
     shards = parquet_shards(input_dir)
     with stage_run("passthrough", output_dir, ray_config) as run:
+        run.claim([shard.stem for shard in shards], ("*.parquet",))
         reports = run.map(COPY, copies(shards, run.out))
         summary = {"shards": len(shards), "documents_in": sum(r["documents_in"] for r in reports),
                    "documents_kept": sum(r["documents_kept"] for r in reports), "cache_hits": run.hits()}
