@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from pathlib import Path
 from typing import Optional
@@ -71,8 +73,38 @@ def run_with_progress(label: str, run):
         def update(stage: str, done: int, total: int) -> None:
             bar.update(task_id, description=f"{label}: {stage}", completed=done, total=total)
 
-        with progress_to(update):
+        with progress_to(update), clear_failures_without_traceback():
             return run()
+
+
+class _NoTracebackFor(logging.Filter):
+    """Keeps Prefect's "Encountered exception" line on the terminal but drops its traceback when the
+    exception is one the command reports itself as ``error: <message>`` (the Prefect UI keeps it all)."""
+
+    def __init__(self, kinds: tuple[type[BaseException], ...]):
+        super().__init__()
+        self.kinds = kinds
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], self.kinds):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+@contextlib.contextmanager
+def clear_failures_without_traceback():
+    """While a flow runs, the terminal shows no traceback for a failure the command turns into ``error:``."""
+    from flows.runner import StageFailed
+
+    handlers = [h for h in logging.getLogger().handlers if type(h).__name__ == "PrefectConsoleHandler"]
+    quiet = _NoTracebackFor((*clear_failures(), StageFailed, FileNotFoundError, ValueError))
+    for handler in handlers:
+        handler.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)
 
 
 def recipe_or_default(config: Optional[Path]) -> PipelineConfig:
