@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import pyarrow.parquet as pq
 import pytest
 from conftest import REPO, shared_data
@@ -152,7 +154,10 @@ def test_killed_run_then_rerun_gives_identical_shards(services, tmp_path):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    subprocess.run(["pkill", "-9", "-f", ray_tmp], check=False)  # the killed run's own Ray processes
+    for leftover in psutil.process_iter(["cmdline"]):  # the killed run's own Ray processes (its own RAY_TMPDIR)
+        if ray_tmp in " ".join(leftover.info["cmdline"] or []):
+            with contextlib.suppress(psutil.Error):
+                leftover.kill()
     written_before_kill = len(list(out.glob("*.parquet")))
     assert 1 <= written_before_kill < 8, "the run should be killed half way"
 
