@@ -19,7 +19,8 @@ from prefect.artifacts import create_image_artifact, create_markdown_artifact, c
 from flows.common import funnel_table
 from models.scaling import CHINCHILLA, optimal_tokens_for_params, plan_for_tokens
 
-SHARD_GLOBS = {"ingest": "*.parquet", "filter": "*.parquet", "dedup": "*.parquet", "quality": "kept/*.parquet"}
+SHARD_GLOBS = {"quality": "kept/*.parquet"}  # where a document stage's kept shards are, when not "*.parquet"
+TOKEN_STAGES = ("tokenize", "train")
 MAX_SCORE_SAMPLE = 200_000
 
 
@@ -48,14 +49,13 @@ def funnel(stages: dict[str, dict]) -> list[dict]:
     data's bytes per token (``tokens_estimated``).
     """
     rows = []
-    for name in ("ingest", "filter", "dedup", "quality"):
-        stage = stages.get(name)
-        if not stage or stage.get("skipped"):
+    for name, stage in stages.items():  # in the registry's order; every stage before tokenize keeps documents
+        if name in TOKEN_STAGES or stage.get("skipped"):
             continue
         documents = stage.get("documents", stage.get("documents_kept"))
         rows.append({"stage": name, "documents": documents,
-                     "text_bytes": text_bytes(Path(stage["output"]), SHARD_GLOBS[name]), "tokens": None,
-                     "tokens_estimated": True})
+                     "text_bytes": text_bytes(Path(stage["output"]), SHARD_GLOBS.get(name, "*.parquet")),
+                     "tokens": None, "tokens_estimated": True})
     tokenize = stages.get("tokenize")
     if tokenize and tokenize.get("tokens") and rows:
         tokens = tokenize["tokens"]["train"] + tokenize["tokens"]["val"]

@@ -78,6 +78,8 @@ def test_a_registered_pass_through_stage_runs_in_the_end_to_end_flow(services, t
     quality_inputs = json.loads((root / "quality" / "info.json").read_text())["inputs"]
     assert sorted(quality_inputs) == [str(root / "passthrough" / name) for name in shards]  # it read the copy
     assert first["stages"]["quality"]["documents_in"] == dedup["documents_kept"]
+    assert [row["stage"] for row in first["funnel"]] == ran  # the report's funnel has a row for it
+    assert first["documents"]["passthrough"] == first["documents"]["dedup"] == dedup["documents_kept"]
     for stage in registry.STAGES[:5]:  # every reason a stage counted is one it declares
         assert set(first["stages"][stage.name].get("dropped", {})) <= set(stage.reasons), stage.name
 
