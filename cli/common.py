@@ -6,7 +6,7 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import typer
 from rich.console import Console
@@ -75,6 +75,25 @@ def run_with_progress(label: str, run):
 
         with progress_to(update), clear_failures_without_traceback():
             return run()
+
+
+def run_stage(label: str, output: Path, run: Callable[[], dict], check: Callable[[], None] | None = None) -> dict:
+    """Run a stage's flow for a command: ``check`` its inputs first, show its progress; the flow's summary.
+
+    Shards that failed after their retries exit 1 naming report.json (the others were written);
+    a failure whose message says everything (a missing folder, a bad shard, a locked output) exits 2.
+    """
+    from flows.runner import StageFailed
+
+    try:
+        if check is not None:
+            check()
+        return run_with_progress(label, run)
+    except StageFailed as error:
+        report = output / "report.json"  # dedup stops at a failed phase before writing one
+        fail(f"{error}\nreport: {report}" if report.is_file() else str(error), code=1)
+    except (*clear_failures(), FileNotFoundError, ValueError) as error:
+        fail(str(error))
 
 
 class _NoTracebackFor(logging.Filter):

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from cli.common import (
-    app, clear_failures, console, fail, print_drops, recipe_or_default, require_input, run_with_progress,
+    app, console, fail, print_drops, recipe_or_default, require_input, run_stage,
 )
 from cli.options import ListOptions
 from pretrain.config import (
@@ -37,7 +37,6 @@ def ingest(
 ) -> None:
     """Ingest WARC files into Parquet shards (one per input file) on Ray."""
     from flows.ingest import ingest_flow
-    from flows.runner import StageFailed
     from tasks.sources import check_local_inputs
 
     try:
@@ -49,15 +48,8 @@ def ingest(
         ray_cfg = recipe.ray.model_copy(update={k: v for k, v in {"address": ray_address, "num_cpus": num_cpus}.items() if v})
     except ConfigError as error:
         fail(str(error))
-    try:
-        check_local_inputs(cfg)  # a missing file, a FIFO or a device: refused before the run starts
-        summary = run_with_progress("ingest", lambda: ingest_flow(config=cfg, output_dir=str(output), ray_config=ray_cfg))
-    except StageFailed as error:
-        fail(f"{error}\nreport: {output / 'report.json'}", code=1)
-    except clear_failures() as error:
-        fail(str(error))
-    except (FileNotFoundError, ValueError) as error:
-        fail(str(error))
+    summary = run_stage("ingest", output, lambda: ingest_flow(config=cfg, output_dir=str(output), ray_config=ray_cfg),
+                        check=lambda: check_local_inputs(cfg))  # a missing file, a FIFO or a device: refused first
     _print_ingest_summary(summary, output)
 
 
@@ -81,23 +73,15 @@ def filter_(
 ) -> None:
     """Apply the heuristic filters (URL, Gopher, C4, FineWeb) to every shard."""
     from flows.filter import filter_flow
-    from flows.runner import StageFailed
 
     try:
         recipe = recipe_or_default(config)
     except ConfigError as error:
         fail(str(error))
     ray_cfg = recipe.ray.model_copy(update={"num_cpus": num_cpus} if num_cpus else {})
-    try:
-        require_input(input)
-        summary = run_with_progress("filter", lambda: filter_flow(
-            config=recipe.filter, input_dir=str(input), output_dir=str(output), ray_config=ray_cfg))
-    except StageFailed as error:
-        fail(f"{error}\nreport: {output / 'report.json'}", code=1)
-    except clear_failures() as error:
-        fail(str(error))
-    except (FileNotFoundError, ValueError) as error:
-        fail(str(error))
+    summary = run_stage("filter", output, lambda: filter_flow(
+        config=recipe.filter, input_dir=str(input), output_dir=str(output), ray_config=ray_cfg),
+        check=lambda: require_input(input))
     console.print(f"[green]kept[/green] {summary.get('documents_kept', 0)} of {summary.get('documents_in', 0)} "
                   f"documents ({summary.get('cache_hits', 0)} shard(s) from cache)")
     print_drops(summary["dropped"])
@@ -127,14 +111,9 @@ def dedup(
     except ConfigError as error:
         fail(str(error))
     ray_cfg = recipe.ray.model_copy(update={"num_cpus": num_cpus} if num_cpus else {})
-    try:
-        require_input(input)
-        summary = run_with_progress("dedup", lambda: dedup_flow(
-            config=cfg, input_dir=str(input), output_dir=str(output), ray_config=ray_cfg))
-    except clear_failures() as error:
-        fail(str(error))
-    except (FileNotFoundError, ValueError) as error:
-        fail(str(error))
+    summary = run_stage("dedup", output, lambda: dedup_flow(
+        config=cfg, input_dir=str(input), output_dir=str(output), ray_config=ray_cfg),
+        check=lambda: require_input(input))
     console.print(f"[green]kept[/green] {summary.get('documents_kept', 0)} of {summary.get('documents_in', 0)} documents")
     print_drops(summary.get("dropped", {}))
     console.print(f"shards, clusters and report.json in {output}")
@@ -215,7 +194,6 @@ def score(
 ) -> None:
     """Score shards with the models (on Ray, one load per worker) and keep by one rule."""
     from flows.quality import score_flow
-    from flows.runner import StageFailed
 
     try:
         recipe = recipe_or_default(config)
@@ -228,16 +206,9 @@ def score(
     except ConfigError as error:
         fail(str(error))
     ray_cfg = recipe.ray.model_copy(update={"num_cpus": num_cpus} if num_cpus else {})
-    try:
-        require_input(input)
-        summary = run_with_progress("quality", lambda: score_flow(
-            config=cfg, input_dir=str(input), output_dir=str(output), ray_config=ray_cfg))
-    except StageFailed as error:
-        fail(f"{error}\nreport: {output / 'report.json'}", code=1)
-    except clear_failures() as error:
-        fail(str(error))
-    except (FileNotFoundError, ValueError) as error:
-        fail(str(error))
+    summary = run_stage("quality", output, lambda: score_flow(
+        config=cfg, input_dir=str(input), output_dir=str(output), ray_config=ray_cfg),
+        check=lambda: require_input(input))
     console.print(f"[green]kept[/green] {summary['documents_kept']} of {summary['documents_in']} documents; "
                   f"cut-offs {summary['cutoffs']}; buckets {summary['buckets']}")
     print_drops(summary["dropped"])
@@ -254,7 +225,6 @@ def tokenize(
     num_cpus: Optional[int] = typer.Option(None, help="CPUs for the local Ray instance."),
 ) -> None:
     """Train (or load) a byte-level BPE tokenizer and write packed token shards on Ray."""
-    from flows.runner import StageFailed
     from flows.tokenize import tokenize_flow
     from tasks.tokenize import parse_weights
 
@@ -268,17 +238,9 @@ def tokenize(
     except (ConfigError, ValueError) as error:
         fail(str(error))
     ray_cfg = recipe.ray.model_copy(update={"num_cpus": num_cpus} if num_cpus else {})
-    try:
-        for folder in input:
-            require_input(folder)
-        summary = run_with_progress("tokenize", lambda: tokenize_flow(
-            config=cfg, input_dirs=[str(p) for p in input], output_dir=str(output), ray_config=ray_cfg))
-    except StageFailed as error:
-        fail(f"{error}\nreport: {output / 'report.json'}", code=1)
-    except clear_failures() as error:
-        fail(str(error))
-    except (FileNotFoundError, ValueError) as error:
-        fail(str(error))
+    summary = run_stage("tokenize", output, lambda: tokenize_flow(
+        config=cfg, input_dirs=[str(p) for p in input], output_dir=str(output), ray_config=ray_cfg),
+        check=lambda: [require_input(folder) for folder in input])
     console.print(f"[green]tokenized[/green] {summary['documents']} documents: {summary['tokens']['train']} train and "
                   f"{summary['tokens']['val']} validation tokens ({summary['tokens_per_s']} tokens/s, "
                   f"{summary['cache_hits']} shard(s) from cache); index in {output / 'index.json'}")

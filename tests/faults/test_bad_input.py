@@ -153,6 +153,11 @@ def test_bad_parquet_shards_fail_by_name_in_filter_and_dedup_and_the_good_shard_
         dedup_flow(config=DedupConfig(hash_partitions=1), input_dir=str(bad_shards), output_dir=str(tmp_path / "d"))
     assert "no-text-column" in str(info.value) and "text-is-int" in str(info.value)
     assert not list((tmp_path / "d").glob("*.parquet"))  # dedup needs every shard: nothing half-done is written
+    result = CliRunner().invoke(app, ["dedup", "--input", str(bad_shards), "--output", str(tmp_path / "d2"),
+                                      "--partitions", "1"])
+    assert result.exit_code == 1, result.output  # the failed phase is listed, like the other stages (was a traceback)
+    assert "dedup-hash: 3 of 4 task" in result.output and "report: " not in result.output  # it writes none
+    assert "Traceback" not in result.output
     shards = len(list(bad_shards.glob("*.parquet")))
     ledger("filter: 3 bad Parquet shards (no text, int text, not Parquet) + 1 good",
            "bad shards fail by name, the good one is written", shards=shards,
