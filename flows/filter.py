@@ -27,12 +27,25 @@ from tasks.filter_runner import filter_checked_shard
 FILTER = ShardJob(name="filter-shard", work=filter_checked_shard, run_name="filter-{label}", progress="filter")
 
 
+def list_identities(config: FilterConfig) -> list[str]:
+    """The URL filter's given list files as they are now (path, size, mtime): an edited list reruns the
+    shards, as an edited shipped list does through the code version. A URL stands for itself."""
+    url = config.url
+    entries = [*url.blocklist_paths, *url.banned_words_paths, *url.soft_banned_words_paths]
+    return [file_identity(entry) if Path(entry).is_file() else entry for entry in entries]
+
+
+def filter_key(config: FilterConfig) -> dict:
+    """What a filtered shard depends on besides its input and the code: the config and its list files."""
+    return {"config": config.model_dump(), "lists": list_identities(config)}
+
+
 def filter_shards(shards: list[Path], out: Path, config: FilterConfig) -> list[Shard]:
-    """One task per input shard, keyed on its identity, the whole filter config and its output path."""
+    """One task per input shard, keyed on its identity, the filter config with its list files, its output path."""
     removed = out / "removed"
     return [Shard(label=shard.stem, args={"in_path": shard, "out_path": out / shard.name, "cfg": config,
                                           "removed_dir": removed},
-                  key=(file_identity(shard), config.model_dump(), str(out / shard.name)),
+                  key=(file_identity(shard), filter_key(config), str(out / shard.name)),
                   outputs=(out / shard.name,), shown_as=str(shard)) for shard in shards]
 
 
@@ -129,6 +142,7 @@ def run_in_pipeline(pipeline: Pipeline) -> dict:
 
 STAGE = Stage(
     name="filter", folder="filter", section="filter", run=run_in_pipeline, jobs=(FILTER,), products=("*.parquet",),
+    key_config=lambda pipeline: filter_key(pipeline.recipe.filter),
     reasons=(  # each filter's verdicts (tasks/filters/*.py); the n-gram ones for the default n
         "url_blocked_domain", "url_banned_word", "url_soft_banned_words", "gopher_repetition_empty",
         "dup_line_frac", "dup_line_char_frac", "dup_para_frac", "dup_para_char_frac", "top_2_gram", "top_3_gram",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pyarrow.parquet as pq
 import pytest
@@ -79,3 +80,23 @@ def test_filter_rerun_is_cached_and_config_change_reruns(services, ingested, tmp
     assert third["cache_hits"] == 0
     assert third["documents_kept"] > first["documents_kept"]
     assert not list((tmp_path / "f" / "removed").glob("gopher_quality/*.parquet"))  # stale audit files removed
+
+
+def test_an_edited_list_file_reruns_the_filter(services, ingested, tmp_path):
+    """A given blocklist is part of what a shard depends on: editing the file reruns every shard
+    (its path alone would serve the old verdicts from cache)."""
+    blocklist = tmp_path / "blocked.txt"
+    blocklist.write_text("nothing-matches.invalid\n")
+    config = FilterConfig.model_validate({"order": ["url"], "url": {"blocklist_paths": [str(blocklist)]}})
+    out = str(tmp_path / "f")
+    first = filter_flow(config=config, input_dir=str(ingested), output_dir=out)
+    again = filter_flow(config=config, input_dir=str(ingested), output_dir=out)
+    assert again["cache_hits"] == 5 and again["documents_kept"] == first["documents_kept"]
+    urls = [url for shard in sorted(Path(ingested).glob("*.parquet"))
+            for url in pq.read_table(shard, columns=["url"]).column("url").to_pylist()]
+    domains = sorted({urlsplit(url).hostname for url in urls})
+    blocklist.write_text(f"{domains[0]}\n")
+    edited = filter_flow(config=config, input_dir=str(ingested), output_dir=out)
+    assert edited["cache_hits"] == 0
+    assert edited["dropped"].get("url_blocked_domain", 0) > 0
+    assert edited["documents_kept"] < first["documents_kept"]
