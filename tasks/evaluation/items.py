@@ -161,3 +161,17 @@ def _item(task: str, doc_id: int, requests: dict[int, tuple[str, str]], gold) ->
 def random_baseline(items: list[Item]) -> float:
     """The expected accuracy of a uniform guess: the mean of 1 / choices."""
     return sum(1.0 / len(item.requests) for item in items) / len(items) if items else 0.0
+
+
+PRIMARY_METRICS = {"acc_raw": "accuracy", "acc_per_char": "accuracy_per_char"}
+
+
+@lru_cache(maxsize=32)
+def primary_metric(task: str) -> str:
+    """The metric OLMo reports for the task (its config.json's primary_metric), as our name:
+    ``accuracy`` or ``accuracy_per_char``; the centred aggregate averages this one."""
+    config = json.loads((requests_file(task).parent / "config.json").read_text())
+    name = config["task_config"]["primary_metric"]
+    if name not in PRIMARY_METRICS:
+        raise ValueError(f"{task}: primary metric {name!r} is not one of {sorted(PRIMARY_METRICS)}")
+    return PRIMARY_METRICS[name]
