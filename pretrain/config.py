@@ -578,7 +578,8 @@ class DecontaminateConfig(_Model):
 class PipelineConfig(_Model):
     """A whole recipe: what `pretrain run` and the Prefect deployments take.
 
-    The stages write under ``output_dir``: ingest/, filter/, dedup/, quality/, tokens/, train/;
+    The stages write under ``output_dir``: ingest/, filter/, dedup/, quality/, decontaminate/, tokens/,
+    train/, eval/;
     ``train.data_dir`` and ``train.output_dir`` are set by the pipeline (tokens/, train/).
     """
 
