@@ -98,12 +98,20 @@ def call_stage(stage: Stage, key: str, folder: Path, run: Callable[[], dict]) ->
     return {**state.result(), "cached": state.name == "Cached", "key": key}
 
 
-def run_one(stage: Stage, pipeline: Pipeline, previous: dict | None, reading: Path | None) -> dict:
-    """Key the stage on what it reads, its config, its code and its folder; run it or take it from cache."""
-    folder = pipeline.folder(stage.name)
+def run_one(stage: Stage, pipeline: Pipeline, previous: dict | None, reading: Path | None,
+            place: Path | None = None) -> dict:
+    """Key the stage on what it reads, its config, its code and its folder; run it or take it from cache.
+
+    With ``place`` (a root folder) the stage's folder is the content-addressed one under it
+    (``Stage.content_folder``, as flows/ablate.py runs its arms), not the one ``pipeline.folders`` has.
+    """
     pipeline.input_dir = reading if stage.reads else None
+    upstream = stage.upstream(pipeline, previous)
+    if place is not None:
+        pipeline.folders[stage.name] = stage.content_folder(pipeline, upstream, place)
+    folder = pipeline.folder(stage.name)
     pipeline.config = stage.config_of(pipeline)
-    pipeline.key = stage.key(stage.upstream(pipeline, previous), pipeline.config, folder)
+    pipeline.key = stage.key(upstream, pipeline.config, folder)
     result = call_stage(stage, pipeline.key, folder, partial(stage.run, pipeline))
     pipeline.results[stage.name] = result
     return result
@@ -136,14 +144,20 @@ def pretrain_flow(config: PipelineConfig = PipelineConfig()) -> dict:
         return _pretrain(config, root)
 
 
+def with_demo_data(cfg: PipelineConfig, root: Path) -> PipelineConfig:
+    """A demo recipe ingests the demo WARCs, written (unchanged files left as they are) under ROOT/demo-data."""
+    if not cfg.demo_data:
+        return cfg
+    demo_dir = root / "demo-data"
+    paths = write_demo_data(demo_dir)
+    get_run_logger().info("demo data: %d WARC files in %s", len(paths), demo_dir)
+    return cfg.model_copy(update={"ingest": cfg.ingest.model_copy(update={"inputs": [str(demo_dir)]})})
+
+
 def _pretrain(cfg: PipelineConfig, root: Path) -> dict:
     logger = get_run_logger()
     started = time.perf_counter()
-    if cfg.demo_data:
-        demo_dir = root / "demo-data"
-        paths = write_demo_data(demo_dir)
-        logger.info("demo data: %d WARC files in %s", len(paths), demo_dir)
-        cfg = cfg.model_copy(update={"ingest": cfg.ingest.model_copy(update={"inputs": [str(demo_dir)]})})
+    cfg = with_demo_data(cfg, root)
     pipeline = Pipeline(recipe=cfg, root=root, folders={stage.name: root / stage.folder for stage in registry.STAGES})
     previous, reading = None, None
     for stage in registry.until(cfg.until):

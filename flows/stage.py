@@ -20,6 +20,7 @@ from pretrain.config import PipelineConfig
 from pretrain.provenance import code_version, stable_hash
 
 PREVIOUS = "previous"  # Stage.reads: the output of the stage before it in the registry
+UNPLACED = Path("/unplaced")  # a stage's folder while its content-addressed folder is computed
 
 
 @dataclass
@@ -95,6 +96,12 @@ class Stage:
         dump = config.model_dump() if hasattr(config, "model_dump") else config
         return stable_hash(self.name, upstream, dump, self.code_version(), str(folder.resolve()),
                            length=24)
+
+    def content_folder(self, pipeline: Pipeline, upstream: object, root: Path) -> Path:
+        """ROOT/<folder>-<hash of its key without the folder>: named by what its result depends on (Marin's
+        output paths), so two runs that agree up to this stage share its folder, and with it the cache hit."""
+        pipeline.folders[self.name] = UNPLACED  # what a config that names its own folder (train's run folder) names
+        return root / f"{self.folder}-{self.key(upstream, self.config_of(pipeline), UNPLACED)[:16]}"
 
     def next_input(self, pipeline: Pipeline, result: dict) -> Path:
         return self.output(pipeline, result) if self.output else pipeline.folder(self.name)

@@ -8,6 +8,7 @@ types are errors that name the field.
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -608,6 +609,47 @@ class PipelineConfig(_Model):
     )
 
 
+class AblationArm(_Model):
+    """One arm of a data ablation: a name and the recipe overrides that make it (``key.path=value``, as --set)."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$",
+                      description="Letters, digits and _ . + - (at most 64): the arm's row in the table and plot.")
+    overrides: list[str] = Field(default_factory=list, description="key.path=value assignments over the recipe.")
+
+
+# What every arm shares, so that the arms differ in their data only: the model, its training and seed, the
+# tokenizer (trained once), the tasks, and the run's layout. An arm that changes one of these is refused.
+ARM_FIXED = ("train", "eval", "export_hf", "plan_model_size", "demo_data", "until", "output_dir",
+             "tokenize.tokenizer", "tokenize.vocab_size", "tokenize.train_max_documents", "tokenize.eos_token")
+
+
+class AblationConfig(_Model):
+    """A data ablation (`pretrain ablate`, flows/ablate.py): each arm's dataset, one model trained on each at
+    equal tokens, every model evaluated on the same tasks and held-out text."""
+
+    recipe: PipelineConfig = Field(default_factory=PipelineConfig,
+                                   description="The base recipe (--set applied); each arm lays its overrides over it.")
+    arms: list[AblationArm] = Field(..., description="At least two arms, each name once.")
+    output_dir: str = Field("runs/ablate", description="DIR: stages/, ablation.json, ablation.png.")
+    tokens: int | None = Field(None, ge=1, description="Training tokens of every arm (rounded down to whole "
+                                                       "steps); default: the smallest arm's train tokens.")
+    heldout: list[str] = Field(
+        default_factory=list,
+        description="Held-out text for the validation loss (files, globs, folders: .txt[.gz], JSONL, Parquet); "
+                    "empty: the demo reference with demo_data, else quality_training.reference.")
+
+    @field_validator("arms")
+    @classmethod
+    def _two_distinct_arms(cls, arms: list[AblationArm]) -> list[AblationArm]:
+        if len(arms) < 2:
+            raise ValueError(f"an ablation compares arms: give at least two, got {len(arms)}")
+        names = [arm.name for arm in arms]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"arm name(s) given twice: {', '.join(twice)}")
+        return arms
+
+
 def deep_merge(base: dict, override: dict) -> dict:
     merged = dict(base)
     for key, value in override.items():
@@ -738,3 +780,54 @@ def load_sweep_config(name_or_path: str | None = None, overrides: list[str] | No
     if not isinstance(raw, dict):
         raise ConfigError(f"sweep config {name_or_path} must be a mapping, got {type(raw).__name__}")
     return validate_config(SweepConfig, apply_overrides(raw, overrides or []), prefix="sweep.")
+
+
+_ARM_SPLIT = re.compile(r",(?=\s*[A-Za-z_][\w-]*(?:\.[\w-]+)*\s*=)")  # a comma that starts the next key.path=
+
+
+def parse_arm(spec: str) -> AblationArm:
+    """``NAME`` or ``NAME=key.path=value[,key.path=value...]`` (--arm) to an arm; a comma inside a value (a YAML
+    list or mapping) stays in it, since only a comma followed by ``key.path=`` starts the next assignment."""
+    name, _, rest = spec.partition("=")
+    overrides = [part.strip() for part in _ARM_SPLIT.split(rest)] if rest.strip() else []
+    for assignment in overrides:
+        if "=" not in assignment:
+            raise ConfigError(f"--arm {spec}: expects NAME=key.path=value[,key.path=value...], got {assignment!r}")
+    try:
+        return AblationArm(name=name.strip(), overrides=overrides)
+    except ValidationError as error:
+        raise ConfigError(f"--arm {spec}: {format_validation_error(error)}") from None
+
+
+def _changed_paths(before: Any, after: Any, prefix: str = "") -> list[str]:
+    """The dotted key paths whose values differ between two config dumps."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        return [path for key in sorted(set(before) | set(after))
+                for path in _changed_paths(before.get(key), after.get(key), f"{prefix}{key}.")]
+    return [] if before == after else [prefix.rstrip(".")]
+
+
+def arm_recipe(recipe: PipelineConfig, arm: AblationArm) -> PipelineConfig:
+    """The recipe with the arm's overrides; a ConfigError naming the arm for a bad key or value, or for a change
+    to what every arm shares (``ARM_FIXED``)."""
+    base = recipe.model_dump()
+    try:
+        cfg = validate_config(PipelineConfig, apply_overrides(base, arm.overrides))
+    except ConfigError as error:
+        raise ConfigError(f"arm {arm.name!r}: {error}") from None
+    fixed = [path for path in _changed_paths(base, cfg.model_dump())
+             if any(path == field or path.startswith(field + ".") for field in ARM_FIXED)]
+    if fixed:
+        raise ConfigError(f"arm {arm.name!r} changes {', '.join(fixed)}: every arm trains the same model (train.*, "
+                          f"with the same tokenizer) on its own data and is evaluated on the same tasks; set these "
+                          f"for all arms with --set. An arm may change: {_arm_free_sections()} (tokenize: not its tokenizer fields)")
+    return cfg
+
+
+def _arm_free_sections() -> str:
+    return ", ".join(name for name in PipelineConfig.model_fields if name not in ARM_FIXED)
+
+
+def arm_recipes(config: AblationConfig) -> dict[str, PipelineConfig]:
+    """Each arm's recipe, in the order given (see ``arm_recipe``)."""
+    return {arm.name: arm_recipe(config.recipe, arm) for arm in config.arms}
