@@ -44,10 +44,13 @@ def clear_failures() -> tuple[type[Exception], ...]:
     from flows.common import OutputInUse, OutputNotWritable
     from pretrain.outputs import OutputRefused
     from pretrain.paths import UnsafePathError
+    from tasks.evaluation.items import EvalDataMissing
+    from tasks.evaluation.models import ModelLoadError
     from tasks.fetch import FetchError
     from tasks.ray_runtime import RayUnreachable
 
-    return OutputInUse, OutputNotWritable, OutputRefused, UnsafePathError, FetchError, RayUnreachable
+    return (OutputInUse, OutputNotWritable, OutputRefused, UnsafePathError, FetchError, RayUnreachable,
+            ModelLoadError, EvalDataMissing)
 
 
 def require_input(folder: Path) -> None:
