@@ -1,4 +1,4 @@
-"""The data stage commands: ingest, filter, dedup, quality (train the models, score), tokenize."""
+"""The data stage commands: ingest, filter, dedup, quality (train the models, score), decontaminate, tokenize."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from cli.common import (
 )
 from cli.options import ListOptions
 from pretrain.config import (
-    ConfigError, DedupConfig, IngestConfig, PerplexityConfig, QualityConfig, TokenizeConfig, validate_config,
+    ConfigError, DecontaminateConfig, DedupConfig, IngestConfig, PerplexityConfig, QualityConfig, TokenizeConfig,
+    validate_config,
 )
 
 
@@ -212,6 +213,50 @@ def score(
     console.print(f"[green]kept[/green] {summary['documents_kept']} of {summary['documents_in']} documents; "
                   f"cut-offs {summary['cutoffs']}; buckets {summary['buckets']}")
     print_drops(summary["dropped"])
+
+
+@app.command(cls=ListOptions)
+def decontaminate(
+    input: Path = typer.Option(..., "--input", "-i", help="Folder of Parquet shards with `text`."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the kept shards, report.json, info.json."),
+    tasks: list[str] = typer.Option([], "--tasks", "-t", help="Benchmarks whose items are removed (one or more, or "
+                                    "comma-separated; default: the recipe's decontaminate.tasks, all ten)."),
+    ngram: Optional[int] = typer.Option(None, help="Words per n-gram (default 13); a shorter item is matched whole."),
+    action: Optional[str] = typer.Option(None, help="drop (default): the document goes; cut: only the matching "
+                                         "words are cut out."),
+    min_remaining_chars: Optional[int] = typer.Option(None, help="cut: drop a document left shorter than this "
+                                                      "(default 200)."),
+    config: Optional[Path] = typer.Option(None, help="A recipe YAML; its `decontaminate` section gives defaults."),
+    num_cpus: Optional[int] = typer.Option(None, help="CPUs for the local Ray instance."),
+) -> None:
+    """Remove benchmark text: drop (or cut) documents sharing a word n-gram with an evaluation item."""
+    from flows.decontaminate import decontaminate_flow
+    from tasks.evaluation.items import EvalDataMissing, package_version
+
+    try:
+        recipe = recipe_or_default(config)
+        updates = {k: v for k, v in {"ngram": ngram, "action": action,
+                                     "min_remaining_chars": min_remaining_chars}.items() if v is not None}
+        if tasks:
+            updates["tasks"] = [name.strip() for value in tasks for name in value.split(",") if name.strip()]
+        cfg = validate_config(DecontaminateConfig, {**recipe.decontaminate.model_dump(), **updates},
+                              prefix="decontaminate.")
+        package_version()
+    except (ConfigError, EvalDataMissing) as error:
+        fail(str(error))
+    ray_cfg = recipe.ray.model_copy(update={"num_cpus": num_cpus} if num_cpus else {})
+    summary = run_stage("decontaminate", output, lambda: decontaminate_flow(
+        config=cfg, input_dir=str(input), output_dir=str(output), ray_config=ray_cfg),
+        check=lambda: require_input(input))
+    cut = f", {summary['documents_cut']} cut" if cfg.action == "cut" else ""
+    console.print(f"[green]kept[/green] {summary['documents_kept']} of {summary['documents_in']} documents{cut} "
+                  f"({summary['cache_hits']} shard(s) from cache)")
+    print_drops(summary["dropped"])
+    for task, items in summary["matched_items"].items():
+        doc_id, documents = max(items.items(), key=lambda entry: entry[1])
+        console.print(f"  {task}: {len(items)} item(s) matched (the most, doc_id {doc_id}, in {documents} "
+                      f"document(s))")
+    console.print(f"shards and report.json in {output}")
 
 
 @app.command(cls=ListOptions)
