@@ -21,6 +21,7 @@ from flows.common import funnel_table, parameter_policy, publish_markdown
 from flows.stage import Pipeline, Stage
 from pretrain.config import EvalConfig
 from pretrain.progress import report_progress
+from tasks.evaluation.items import package_version
 from tasks.evaluation.metrics import centered_score
 from tasks.evaluation.run import EVAL_FILE, PREDICTIONS, evaluate
 
@@ -104,5 +105,10 @@ def run_in_pipeline(pipeline: Pipeline) -> dict:
     return {"documents": None, "tasks": tasks, "centered": result["centered"], "eval_json": str(out / EVAL_FILE)}
 
 
-STAGE = Stage(name="eval", folder="eval", section="eval", run=run_in_pipeline,
+def key_config(pipeline: Pipeline) -> dict:
+    """Its config and the version of the package whose items it scores."""
+    return {"eval": pipeline.recipe.eval, "items": package_version()}
+
+
+STAGE = Stage(name="eval", folder="eval", section="eval", run=run_in_pipeline, key_config=key_config,
               products=(EVAL_FILE, f"{PREDICTIONS}/*.jsonl"))

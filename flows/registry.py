@@ -7,7 +7,7 @@ checks against this list).
 
 from __future__ import annotations
 
-from flows import dedup, filter, ingest, quality, tokenize, train
+from flows import decontaminate, dedup, eval, filter, ingest, quality, tokenize, train
 from flows.stage import Stage
 
 STAGES: tuple[Stage, ...] = (
@@ -15,8 +15,10 @@ STAGES: tuple[Stage, ...] = (
     filter.STAGE,
     dedup.STAGE,
     quality.STAGE,
+    decontaminate.STAGE,
     tokenize.STAGE,
     train.STAGE,
+    eval.STAGE,
 )
 
 

@@ -24,24 +24,25 @@ from pretrain.config import PipelineConfig, load_recipe
 
 def test_until_offers_exactly_the_registered_stages():
     assert typing.get_args(PipelineConfig.model_fields["until"].annotation) == registry.names()
-    assert registry.names() == ("ingest", "filter", "dedup", "quality", "tokenize", "train")
+    assert registry.names() == ("ingest", "filter", "dedup", "quality", "decontaminate", "tokenize", "train", "eval")
 
 
 def test_each_stage_declares_its_folder_products_and_code():
     folders = {stage.name: stage.folder for stage in registry.STAGES}
     assert folders == {"ingest": "ingest", "filter": "filter", "dedup": "dedup", "quality": "quality",
-                       "tokenize": "tokens", "train": "train"}
+                       "decontaminate": "decontaminate", "tokenize": "tokens", "train": "train", "eval": "eval"}
     for stage in registry.STAGES:
         assert f"flows.{stage.name}" in stage.code_modules
         assert stage.products and "+" in stage.code_version()
     assert "tasks.train.main" in registry.stage("train").code_modules
     assert registry.stage("ingest").reads is None
     assert {"exact_duplicate", "url_duplicate", "fuzzy_duplicate"} <= set(registry.stage("dedup").reasons)
+    assert "contaminated_hellaswag" in registry.stage("decontaminate").reasons
 
 
 def test_unknown_stage_is_an_error_naming_the_stages():
-    with pytest.raises(KeyError, match="no stage 'decontaminate'; the stages are ingest, filter, dedup"):
-        registry.stage("decontaminate")
+    with pytest.raises(KeyError, match="no stage 'synthesize'; the stages are ingest, filter, dedup"):
+        registry.stage("synthesize")
     assert [stage.name for stage in registry.until("dedup")] == ["ingest", "filter", "dedup"]
     with pytest.raises(ValueError, match="stage copy: reads is None .* or 'previous', not 'dedup'"):
         Stage(name="copy", folder="copy", products=("*.parquet",), run=passthrough_stage.run_in_pipeline,
