@@ -51,6 +51,17 @@ def train_losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in records if r["kind"] == "train"}
 
 
+def eval_records(run_dir: Path) -> list[dict]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in records if r["kind"] == "eval"]
+
+
+def png_width(path: Path) -> int:
+    import matplotlib.image
+
+    return matplotlib.image.imread(path).shape[1]
+
+
 def quiet(lines: list[str]):
     return lines.append
 
@@ -194,6 +205,33 @@ def test_prune_keeps_newest_complete(tmp_path):
     assert (tmp_path / "step20").exists()  # incomplete but newer than the newest complete: maybe being written
 
 
+def test_ranks_share_the_benchmark_batches_and_score_as_one_rank(shards):
+    """Each rank scores its turn of the batches; together they score every request once, as one rank
+    would, and every rank makes the same number of forward calls (ZeRO-3 gathers collectively)."""
+    from models.sizes import model_config
+    from models.transformer import Transformer
+    from tasks.evaluation.scorer import score_requests
+    from tasks.train.benchmarks import load_benchmarks, shares
+
+    cfg = TrainConfig(data_dir=str(shards), seq_len=128, micro_batch_size=1, eval_items=6)
+    bench = load_benchmarks(cfg, 128, eos_id=0, static_shapes=False)
+    assert [len(items) for items in bench.items.values()] == [6, 6, 6]
+    assert len(bench.requests) == 6 * 4 + 6 * 4 + 6 * 2 and bench.rows == 4  # 4 x 128 tokens / 128 per row
+    torch.manual_seed(0)
+    model = Transformer(model_config("tiny", 1024, 128)).eval()
+    logits = lambda x: model(x)[0]  # noqa: E731
+    whole = score_requests(logits, bench.requests, bench.rows, bench.pad_id)
+    for world_size in (2, 3, 20):
+        parts = [shares(bench, rank, world_size) for rank in range(world_size)]
+        scored = sorted(i for mine, _ in parts for i in mine)
+        assert scored == list(range(len(bench.requests)))  # every request once
+        forwards = {-(-len(mine) // bench.rows) + extra for mine, extra in parts}
+        assert forwards == {-(-15 // world_size)}  # 60 requests in 15 batches, dealt out in turn
+        for mine, _ in parts:
+            values = score_requests(logits, [bench.requests[i] for i in mine], bench.rows, bench.pad_id)
+            assert values == [whole[i] for i in mine]
+
+
 # ---------------------------------------------------------------- distributed (2 CPU ranks, gloo)
 
 
@@ -231,6 +269,57 @@ def test_zero3_loss_falls_and_parameters_are_partitioned(reference_run, shards):
     assert [step for step, _ in list_checkpoints(run_dir / "checkpoints")] == [60, 80]
 
 
+def test_in_loop_benchmarks_are_recorded_at_every_eval_point(reference_run, shards):
+    """Each eval line scores the first eval_items items of each eval_tasks task; the summary keeps the last."""
+    from tasks.evaluation.items import load_items, primary_metric, random_baseline
+    from tasks.evaluation.metrics import centered
+
+    run_dir, summary = reference_run
+    cfg = run_config(shards, run_dir)
+    assert cfg.eval_tasks == ["hellaswag", "arc_easy", "piqa"] and cfg.eval_items == 32  # the defaults
+    evals = eval_records(run_dir)
+    assert [r["step"] for r in evals] == [40, 80]
+    for record in evals:
+        benchmarks = record["benchmarks"]
+        assert list(benchmarks) == cfg.eval_tasks
+        for metrics in benchmarks.values():
+            assert set(metrics) == {"accuracy", "accuracy_per_char", "items"} and metrics["items"] == 32
+            for name in ("accuracy", "accuracy_per_char"):
+                assert 0 <= metrics[name] <= 1 and (metrics[name] * 32).is_integer()  # hits out of 32 items
+        full = {task: {**m, "random": random_baseline(load_items(task, 32)), "primary_metric": primary_metric(task)}
+                for task, m in benchmarks.items()}
+        assert record["centered"] == pytest.approx(centered(full), abs=1e-12)
+    print("in-loop benchmarks:", {r["step"]: {t: m["accuracy"] for t, m in r["benchmarks"].items()} for r in evals})
+    last = evals[-1]
+    assert summary["benchmarks"] == {"step": 80, "tasks": last["benchmarks"], "centered": last["centered"]}
+    log = (run_dir / "train.log").read_text()
+    shown = " ".join(f"{task} {m['accuracy']:.3f}" for task, m in last["benchmarks"].items())
+    assert f"step 80 benchmarks {shown} centred {last['centered']:.3f}" in log
+    assert "in-loop benchmarks: hellaswag 32, arc_easy 32, piqa 32 items" in log
+    assert png_width(run_dir / "loss.png") == 1200  # two panels: the losses, the benchmark accuracies
+
+
+def test_consolidated_checkpoint_reproduces_the_in_loop_benchmarks(reference_run, shards):
+    """The step-80 eval line is the score of the same fixed items: the merged model, scored outside the
+    training engine, gives the same accuracies."""
+    from models.transformer import Transformer
+    from pretrain.config import ModelConfig
+    from tasks.train.benchmarks import load_benchmarks, score
+    from tasks.train.data import TokenWindows
+
+    run_dir, summary = reference_run
+    model = Transformer(ModelConfig(**summary["model"]))
+    model.load_state_dict(consolidate_fp32(run_dir / "checkpoints"))
+    cfg = run_config(shards, run_dir)
+    eos = TokenWindows(shards, "train", cfg.seq_len, cfg.seed).eos_id
+    bench = load_benchmarks(cfg, model.cfg.max_seq_len, eos, static_shapes=False)
+    assert [item.doc_id for item in bench.items["piqa"]] == list(range(32))  # the first 32, in file order
+    again = score(model, bench, torch.device("cpu"))
+    assert again["benchmarks"] == eval_records(run_dir)[-1]["benchmarks"]
+    padded = score(model, load_benchmarks(cfg, model.cfg.max_seq_len, eos, static_shapes=True), torch.device("cpu"))
+    assert padded == again  # padding every batch to one shape (compiled models) changes no score
+
+
 def test_consolidated_checkpoint_reproduces_val_loss(reference_run, shards):
     """Export path: merge the ZeRO-3 partitions, load into a plain model, same val loss."""
     from models.transformer import Transformer
@@ -264,6 +353,10 @@ def test_resume_after_stop_repeats_the_uninterrupted_run(reference_run, shards, 
     print(f"resumed steps {RESUME_AT + 1}..{STEPS}: max relative loss difference {max(diffs):.3g}")
     assert max(diffs) <= 1e-5
     assert resumed["val_loss"] == pytest.approx(reference["val_loss"], rel=1e-5)
+    # the eval lines are per step: the resumed run has one per eval point, scoring as the uninterrupted run
+    assert [r["step"] for r in eval_records(run_dir)] == [40, 80]
+    assert ([{task: m["accuracy"] for task, m in r["benchmarks"].items()} for r in eval_records(run_dir)] ==
+            [{task: m["accuracy"] for task, m in r["benchmarks"].items()} for r in eval_records(reference_dir)])
 
 
 def test_zero3_and_zero0_give_the_same_losses(reference_run, shards, tmp_path):
@@ -288,9 +381,14 @@ def test_flow_retries_a_stopped_run_by_resuming(prefect_server, shards, tmp_path
     from flows.train import train_flow
 
     run_dir = tmp_path / "flow"
-    cfg = run_config(shards, run_dir, max_steps=8, stop_after_steps=4, checkpoint_every_steps=4, eval_every_steps=8)
+    cfg = run_config(shards, run_dir, max_steps=8, stop_after_steps=4, checkpoint_every_steps=4, eval_every_steps=8,
+                     eval_items=0)
     summary = train_flow(config=cfg)
     assert summary["completed"] and summary["steps"] == 8
+    # eval_items 0: the validation loss alone, no benchmark scores, a one-panel plot
+    assert [sorted(r) for r in eval_records(run_dir)] == [["kind", "step", "val_loss"]]
+    assert summary["benchmarks"] is None and "benchmarks" not in (run_dir / "train.log").read_text()
+    assert png_width(run_dir / "loss.png") == 700
     log = (run_dir / "train.log").read_text()
     assert "stopping after step 4" in log and f"resumed from {run_dir / 'checkpoints' / 'step4'} at step 4" in log
     assert sorted(train_losses(run_dir)) == list(range(1, 9))

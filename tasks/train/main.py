@@ -6,7 +6,8 @@ Every rank: init distributed (gloo on CPU, nccl on CUDA), seed, build the model
 (allocated partitioned under ``deepspeed.zero.Init`` for ZeRO-3), our optimizer,
 ``deepspeed.initialize``, then the loop. Rank 0 writes RUN_DIR/metrics.jsonl (one JSON
 object per line, ``kind`` train or eval), prints the same to the console, and at the
-end writes RUN_DIR/summary.json and RUN_DIR/loss.png.
+end writes RUN_DIR/summary.json and RUN_DIR/loss.png. An eval line has the validation loss
+and, unless ``eval_items`` is 0, the in-loop benchmark scores (``tasks.train.benchmarks``).
 
 Checkpoints: RUN_DIR/checkpoints/step<N>, every ``checkpoint_every_steps`` and at the
 end, the newest ``keep_checkpoints`` kept. ``--resume`` continues from the newest intact one
@@ -34,6 +35,7 @@ from models.scaling import PEAK_BF16_FLOPS
 from models.transformer import Block, Transformer, compile_enabled, flops_per_token
 from pretrain.config import ModelConfig, TrainConfig
 from pretrain.provenance import atomic_write_text
+from tasks.train.benchmarks import Benchmarks, console_line, load_benchmarks, score
 from tasks.train.checkpoint import (
     COMPLETE_MARKER, CheckpointDamaged, checkpoint_root, file_sizes, newest_intact_checkpoint, prune_checkpoints,
     tag_for,
@@ -254,7 +256,9 @@ def plot_losses(metrics_path: Path, png_path: Path) -> None:
     records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     train = [(r["step"], r["loss"]) for r in records if r["kind"] == "train"]
     val = [(r["step"], r["val_loss"]) for r in records if r["kind"] == "eval"]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    benchmarks = benchmark_curves(records)
+    fig, axes = plt.subplots(1, 2 if benchmarks else 1, figsize=(12 if benchmarks else 7, 4), squeeze=False)
+    ax = axes[0][0]
     if train:
         ax.plot(*zip(*train), label="train")
     if val:
@@ -263,9 +267,30 @@ def plot_losses(metrics_path: Path, png_path: Path) -> None:
     ax.set_ylabel("loss (nats/token)")
     ax.legend()
     ax.grid(alpha=0.3)
+    if benchmarks:
+        plot_benchmarks(axes[0][1], benchmarks)
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
+
+
+def benchmark_curves(records: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    """Per in-loop benchmark task, its (step, accuracy) at each eval point."""
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for record in (r for r in records if r["kind"] == "eval"):
+        for task, metrics in record.get("benchmarks", {}).items():
+            curves.setdefault(task, []).append((record["step"], metrics["accuracy"]))
+    return curves
+
+
+def plot_benchmarks(ax, curves: dict[str, list[tuple[int, float]]]) -> None:
+    for task, points in curves.items():
+        ax.plot(*zip(*points), "o-", label=f"{task} ({points[-1][1]:.3f})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("accuracy (in-loop items)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
 
 
 def enable_fp8(model: torch.nn.Module, cfg: TrainConfig, dist: Dist, log: Log) -> dict:
@@ -293,6 +318,7 @@ class Setup:
     val_windows: TokenWindows
     fp8: dict
     counts: list[dict]  # per rank: parameter elements held locally, and the total
+    benchmarks: Benchmarks | None  # the in-loop benchmark items; None: none scored
 
 
 def set_up(cfg: TrainConfig, run_dir: Path, dist: Dist, log: Log) -> Setup:
@@ -313,11 +339,15 @@ def set_up(cfg: TrainConfig, run_dir: Path, dist: Dist, log: Log) -> Setup:
     engine, *_ = deepspeed.initialize(model=model, optimizer=build_optimizer(model, cfg), config=ds_config)
     counts = dist.gather(parameter_counts(engine.module))
     stream = TrainStream(train_windows, cfg.micro_batch_size, dist.rank, dist.world_size)
-    return Setup(engine, plan, model_cfg, stream, val_windows, fp8, counts)
+    benchmarks = load_benchmarks(cfg, model_cfg.max_seq_len, train_windows.eos_id,
+                                 static_shapes=compile_enabled(model_cfg.compile, dist.device))
+    if benchmarks is not None:
+        log.say(benchmarks.describe())
+    return Setup(engine, plan, model_cfg, stream, val_windows, fp8, counts, benchmarks)
 
 
-def write_summary(run: Setup, cfg: TrainConfig, run_dir: Path, step: int, loss, val_loss, flops_token: float,
-                  dist: Dist, log: Log) -> dict:
+def write_summary(run: Setup, cfg: TrainConfig, run_dir: Path, step: int, loss, val_loss, benchmarks: dict | None,
+                  flops_token: float, dist: Dist, log: Log) -> dict:
     counts = dist.gather(parameter_counts(run.engine.module))  # after training: persistent parameters are gathered
     summary = {
         "completed": True, "steps": step, "tokens": step * run.plan.tokens_per_step, "final_loss": loss,
@@ -329,6 +359,7 @@ def write_summary(run: Setup, cfg: TrainConfig, run_dir: Path, step: int, loss, 
         "param_partition": {"local_per_rank": [c["local"] for c in counts],
                             "resident_per_rank": [c["resident"] for c in counts], "total": counts[0]["total"]},
         "checkpoint": str(checkpoint_root(run_dir) / tag_for(step)),
+        "benchmarks": benchmarks,  # the last eval point's in-loop scores: {"step", "tasks", "centered"}
     }
     if dist.rank == 0:
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
@@ -351,7 +382,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume_run: bool) -> dict | None:
             f"rank 0 holds {run.counts[0]['local']:,}; zero stage {cfg.zero_stage}, {cfg.precision}, "
             f"{dist.world_size} x {dist.device.type}; fused functions "
             f"{'compiled' if compile_enabled(run.model_cfg.compile, dist.device) else 'eager'}")
-    loss = val_loss = None
+    loss = val_loss = benchmarks = None
     while step < cfg.max_steps:
         lr = lr_at(step, cfg)
         set_lr(engine.optimizer, lr)
@@ -370,14 +401,20 @@ def train(cfg: TrainConfig, run_dir: Path, resume_run: bool) -> dict | None:
                 f"grad_norm {'-' if grad_norm is None else format(grad_norm, '.3f')}")
         if run.val_windows.windows and (step % cfg.eval_every_steps == 0 or step == cfg.max_steps):
             val_loss = evaluate(engine, run.val_windows, cfg, dist)
-            log.record(kind="eval", step=step, val_loss=val_loss)
+            started = time.perf_counter()
+            scored = score(engine, run.benchmarks, dist.device, dist.rank, dist.world_size, dist.gather) \
+                if run.benchmarks is not None else {}
+            log.record(kind="eval", step=step, val_loss=val_loss, **scored)
             log.say(f"step {step} val_loss {val_loss:.4f}")
+            if scored:
+                log.say(f"{console_line(step, scored)} ({time.perf_counter() - started:.1f} s)")
+                benchmarks = {"step": step, "tasks": scored["benchmarks"], "centered": scored["centered"]}
         if step % cfg.checkpoint_every_steps == 0 or step == cfg.max_steps:
             save_checkpoint(engine, run_dir, step, run.stream, cfg, run.model_cfg, dist, log)
         if cfg.stop_after_steps is not None and not resume_run and cfg.stop_after_steps <= step < cfg.max_steps:
             log.say(f"stopping after step {step} (stop_after_steps), as a crash would")
             return None
-    return write_summary(run, cfg, run_dir, step, loss, val_loss, flops_token, dist, log)
+    return write_summary(run, cfg, run_dir, step, loss, val_loss, benchmarks, flops_token, dist, log)
 
 
 def record_rank_error(run_dir: Path, error: BaseException) -> None:
