@@ -331,7 +331,7 @@ def publish(result: dict, root: Path) -> None:
     """DIR/ablation.png, and the table and plot artifacts."""
     png = plot(result)
     (root / PLOT_FILE).write_bytes(png)
-    create_table_artifact(key="ablation", table=table_rows(result),
-                          description=f"Data ablation: {len(result['arms'])} arms at {result['train_tokens']:,} tokens")
+    where = f"{result['output_dir']}: {len(result['arms'])} arms at {result['train_tokens']:,} tokens"
+    create_table_artifact(key="ablation", table=table_rows(result), description=f"Data ablation {where}")
     create_image_artifact(image_url="data:image/png;base64," + base64.b64encode(png).decode(), key="ablation-plot",
-                          description="Loss curves, held-out loss and task scores per arm")
+                          description=f"Loss curves, held-out loss and task scores, ablation {where}")
