@@ -67,7 +67,8 @@ def run(
     set_: list[str] = typer.Option([], "--set", help="Override a recipe field: key.path=value, e.g. "
                                    "train.max_steps=5 (one or more)."),
 ) -> None:
-    """Run the pipeline on a recipe (ingest, filters, dedup, quality, tokenize, train); writes OUTPUT/summary.json."""
+    """Run the pipeline on a recipe (ingest, filters, dedup, quality, decontaminate, tokenize, train, eval); writes
+    OUTPUT/summary.json."""
     try:
         cfg = load_recipe(recipe, set_)
         if output:
@@ -116,9 +117,26 @@ def _print_run_summary(summary: dict) -> None:
         out.print(f"model: {model['hf_dir'] or model['checkpoint']} ({model['params']:,} parameters, "
                   f"{model['steps']} steps), validation loss {model['val_loss']:.4f}")
         out.print(f"loss curve: {model['loss_curve']}")
+    if summary.get("eval"):
+        out.print(_evaluation_table(summary["eval"]))
     out.print(f"report figures: {Path(summary['output_dir']) / 'report'}")
     out.print(f"summary: {Path(summary['output_dir']) / 'summary.json'} "
               f"({summary['cached_stages']} of {len(summary['stages'])} stages from cache; ~ = estimated tokens)")
+
+
+def _evaluation_table(evaluation: dict):
+    """The eval stage's scores per task, and the centred score of them all."""
+    from rich.table import Table
+
+    from flows.pretrain_report import EVALUATION_COLUMNS, evaluation_rows
+
+    table = Table(title=f"evaluation ({evaluation['eval_json']})")
+    for column in EVALUATION_COLUMNS:
+        table.add_column(column, justify="left" if column in ("task", "centred metric") else "right")
+    for row in evaluation_rows(evaluation):
+        table.add_row(*map(str, row))
+    table.add_row("centred score", "", "", "", "", f"{evaluation['centered']:+.4f}", "", style="bold")
+    return table
 
 
 @app.command()

@@ -1,7 +1,7 @@
 """The end-to-end flow: (demo data ->) the stages of ``flows.registry`` in order, up to ``until``.
 
-(ingest -> filter -> dedup -> quality -> tokenize -> train.) Each stage (``flows.stage.Stage``)
-is one cached Prefect task that runs the stage's own flow as a subflow
+(ingest -> filter -> dedup -> quality -> decontaminate -> tokenize -> train -> eval.) Each
+stage (``flows.stage.Stage``) is one cached Prefect task that runs the stage's own flow as a subflow
 (whose per-shard tasks are cached and retried as always), and passes folders, never
 data. A stage's cache key is Marin-style: the stage name, its config, its code
 version, its output folder and the key of the stage it reads from (ingest: the
@@ -11,7 +11,8 @@ the stages after it only. A stage whose outputs were deleted or modified since i
 ran (``stage.json`` lists them with size and mtime) runs again.
 
 OUTPUT/summary.json has the funnel (documents and tokens per stage), cache hits,
-the model's path and its validation loss; the run gets a ``pretrain-report``
+the model's path and its validation loss, and the eval stage's benchmark table (``eval``); the
+run gets a ``pretrain-report``
 artifact (see ``flows.pretrain_report``).
 """
 
@@ -38,7 +39,8 @@ STAGE_FILE = "stage.json"
 SUMMARY_FIELDS = ("files", "records_read", "html_responses", "documents", "documents_in", "documents_kept",
                   "text_bytes", "bytes_in", "bytes_kept", "clusters", "dropped", "buckets", "cutoffs", "tokens",
                   "sources", "tokenizer", "steps", "final_loss", "val_loss", "params", "checkpoint", "seconds",
-                  "hf_dir", "skipped")
+                  "hf_dir", "skipped", "benchmarks", "documents_cut", "matched_items", "tasks", "centered",
+                  "eval_json")
 
 
 # ---------------------------------------------------------------- stage bookkeeping
@@ -192,5 +194,13 @@ def build_summary(cfg: PipelineConfig, root: Path, stages: dict[str, dict], seco
         "cached_stages": sum(stage["cached"] for stage in stages.values()),
         "stages": stages,
         "model": model,
+        "eval": evaluation(stages.get("eval")),
         "seconds": round(seconds, 1),
     }
+
+
+def evaluation(stage: dict | None) -> dict | None:
+    """The eval stage's table (per task: accuracy, accuracy_per_char, random, items) and the centred score."""
+    if not stage or stage.get("skipped"):
+        return None
+    return {"tasks": stage["tasks"], "centered": stage["centered"], "eval_json": stage["eval_json"]}

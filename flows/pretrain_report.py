@@ -1,4 +1,5 @@
-"""The end-to-end run's report: the funnel, score histograms, the loss curve, the scaling-law position.
+"""The end-to-end run's report: the funnel, score histograms, the loss curve, the scaling-law position,
+the benchmark evaluation.
 
 Everything is read from the stage folders, so a fully cached run publishes the same
 report. Artifacts: ``pretrain-report`` (markdown), ``pretrain-funnel`` (table) and
@@ -18,9 +19,10 @@ from prefect.artifacts import create_image_artifact, create_markdown_artifact, c
 
 from flows.common import funnel_table
 from models.scaling import CHINCHILLA, optimal_tokens_for_params, plan_for_tokens
+from tasks.evaluation.metrics import centered_score
 
 SHARD_GLOBS = {"quality": "kept/*.parquet"}  # where a document stage's kept shards are, when not "*.parquet"
-TOKEN_STAGES = ("tokenize", "train")
+NOT_DOCUMENT_STAGES = ("tokenize", "train", "eval")  # the stages whose output is no documents: no text-bytes row
 MAX_SCORE_SAMPLE = 200_000
 
 
@@ -50,7 +52,7 @@ def funnel(stages: dict[str, dict]) -> list[dict]:
     """
     rows = []
     for name, stage in stages.items():  # in the registry's order; every stage before tokenize keeps documents
-        if name in TOKEN_STAGES or stage.get("skipped"):
+        if name in NOT_DOCUMENT_STAGES or stage.get("skipped"):
             continue
         documents = stage.get("documents", stage.get("documents_kept"))
         rows.append({"stage": name, "documents": documents,
@@ -197,7 +199,28 @@ def report_lines(summary: dict) -> list[str]:
                 ("training FLOPs (6ND)", f"{scaling['flops']:.3g}"),
                 ("law's loss L(N, D)", f"{scaling['law_loss']:.3f} (its data and tokenizer, not comparable)")],
                 ("", "value"))]
-    return lines
+    return lines + evaluation_lines(summary.get("eval"))
+
+
+EVALUATION_COLUMNS = ("task", "items", "accuracy", "accuracy per char", "random", "centred", "centred metric")
+
+
+def evaluation_rows(evaluation: dict) -> list[tuple]:
+    """Per task (``EVALUATION_COLUMNS``): items, accuracy, accuracy per character, the random baseline, and
+    the centred score of its primary metric (the one the centred average takes)."""
+    return [(task, m["items"], f"{m['accuracy']:.3f}", f"{m['accuracy_per_char']:.3f}", f"{m['random']:.3f}",
+             f"{centered_score(m):+.3f}", m.get("primary_metric", "accuracy"))
+            for task, m in evaluation["tasks"].items()]
+
+
+def evaluation_lines(evaluation: dict | None) -> list[str]:
+    if not evaluation:
+        return []
+    lines = ["", "## Evaluation", "", f"| {' | '.join(EVALUATION_COLUMNS)} |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    lines += [f"| {' | '.join(map(str, row))} |" for row in evaluation_rows(evaluation)]
+    return lines + ["", f"Centred score (CORE-style: (metric - random) / (1 - random), averaged over the tasks): "
+                        f"**{evaluation['centered']:+.4f}**; per item: `{evaluation['eval_json']}`."]
 
 
 def publish_report(summary: dict, root: Path) -> None:

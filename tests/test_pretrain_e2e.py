@@ -1,8 +1,9 @@
 """The end-to-end flow on the local recipe: every stage's output, then caching across reruns.
 
 One run of the whole pipeline (demo WARCs -> ingest -> filters -> dedup -> quality ->
-tokenize -> train with DeepSpeed on CPU), a rerun that must come entirely from cache,
-and a rerun with a changed tokenizer that must redo tokenize and train only.
+decontaminate -> tokenize -> train with DeepSpeed on CPU -> eval), a rerun through the
+`pretrain run` command that must come entirely from cache (no re-evaluation) and print the
+evaluation table, and a rerun with a changed tokenizer that must redo tokenize, train and eval only.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from flows import registry
 from flows.pretrain import pretrain_flow
 from flows.registry import names
 from pretrain.config import load_recipe
@@ -24,9 +26,7 @@ FAST_TRAIN = ["train.max_steps=20", "train.eval_every_steps=10", "train.checkpoi
 
 
 def stage_records(root: Path) -> dict[str, dict]:
-    return {stage: json.loads((root / folder / "stage.json").read_text())
-            for stage, folder in (("ingest", "ingest"), ("filter", "filter"), ("dedup", "dedup"),
-                                  ("quality", "quality"), ("tokenize", "tokens"), ("train", "train"))}
+    return {stage.name: json.loads((root / stage.folder / "stage.json").read_text()) for stage in registry.STAGES}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,9 @@ def test_every_stage_runs_and_the_funnel_narrows(first_run):
     docs = summary["documents"]
     assert docs["ingest"] > 150
     assert docs["ingest"] > docs["filter"] > docs["dedup"] >= docs["quality"] == docs["tokenize"] > 100
+    assert docs["decontaminate"] == docs["quality"]  # the demo grammars share no 13-gram with the benchmarks
     stages = summary["stages"]
+    assert stages["decontaminate"]["matched_items"] == {} and "eval" not in docs  # eval keeps no documents
     assert stages["filter"]["dropped"]["gopher_too_few_stop_words"] >= 12  # keyword spam
     assert stages["dedup"]["dropped"]["exact_duplicate"] > 0
     tokens = summary["tokens"]
@@ -85,20 +87,75 @@ def test_model_is_trained_exported_and_placed_on_the_scaling_law(first_run):
         assert scaling["optimal_params_for_tokens"] < model["params"]  # far more parameters than the data feeds
 
 
-def test_rerun_is_all_cache_hits_and_a_tokenizer_change_reruns_tokenize_and_train_only(first_run):
+def test_the_run_ends_with_an_evaluation_table(first_run):
+    root, config, summary = first_run
+    evaluation = summary["eval"]
+    written = json.loads((root / "eval" / "eval.json").read_text())
+    assert evaluation["eval_json"] == str(root / "eval" / "eval.json")
+    assert list(evaluation["tasks"]) == config.eval.tasks and len(config.eval.tasks) == 10
+    for task, metrics in evaluation["tasks"].items():
+        assert metrics["items"] == config.eval.limit == 100
+        assert 0 <= metrics["accuracy"] <= 1 and 0 <= metrics["accuracy_per_char"] <= 1 and 0 < metrics["random"] < 1
+        assert {key: written["tasks"][task][key] for key in metrics} == metrics
+    assert evaluation["centered"] == written["centered"]
+    print("evaluation:", {task: round(m["accuracy"], 3) for task, m in evaluation["tasks"].items()},
+          "centred", round(evaluation["centered"], 4))
+    assert abs(evaluation["centered"]) < 0.2  # a 20-step model on demo text guesses
+    in_loop = summary["stages"]["train"]["benchmarks"]  # the trainer's last in-loop scores, at its last step
+    assert in_loop["step"] == 20 and list(in_loop["tasks"]) == config.train.eval_tasks
+    assert all(m["items"] == config.train.eval_items for m in in_loop["tasks"].values())
+    report = pretrain_report(root / "eval" / "eval.json")
+    assert "| task | items | accuracy | accuracy per char | random | centred | centred metric |" in report
+    hellaswag = evaluation["tasks"]["hellaswag"]
+    assert f"| hellaswag | 100 | {hellaswag['accuracy']:.3f} | {hellaswag['accuracy_per_char']:.3f} |" in report
+    assert f"**{evaluation['centered']:+.4f}**" in report
+
+
+def pretrain_report(eval_json: Path) -> str:
+    """The pretrain-report artifact of the run whose evaluation is at ``eval_json``."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        reports = [a.data for a in client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["pretrain-report"])))]
+    found = [report for report in reports if f"`{eval_json}`" in report]
+    assert found, f"no pretrain-report names {eval_json}"
+    return found[-1]
+
+
+def test_rerun_is_all_cache_hits_and_a_tokenizer_change_reruns_tokenize_train_and_eval_only(first_run):
+    from typer.testing import CliRunner
+
+    import cli.main
+
     root, config, first = first_run
     before = stage_records(root)
-    again = pretrain_flow(config=config)
+    evaluated = (root / "eval" / "eval.json").stat().st_mtime_ns
+    sets = [arg for override in FAST_TRAIN for arg in ("--set", override)]
+    result = CliRunner().invoke(cli.main.app, ["run", "--recipe", "local", "--output", str(root), *sets],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    again = json.loads((root / "summary.json").read_text())
     assert again["cache_hits"] == dict.fromkeys(STAGES, True)
     assert stage_records(root) == before  # nothing rewritten
+    assert (root / "eval" / "eval.json").stat().st_mtime_ns == evaluated  # not evaluated again
     assert again["documents"] == first["documents"] and again["tokens"] == first["tokens"]
+    assert again["eval"] == json.loads(json.dumps(first["eval"]))
+    printed = " ".join(result.output.split())
+    assert f"evaluation ({root / 'eval' / 'eval.json'})" in printed
+    for task, metrics in first["eval"]["tasks"].items():  # task, items, accuracy, per char, random
+        assert (f"{task} │ 100 │ {metrics['accuracy']:.3f} │ {metrics['accuracy_per_char']:.3f} │ "
+                f"{metrics['random']:.3f} │") in printed
+    assert f"centred score │ │ │ │ │ {first['eval']['centered']:+.4f}" in printed
+    assert f"{len(STAGES)} of {len(STAGES)} stages from cache" in printed
 
     changed = config.model_copy(update={"tokenize": config.tokenize.model_copy(update={"vocab_size": 768})})
     third = pretrain_flow(config=changed)
-    assert third["cache_hits"] == {"ingest": True, "filter": True, "dedup": True, "quality": True,
-                                   "tokenize": False, "train": False}
+    expected = {"ingest": True, "filter": True, "dedup": True, "quality": True, "decontaminate": True,
+                "tokenize": False, "train": False, "eval": False}
+    assert third["cache_hits"] == expected
     after = stage_records(root)
-    assert {stage: after[stage] == before[stage] for stage in STAGES} == {
-        "ingest": True, "filter": True, "dedup": True, "quality": True, "tokenize": False, "train": False}
+    assert {stage: after[stage] == before[stage] for stage in STAGES} == expected
     assert third["tokens"]["tokenize"] > first["tokens"]["tokenize"]  # a smaller vocabulary, more tokens
     assert json.loads((Path(third["model"]["hf_dir"]) / "config.json").read_text())["vocab_size"] == 768
