@@ -276,7 +276,7 @@ def test_flow_lists_a_bad_shard_and_refuses_a_folder_without_shards(services, tm
                            output_dir=str(tmp_path / "out2"))
 
 
-def test_a_disabled_stage_is_skipped_and_passes_its_input_on(tmp_path):
+def test_a_disabled_stage_is_skipped_and_passes_its_input_on(prefect_server, tmp_path):
     recipe = PipelineConfig(decontaminate=DecontaminateConfig(enabled=False))
     pipeline = Pipeline(recipe=recipe, root=tmp_path, folders={"decontaminate": tmp_path / "decontaminate"},
                         input_dir=tmp_path / "quality" / "kept")
