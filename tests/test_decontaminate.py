@@ -33,6 +33,7 @@ from tasks.evaluation.items import Item, load_items
 
 FIFTEEN = "the quick brown fox jumps over the lazy dog while seven tired cats sleep soundly"  # 15 words
 FOX = ("The quick brown fox jumps over", " the lazy dog while seven tired cats sleep soundly")  # its request
+CONTAMINATED = "Intro words here. " + FIFTEEN + ". " + "Plenty of other words follow here. " * 8
 
 
 def item(task: str, doc_id: int, context: str, continuation: str) -> Item:
@@ -131,6 +132,15 @@ def test_a_document_with_thirteen_item_words_in_a_row_matches_whatever_its_case_
     assert matches[2].windows == {"hellaswag": 3} and matches[2].spans == [(0, 13), (1, 14), (2, 15)]
 
 
+def test_long_texts_are_matched_in_bounded_batches_with_the_same_result(monkeypatch):
+    from tasks.evaluation import decontam
+
+    texts = ["filler words " * 40, CONTAMINATED, "x" * 50, FIFTEEN, ""]
+    whole = fox_index().match(texts)
+    monkeypatch.setattr(decontam, "MAX_BATCH_CHARS", 100)  # one or two texts a batch
+    assert fox_index().match(texts) == whole and [m is not None for m in whole] == [False, True, False, True, False]
+
+
 def test_windows_do_not_run_across_documents_of_a_batch():
     first, second = FIFTEEN.split()[:7], FIFTEEN.split()[7:]
     assert fox_index().match([" ".join(first), " ".join(second)]) == [None, None]
@@ -182,8 +192,6 @@ def shard(path: Path, texts: list[str]) -> Path:
     pq.write_table(pa.Table.from_pylist(rows), path)
     return path
 
-
-CONTAMINATED = "Intro words here. " + FIFTEEN + ". " + "Plenty of other words follow here. " * 8
 
 
 def test_shard_drop_counts_reasons_and_matched_items(tmp_path):

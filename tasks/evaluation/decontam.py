@@ -44,6 +44,7 @@ BASE_INVERSE = np.uint64(pow(int(BASE), -1, 2**64))
 SEED = 20_240_613  # the word values: any fixed seed; the index is rebuilt the same way everywhere
 UNKNOWN = 0  # the vocabulary id of a word no item has
 FILTER_MAX_BITS = 27  # 16 MiB of bits at most
+MAX_BATCH_CHARS = 4_000_000  # texts matched at once: about 0.7M words, some 50 MB of arrays
 
 
 def normalize(text: str) -> str:
@@ -291,6 +292,21 @@ def _word_ids(index: NgramIndex, texts: list[str]) -> tuple[np.ndarray, np.ndarr
 
 
 def match_texts(index: NgramIndex, texts: list[str]) -> list[DocMatch | None]:
+    """For each text, what it shares with the items; in batches of at most ``MAX_BATCH_CHARS`` characters
+    (or one text), so memory stays bounded whatever the documents' lengths."""
+    matches: list[DocMatch | None] = []
+    begin = 0
+    while begin < len(texts):
+        end, size = begin + 1, len(texts[begin])
+        while end < len(texts) and size + len(texts[end]) <= MAX_BATCH_CHARS:
+            size += len(texts[end])
+            end += 1
+        matches += _match_batch(index, texts[begin:end])
+        begin = end
+    return matches
+
+
+def _match_batch(index: NgramIndex, texts: list[str]) -> list[DocMatch | None]:
     """Match a batch of texts at once: one prefix sum over all their words, one search per window length."""
     ids, starts = _word_ids(index, texts)
     matches: list[DocMatch | None] = [None] * len(texts)
