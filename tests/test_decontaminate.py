@@ -193,7 +193,6 @@ def shard(path: Path, texts: list[str]) -> Path:
     return path
 
 
-
 def test_shard_drop_counts_reasons_and_matched_items(tmp_path):
     source = shard(tmp_path / "in.parquet", ["clean text " * 30, CONTAMINATED, FIFTEEN, "more clean text"])
     report = decontaminate_shard(fox_index(), source, tmp_path / "out.parquet", "drop")

@@ -16,7 +16,14 @@ prefix sum (``window_hashes``), and only the valid windows are searched in the s
 arrays. Memory is the index plus one batch.
 
 A window hash is the polynomial ``sum_t value[word_t] * B**t`` modulo 2**64: with random
-word values two different word sequences collide with probability about 2**-64 per pair.
+word values two different word sequences collide with probability about 2**-64 per pair. A
+bit per bucket of the top hash bits (``bucket_filter``) turns away almost every window before
+the binary search.
+
+``save_index`` writes the index as plain ``.npy`` files that ``load_index`` memory-maps (the
+Ray actors of one machine share them); ``decontaminate_shard`` streams one Parquet shard in
+row batches and drops a document that matched (reason ``contaminated_<task>``, the task with
+the most matched windows) or cuts the matched words out of it.
 """
 
 from __future__ import annotations
