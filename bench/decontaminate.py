@@ -15,7 +15,8 @@ datatrove's index builder (``NGramsDecontIndexer``) cannot run offline: it needs
 hub. Its filter needs only the index files, so the bench writes them in its format with its own
 functions (the indexer's ``compute_hashes``: ``simplify_text``, its word tokenizer, ``ngrams``,
 the hash; query n-grams on, as ours matches the question too) from the same items. xxhash is not
-installed, so its hash is sha1 (its other choice). Recall on the planted documents and drops among the clean ones are given for both.
+installed, so its hash is sha1 (its other choice). Recall on the planted documents and drops among the clean ones are given for both. The two take
+turns for ``--rounds`` rounds and the best time of each counts (the shared machine's load drifts).
 
 ``--part train`` (acceptance 2, the training half; ``decontam_fixtures.contamination``): a tiny
 model (``models.sizes`` "tiny" narrowed by ``--shape``, by default to 2 x 64, ~0.2M parameters with
@@ -29,7 +30,7 @@ near random after. Measured with the defaults (600 steps of 16 x 64 tokens, 200 
 8 copies; 13 min on the 2 shared cores): accuracy 0.825 and per-character accuracy 0.96 before,
 0.275 and 0.275 after (all 200 planted documents dropped, none of the 200 clean ones).
 
-    .venv/bin/python bench/decontaminate.py [--part speed|train|all] [--tasks all|hellaswag,...]
+    .venv/bin/python bench/decontaminate.py [--part speed|train|all] [--tasks all|hellaswag,...] [--rounds N]
         [--steps N] [--repeats N] [--clean N] [--device cpu|cuda] [--json]
 """
 
@@ -62,18 +63,23 @@ def detection_set(clean: int = 2000, planted: int = 200) -> tuple[list[dict], li
 # ---------------------------------------------------------------- speed
 
 
-def run_ours(docs: list[dict], tasks: list[str], work: Path) -> dict:
+def prepare_ours(docs: list[dict], tasks: list[str], work: Path):
+    """A timed run of ours over the documents (the index is built before): () -> (seconds, dropped ids)."""
+    import pyarrow.parquet as pq
+
     from tasks.evaluation.decontam import build_index, decontaminate_shard
 
     index = build_index(tasks)
     [shard] = write_shards(docs, work / "in", shards=1)
-    started = time.perf_counter()
-    report = decontaminate_shard(index, shard, work / "out.parquet", "drop")
-    seconds = time.perf_counter() - started
-    import pyarrow.parquet as pq
 
-    kept = set(pq.read_table(work / "out.parquet", columns=["id"]).column("id").to_pylist())
-    return {"seconds": seconds, "dropped": {d["id"] for d in docs} - kept, "report": report["dropped"]}
+    def run() -> tuple[float, set]:
+        started = time.perf_counter()
+        decontaminate_shard(index, shard, work / "out.parquet", "drop")
+        seconds = time.perf_counter() - started
+        kept = set(pq.read_table(work / "out.parquet", columns=["id"]).column("id").to_pylist())
+        return seconds, {d["id"] for d in docs} - kept
+
+    return run
 
 
 def datatrove_index(tasks: list[str], folder: Path, n_grams: int):
@@ -103,44 +109,52 @@ def datatrove_index(tasks: list[str], folder: Path, n_grams: int):
     return config
 
 
-def run_datatrove(docs: list[dict], tasks: list[str], work: Path, n_grams: int = 13) -> dict:
+def prepare_datatrove(docs: list[dict], tasks: list[str], work: Path, n_grams: int = 13):
+    """A timed run of datatrove's filter over the documents (index written and loaded before)."""
     from datatrove.data import Document
     from datatrove.pipeline.decont.n_grams import NGramsDecontFilter
 
     config = datatrove_index(tasks, work / "datatrove-index", n_grams)
     step = NGramsDecontFilter(index_folder=str(work / "datatrove-index"), config=config)
     step.filter(Document(text="warm up the index and the tokenizer", id="warm-up"))
-    dropped, seconds = set(), 0.0
-    for doc in docs:
-        document = Document(text=doc["text"], id=doc["id"])
-        started = time.perf_counter()
-        verdict = step.filter(document)
-        seconds += time.perf_counter() - started
-        if verdict is not True:
-            dropped.add(doc["id"])
-    return {"seconds": seconds, "dropped": dropped}
+
+    def run() -> tuple[float, set]:
+        dropped, seconds = set(), 0.0
+        for doc in docs:
+            document = Document(text=doc["text"], id=doc["id"])
+            started = time.perf_counter()
+            verdict = step.filter(document)
+            seconds += time.perf_counter() - started
+            if verdict is not True:
+                dropped.add(doc["id"])
+        return seconds, dropped
+
+    return run
 
 
-def speed(tasks: list[str]) -> dict:
+def speed(tasks: list[str], rounds: int) -> dict:
+    """Both runs in alternating rounds, the best time of each (the shared machine's load drifts)."""
     clean, planted = detection_set()
     docs = clean + planted
     planted_ids, clean_ids = {d["id"] for d in planted}, {d["id"] for d in clean}
-    results = {"documents": len(docs), "bytes": sum(len(d["text"].encode()) for d in docs), "tasks": tasks}
+    results = {"documents": len(docs), "bytes": sum(len(d["text"].encode()) for d in docs), "tasks": tasks,
+               "rounds": rounds}
     with tempfile.TemporaryDirectory(prefix="bench-decontaminate-") as tmp:
-        runs = {"ours": lambda: run_ours(docs, tasks, Path(tmp) / "ours")}
+        runs = {"ours": prepare_ours(docs, tasks, Path(tmp) / "ours")}
         try:
-            import datatrove  # noqa: F401
-            import spacy  # noqa: F401
-
-            runs["datatrove"] = lambda: run_datatrove(docs, tasks, Path(tmp))
+            runs["datatrove"] = prepare_datatrove(docs, tasks, Path(tmp))
         except ImportError as error:
             results["datatrove_skipped"] = f"datatrove's filter cannot run here: {error}"
-        for name, run in runs.items():
-            outcome = run()
-            results[name] = {"docs_per_s_per_core": round(len(docs) / outcome["seconds"], 1),
-                             "seconds": round(outcome["seconds"], 2),
-                             "recall": len(outcome["dropped"] & planted_ids) / len(planted_ids),
-                             "clean_dropped": len(outcome["dropped"] & clean_ids)}
+        best: dict[str, tuple[float, set]] = {}
+        for _ in range(rounds):
+            for name, run in runs.items():
+                seconds, dropped = run()
+                if name not in best or seconds < best[name][0]:
+                    best[name] = (seconds, dropped)
+    for name, (seconds, dropped) in best.items():
+        results[name] = {"docs_per_s_per_core": round(len(docs) / seconds, 1), "seconds": round(seconds, 2),
+                         "recall": len(dropped & planted_ids) / len(planted_ids),
+                         "clean_dropped": len(dropped & clean_ids)}
     if "datatrove" in results:
         results["speedup"] = round(results["ours"]["docs_per_s_per_core"]
                                    / results["datatrove"]["docs_per_s_per_core"], 1)
@@ -157,6 +171,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--part", choices=("speed", "train", "all"), default="all")
     parser.add_argument("--tasks", default="all", help="all, or comma-separated task names (speed)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating timed rounds, the best of each (speed)")
     parser.add_argument("--steps", type=int, default=Training.steps)
     parser.add_argument("--repeats", type=int, default=8, help="copies of each planted item in the train data")
     parser.add_argument("--clean", type=int, default=200, help="clean book chunks in the train data")
@@ -178,7 +193,7 @@ def main() -> int:
     tasks = list(EVAL_TASKS) if args.tasks == "all" else args.tasks.split(",")
     results = {}
     if args.part in ("speed", "all"):
-        results["speed"] = speed(tasks)
+        results["speed"] = speed(tasks, args.rounds)
     if args.part in ("train", "all"):
         with tempfile.TemporaryDirectory(prefix="bench-contamination-") as tmp:
             shape = {key: int(value) for key, value in (part.split("=") for part in args.shape.split(",") if part)}
