@@ -208,6 +208,21 @@ def evaluate(engine, windows: TokenWindows, cfg: TrainConfig, dist: Dist) -> flo
     return dist.mean(sum(losses) / len(losses))
 
 
+def eval_point(run: Setup, cfg: TrainConfig, step: int, dist: Dist, log: Log) -> tuple[float, dict | None]:
+    """The validation loss and the in-loop benchmark scores (None when none are configured), recorded as
+    the step's eval line."""
+    val_loss = evaluate(run.engine, run.val_windows, cfg, dist)
+    started = time.perf_counter()
+    scored = {} if run.benchmarks is None else score(run.engine, run.benchmarks, dist.device, dist.rank,
+                                                     dist.world_size, dist.gather)
+    log.record(kind="eval", step=step, val_loss=val_loss, **scored)
+    log.say(f"step {step} val_loss {val_loss:.4f}")
+    if not scored:
+        return val_loss, None
+    log.say(f"{console_line(step, scored)} ({time.perf_counter() - started:.1f} s)")
+    return val_loss, {"step": step, "tasks": scored["benchmarks"], "centered": scored["centered"]}
+
+
 def save_checkpoint(engine, run_dir: Path, step: int, stream: TrainStream, cfg: TrainConfig, model_cfg: ModelConfig,
                     dist: Dist, log: Log):
     root, tag = checkpoint_root(run_dir), tag_for(step)
@@ -400,15 +415,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume_run: bool) -> dict | None:
                 f"flop/s {flops_per_s:.3e} mfu {'-' if mfu is None else format(mfu, '.1%')} "
                 f"grad_norm {'-' if grad_norm is None else format(grad_norm, '.3f')}")
         if run.val_windows.windows and (step % cfg.eval_every_steps == 0 or step == cfg.max_steps):
-            val_loss = evaluate(engine, run.val_windows, cfg, dist)
-            started = time.perf_counter()
-            scored = score(engine, run.benchmarks, dist.device, dist.rank, dist.world_size, dist.gather) \
-                if run.benchmarks is not None else {}
-            log.record(kind="eval", step=step, val_loss=val_loss, **scored)
-            log.say(f"step {step} val_loss {val_loss:.4f}")
-            if scored:
-                log.say(f"{console_line(step, scored)} ({time.perf_counter() - started:.1f} s)")
-                benchmarks = {"step": step, "tasks": scored["benchmarks"], "centered": scored["centered"]}
+            val_loss, benchmarks = eval_point(run, cfg, step, dist, log)
         if step % cfg.checkpoint_every_steps == 0 or step == cfg.max_steps:
             save_checkpoint(engine, run_dir, step, run.stream, cfg, run.model_cfg, dist, log)
         if cfg.stop_after_steps is not None and not resume_run and cfg.stop_after_steps <= step < cfg.max_steps:
