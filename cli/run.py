@@ -118,24 +118,25 @@ def _print_run_summary(summary: dict) -> None:
                   f"{model['steps']} steps), validation loss {model['val_loss']:.4f}")
         out.print(f"loss curve: {model['loss_curve']}")
     if summary.get("eval"):
-        out.print(_evaluation_table(summary["eval"]))
+        evaluation = summary["eval"]
+        out.print(_evaluation_table(evaluation))
+        out.print(f"centred score (CORE-style, over {len(evaluation['tasks'])} tasks): {evaluation['centered']:+.4f}")
     out.print(f"report figures: {Path(summary['output_dir']) / 'report'}")
     out.print(f"summary: {Path(summary['output_dir']) / 'summary.json'} "
               f"({summary['cached_stages']} of {len(summary['stages'])} stages from cache; ~ = estimated tokens)")
 
 
 def _evaluation_table(evaluation: dict):
-    """The eval stage's scores per task, and the centred score of them all."""
+    """The eval stage's scores per task."""
     from rich.table import Table
 
     from flows.pretrain_report import EVALUATION_COLUMNS, evaluation_rows
 
     table = Table(title=f"evaluation ({evaluation['eval_json']})")
     for column in EVALUATION_COLUMNS:
-        table.add_column(column, justify="left" if column in ("task", "centred metric") else "right")
+        table.add_column(column, justify="left" if column == "task" else "right")
     for row in evaluation_rows(evaluation):
         table.add_row(*map(str, row))
-    table.add_row("centred score", "", "", "", "", f"{evaluation['centered']:+.4f}", "", style="bold")
     return table
 
 
