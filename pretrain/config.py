@@ -490,7 +490,8 @@ class SweepShape(_Model):
 
 def _cpu_sweep_train() -> TrainConfig:
     return TrainConfig(model_size=None, seq_len=128, micro_batch_size=8, precision="fp32", zero_stage=0,
-                       num_procs=1, lr=3e-3, eval_batches=8, keep_checkpoints=1)
+                       num_procs=1, lr=3e-3, eval_batches=8, keep_checkpoints=1,
+                       eval_items=0)  # a sweep fits validation losses: no in-loop benchmarks
 
 
 class SweepConfig(_Model):

@@ -100,9 +100,10 @@ def test_pretrain_deployment_runs_from_the_api_then_reruns_from_cache(prefect_se
     tree = rest.flow_run_tree(second["id"])
     tasks = rest.task_runs(tree)
     assert tree == [second["id"]]  # no stage started a subflow
-    assert sorted(t["name"] for t in tasks) == sorted(["dedup", "filter", "ingest", "quality", "tokenize", "train"])
+    assert sorted(t["name"] for t in tasks) == sorted(["dedup", "filter", "ingest", "quality", "decontaminate",
+                                                       "tokenize", "train", "eval"])
     assert {t["state_name"] for t in tasks} == {"Cached"}
-    assert json.loads((out / "summary.json").read_text())["cached_stages"] == 6
+    assert json.loads((out / "summary.json").read_text())["cached_stages"] == 8
     print(f"\npretrain deployment: first run {run_seconds(first):.1f} s ({len(first_tasks)} task runs), "
           f"second run {run_seconds(second):.1f} s ({len(tasks)} task runs, all Cached), "
           f"ratio {run_seconds(second) / run_seconds(first):.2f}")
