@@ -28,16 +28,11 @@ from tasks.evaluation.scorer import EncodeError, build_requests, encode_pair, sc
 @pytest.fixture(scope="module")
 def exported_run(tmp_path_factory):
     """(run folder, its hf/ export): a few steps of the tiny model on a real book, exported as `pretrain run` does."""
-    from conftest import shared_data
-    from tiny_run import tiny_run
-    from train_fixtures import build_token_shards
+    from tiny_run import tiny_book_run
 
     from flows.train import export_model
 
-    root = tmp_path_factory.mktemp("eval-run")
-    book = shared_data("reference", "en", "Pride_and_Prejudice_JaneAusten.txt.gz")
-    shards = build_token_shards([book], root / "shards", vocab_size=512)
-    run_dir, _, _ = tiny_run(shards, root / "run")
+    run_dir, _, _, _ = tiny_book_run(tmp_path_factory.mktemp("eval-run"))
     hf = export_model(run_dir, json.loads((run_dir / "summary.json").read_text()))
     return run_dir, hf
 

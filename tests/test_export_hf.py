@@ -131,14 +131,10 @@ def test_tokenizer_files_load_with_auto_tokenizer(tmp_path):
 @pytest.fixture(scope="module")
 def trained_export(tmp_path_factory):
     """A tiny model trained a few steps on a real book tokenized by the real tokenize stage, exported."""
-    from conftest import shared_data
-    from tiny_run import tiny_run
-    from train_fixtures import build_token_shards
+    from tiny_run import tiny_book_run
 
     root = tmp_path_factory.mktemp("trained-export")
-    book = shared_data("reference", "en", "Pride_and_Prejudice_JaneAusten.txt.gz")
-    shards = build_token_shards([book], root / "shards", vocab_size=512)
-    run_dir, model, losses = tiny_run(shards, root / "run")
+    run_dir, model, losses, shards = tiny_book_run(root)
     out = export_hf(model, model.cfg, root / "hf", tokenizer_file=shards / "tokenizer.json", inputs=[run_dir])
     return out, model, losses
 

@@ -58,3 +58,14 @@ def tiny_run(shards: Path, run_dir: Path, steps: int = 8) -> tuple[Path, Transfo
     (run_dir / "summary.json").write_text(json.dumps({"completed": True, "steps": steps, "model": shape,
                                                       "final_loss": losses[-1]}) + "\n")
     return run_dir, model, losses
+
+
+def tiny_book_run(root: Path, vocab_size: int = 512):
+    """(run folder, model, losses, token shards): tiny_run on a real book tokenized by the real tokenize stage."""
+    from conftest import shared_data
+    from train_fixtures import build_token_shards
+
+    book = shared_data("reference", "en", "Pride_and_Prejudice_JaneAusten.txt.gz")
+    shards = build_token_shards([book], root / "shards", vocab_size=vocab_size)
+    run_dir, model, losses = tiny_run(shards, root / "run")
+    return run_dir, model, losses, shards
