@@ -87,7 +87,8 @@ def test_pretrain_deployment_runs_from_the_api_then_reruns_from_cache(prefect_se
     first = run_pretrain(rest, parameters, worker, "first")
     FIRST_RUN.update(first)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["cache_hits"] == dict.fromkeys(["ingest", "filter", "dedup", "quality", "tokenize", "train"], False)
+    assert summary["cache_hits"] == dict.fromkeys(["ingest", "filter", "dedup", "quality", "decontaminate", "tokenize",
+                                                   "train", "eval"], False)
     assert (Path(summary["model"]["hf_dir"]) / "model.safetensors").is_file()
     assert summary["model"]["steps"] == 20 and 0 < summary["model"]["val_loss"] < 6.0
     keys = {artifact["key"] for artifact in rest.artifacts(first["id"])}
