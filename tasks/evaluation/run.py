@@ -23,7 +23,7 @@ from pretrain.provenance import atomic_write_text, code_version, replace_dir, wr
 from tasks.evaluation.items import DISTRIBUTION, SOURCES, Item, check_tasks, load_items, package_version
 from tasks.evaluation.metrics import centered, chosen, chosen_per_char, task_metrics
 from tasks.evaluation.models import ScoringModel
-from tasks.evaluation.scorer import Request, build_requests, score_requests, split_pair
+from tasks.evaluation.scorer import Request, build_requests, per_item, score_requests, split_pair
 
 COMMAND = "eval"
 EVAL_FILE = "eval.json"
@@ -80,13 +80,7 @@ def score_tasks(model: ScoringModel, items: dict[str, list[Item]], batch_size: i
         spans[task] = (len(pooled), len(pooled) + len(requests))
         pooled += requests
     scores = score_requests(model.logits_fn, pooled, batch_size, model.pad_id, model.device, progress)
-    out = {}
-    for task, (start, end) in spans.items():
-        lls = [[0.0] * len(item.requests) for item in items[task]]
-        for request, score in zip(pooled[start:end], scores[start:end]):
-            lls[request.item][request.choice] = score
-        out[task] = lls
-    return out
+    return {task: per_item(pooled[start:end], scores[start:end], items[task]) for task, (start, end) in spans.items()}
 
 
 def prediction(item: Item, loglikelihoods: list[float]) -> dict:

@@ -108,6 +108,11 @@ def score_items(logits_fn: LogitsFn, encode: Encode, items: Sequence[Item], max_
     """Per item, per choice: the log-likelihood of the continuation given the context."""
     requests = build_requests(items, encode, max_length, eos_id, unk_id)
     scores = score_requests(logits_fn, requests, batch_size, eos_id if pad_id is None else pad_id, device, progress)
+    return per_item(requests, scores, items)
+
+
+def per_item(requests: Sequence[Request], scores: Sequence[float], items: Sequence[Item]) -> list[list[float]]:
+    """The scores of ``items``' requests (in any order) regrouped: per item, per choice."""
     out: list[list[float]] = [[0.0] * len(item.requests) for item in items]
     for request, score in zip(requests, scores):
         out[request.item][request.choice] = score

@@ -25,7 +25,7 @@ import torch
 from pretrain.config import TrainConfig
 from tasks.evaluation.items import EvalDataMissing, Item, load_items
 from tasks.evaluation.metrics import centered, task_metrics
-from tasks.evaluation.scorer import Request, build_requests, score_requests
+from tasks.evaluation.scorer import Request, build_requests, per_item, score_requests
 from tasks.train.preflight import TrainConfigError
 
 MAX_ROWS = 64  # sequences per scoring forward, at most
@@ -142,19 +142,12 @@ def score(engine, bench: Benchmarks, device: torch.device, rank: int = 0, world_
     for part in gather(dict(zip(mine, values))):
         for i, value in part.items():
             scores[i] = value
-    metrics = {task: task_metrics(bench.items[task], per_item(bench.requests, scores, *bench.spans[task],
-                                                              len(bench.items[task])))
-               for task in bench.items}
+    metrics = {}
+    for task, task_items in bench.items.items():
+        start, end = bench.spans[task]
+        metrics[task] = task_metrics(task_items, per_item(bench.requests[start:end], scores[start:end], task_items))
     return {"benchmarks": {task: {key: m[key] for key in RECORDED} for task, m in metrics.items()},
             "centered": centered(metrics)}
-
-
-def per_item(requests: list[Request], scores: list[float], start: int, end: int, n_items: int) -> list[list[float]]:
-    """One task's scores regrouped: per item, per choice."""
-    out: list[dict[int, float]] = [{} for _ in range(n_items)]
-    for request, value in zip(requests[start:end], scores[start:end]):
-        out[request.item][request.choice] = value
-    return [[choices[c] for c in sorted(choices)] for choices in out]
 
 
 def console_line(step: int, result: dict) -> str:
