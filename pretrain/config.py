@@ -55,7 +55,24 @@ class IngestConfig(_Model):
         default_factory=list,
         description="Local WARC paths or globs, https:// or s3:// URLs, or crawl ids such as CC-MAIN-2024-10.",
     )
-    source: str = Field("commoncrawl", description="The `source` tag of every document ingested.")
+    kind: Literal["auto", "warc", "wikipedia", "arxiv", "jsonl", "parquet", "hf"] = Field(
+        "auto", description="What the inputs are: auto detects each file's kind from its content (tasks/readers); "
+        "warc (Common Crawl), wikipedia (a MediaWiki XML dump), arxiv (a bulk LaTeX source tarball), "
+        "jsonl (.gz, .zst), parquet, hf (a Hugging Face dataset saved to disk).",
+    )
+    source: str | None = Field(
+        None, description="The `source` tag of every document ingested; default: the kind's (commoncrawl, wikipedia, "
+        "arxiv), for jsonl/parquet/hf a record's own `source` field, else the input's name.",
+    )
+    text_field: str = Field("text", description="jsonl/parquet/hf: the field holding the document text.")
+    id_field: str | None = Field(
+        None, description="jsonl/parquet/hf: the field holding a record id (default: `id` when present, else the "
+        "record's position in its file).",
+    )
+    split_bytes: int = Field(
+        256 << 20, ge=1, description="A multistream Wikipedia dump with its index is split into byte ranges of about "
+        "this many compressed bytes, one task each.",
+    )
     extractor: Literal["fast", "precise"] = Field(
         "fast", description="fast: our main-content extractor; precise: trafilatura."
     )
@@ -303,6 +320,43 @@ def weight_problems(weights: dict[str, float]) -> str | None:
             f"about 16 epochs, and past {MAX_MIXTURE_WEIGHT:g} the model memorises the source")
 
 
+class MixtureConfig(_Model):
+    """Each source's share of the training tokens, realized by tokenize (deterministic up- or down-sampling)."""
+
+    shares: dict[str, float] = Field(
+        default_factory=dict,
+        description="source -> share of the train tokens (each above 0, summing to 1); empty: every document once.",
+    )
+    max_epochs: dict[str, float] = Field(
+        default_factory=dict, description="source -> the most passes over it a share may need (default: default_epochs).",
+    )
+    default_epochs: float = Field(4.0, gt=0, description="max_epochs of a source not named there (4, as Muennighoff "
+                                                            "et al. 2023 find repeated data about as good as new up to ~4 epochs).")
+    total_tokens: int | None = Field(
+        None, ge=1, description="Train tokens of the mixture; default: as many as the named sources hold once.",
+    )
+
+    @model_validator(mode="after")
+    def _check_shares(self) -> MixtureConfig:
+        if not self.shares:
+            return self
+        bad = sorted(name for name, share in self.shares.items() if not 0 < share <= 1)
+        if bad:
+            raise ValueError(f"mixture shares must be above 0 and at most 1: {', '.join(bad)}")
+        total = sum(self.shares.values())
+        if abs(total - 1) > 1e-6:
+            raise ValueError(f"mixture shares must sum to 1, they sum to {total:.6g}")
+        unknown = sorted(set(self.max_epochs) - set(self.shares))
+        if unknown:
+            raise ValueError(f"max_epochs names source(s) without a share: {', '.join(unknown)}")
+        if any(epochs <= 0 for epochs in self.max_epochs.values()):
+            raise ValueError("max_epochs must be above 0")
+        return self
+
+    def epochs_allowed(self, source: str) -> float:
+        return self.max_epochs.get(source, self.default_epochs)
+
+
 class TokenizeConfig(_Model):
     """Byte-level BPE tokenizer and packed token shards."""
 
@@ -323,7 +377,14 @@ class TokenizeConfig(_Model):
                     "a source and 0.3 keeps 30 %; between 0 and 100 (a weight is a number of epochs over the "
                     "source; past 100 it is memorised). Every source named must occur in the input.",
     )
+    mixture: MixtureConfig = Field(default_factory=MixtureConfig)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _weights_or_mixture(self) -> TokenizeConfig:
+        if self.weights and self.mixture.shares:
+            raise ValueError("give tokenize.weights (copies per document) or tokenize.mixture (shares of tokens), not both")
+        return self
 
     @field_validator("weights")
     @classmethod
@@ -577,6 +638,60 @@ class DecontaminateConfig(_Model):
         return checked_tasks(tasks, "decontaminate.tasks")
 
 
+class PiiConfig(_Model):
+    """PII masking (FineWeb's): e-mail addresses and public IP addresses become placeholders."""
+
+    enabled: bool = Field(True, description="Mask PII at the end of filtering (the pii stage).")
+    emails: bool = Field(True, description="Mask e-mail addresses.")
+    ips: bool = Field(True, description="Mask public IPv4 and IPv6 addresses (private, loopback, link-local and "
+                                        "reserved ones are kept).")
+    phones: bool = Field(False, description="Mask phone numbers (off by default, as in FineWeb: too many false hits).")
+    email_placeholder: str = Field("email@example.com", description="What an e-mail address becomes.")
+    ip_placeholder: str = Field("0.0.0.0", description="What a public IP address becomes.")
+    phone_placeholder: str = Field("<PHONE>", description="What a phone number becomes.")
+
+
+SYNTHESIS_TEMPLATES = ("wikipedia_style", "qa_pairs")
+
+
+class SynthesizeConfig(_Model):
+    """Rephrase documents with a local causal language model (Nemotron-CC / WRAP style prompts)."""
+
+    model: str | None = Field(None, description="A Hugging Face causal-LM folder (our export or any), or a run folder.")
+    template: str = Field("wikipedia_style", description="A prompt template's name: a file <name>.txt in "
+                                                         "templates_dir, or one shipped in tasks/synthesis/templates.")
+    templates_dir: str | None = Field(None, description="A folder of <name>.txt templates (default: the shipped ones).")
+    max_new_tokens: int = Field(256, ge=1, le=8192, description="Tokens generated per document at most.")
+    max_input_tokens: int = Field(768, ge=16, description="The document is cut to this many tokens in the prompt.")
+    temperature: float = Field(0.7, ge=0, le=5, description="Sampling temperature; 0 is greedy.")
+    top_p: float = Field(0.9, gt=0, le=1)
+    batch_size: int = Field(8, ge=1, le=1024, description="Documents generated together.")
+    seed: int = Field(0, description="Same seed, same model, same input: the same output.")
+    backend: Literal["auto", "transformers", "vllm"] = Field(
+        "auto", description="auto: vLLM when it is installed and a GPU is there, else transformers.")
+    device: str | None = Field(None, description="cpu, cuda or cuda:N; default: cuda when there is one, else cpu.")
+    max_documents: int | None = Field(None, ge=1, description="Rephrase at most this many documents per shard.")
+
+
+class SourceBranch(_Model):
+    """One more source of the end-to-end run, joined with the crawl before decontamination and tokenize.
+
+    Either ``ingest`` (a Wikipedia dump, an arXiv tarball, JSONL/Parquet/HF data: the readers of ``pretrain
+    ingest``) or ``synthesize`` (a rephrasing of the crawl's documents as the stage ``from_stage`` left them).
+    """
+
+    ingest: IngestConfig | None = None
+    synthesize: SynthesizeConfig | None = None
+    from_stage: Literal["ingest", "filter", "pii", "dedup", "quality"] = Field(
+        "filter", description="synthesize: the stage of the crawl branch whose documents are rephrased.")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SourceBranch:
+        if (self.ingest is None) == (self.synthesize is None):
+            raise ValueError("a source branch has either `ingest` or `synthesize`")
+        return self
+
+
 class PipelineConfig(_Model):
     """A whole recipe: what `pretrain run` and the Prefect deployments take.
 
@@ -590,15 +705,20 @@ class PipelineConfig(_Model):
     demo_data: bool = Field(
         False, description="Write the offline demo WARCs under OUTPUT/demo-data and ingest them."
     )
-    until: Literal["ingest", "filter", "dedup", "quality", "decontaminate", "tokenize", "train", "eval"] = Field(
+    until: Literal["ingest", "filter", "pii", "dedup", "quality", "sources", "decontaminate", "tokenize", "train",
+                   "eval"] = Field(
         "eval", description="Run the stages up to and including this one."
     )
     ray: RayConfig = Field(default_factory=RayConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
+    pii: PiiConfig = Field(default_factory=PiiConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
     quality_training: QualityTrainingConfig = Field(default_factory=QualityTrainingConfig)
+    sources: dict[str, SourceBranch] = Field(
+        default_factory=dict, description="More sources by name (wikipedia, arxiv, synthetic, ...): each is ingested "
+        "or synthesized, then joined with the crawl's documents (the sources stage) before decontamination.")
     decontaminate: DecontaminateConfig = Field(default_factory=DecontaminateConfig)
     tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
