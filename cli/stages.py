@@ -25,8 +25,14 @@ def _ingest_config(base: dict, **options) -> IngestConfig:
 
 @app.command(cls=ListOptions)
 def ingest(
-    input: list[str] = typer.Option(..., "--input", "-i", help="WARC path/glob/dir, https:// or s3:// URL, or crawl id (one or more)."),
+    input: list[str] = typer.Option(..., "--input", "-i", help="WARC path/glob/dir, https:// or s3:// URL, or crawl id; or a "
+                                    "Wikipedia dump, an arXiv tarball, JSONL/Parquet files, a saved HF dataset (one or more)."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder for the Parquet shards, report.json and info.json."),
+    kind: Optional[str] = typer.Option(None, help="auto (default: told from each file's content), warc, wikipedia, arxiv, "
+                                                  "jsonl, parquet or hf."),
+    source: Optional[str] = typer.Option(None, help="The documents' `source` tag (default: the kind's, e.g. wikipedia)."),
+    text_field: Optional[str] = typer.Option(None, help="jsonl/parquet/hf: the field holding the text (default: text)."),
+    id_field: Optional[str] = typer.Option(None, help="jsonl/parquet/hf: the field holding a record id (default: id)."),
     extractor: Optional[str] = typer.Option(None, help="fast (default) or precise (trafilatura)."),
     languages: Optional[str] = typer.Option(None, help="Comma-separated ISO 639-1 codes to keep, e.g. en,fr."),
     max_files: Optional[int] = typer.Option(None, help="Use at most N input files."),
@@ -36,7 +42,8 @@ def ingest(
     ray_address: Optional[str] = typer.Option(None, help="Ray cluster address (default: RAY_ADDRESS, else local)."),
     num_cpus: Optional[int] = typer.Option(None, help="CPUs for the local Ray instance."),
 ) -> None:
-    """Ingest WARC files into Parquet shards (one per input file) on Ray."""
+    """Ingest WARC files, Wikipedia dumps, arXiv tarballs or JSONL/Parquet/HF data into Parquet shards on Ray
+    (one per input file, or per byte range of a multistream dump)."""
     from flows.ingest import ingest_flow
     from tasks.sources import check_local_inputs
 
@@ -44,7 +51,8 @@ def ingest(
         recipe = recipe_or_default(config)
         cfg = _ingest_config(
             recipe.ingest.model_dump(exclude={"inputs"}), inputs=input, extractor=extractor, languages=languages,
-            max_files=max_files, num_shards=num_shards, shard_index=shard_index,
+            max_files=max_files, num_shards=num_shards, shard_index=shard_index, kind=kind, source=source,
+            text_field=text_field, id_field=id_field,
         )
         ray_cfg = recipe.ray.model_copy(update={k: v for k, v in {"address": ray_address, "num_cpus": num_cpus}.items() if v})
     except ConfigError as error:
@@ -55,10 +63,13 @@ def ingest(
 
 
 def _print_ingest_summary(summary: dict, output: Path) -> None:
+    if set(summary.get("kinds", {})) <= {"warc"}:
+        read = f"{summary.get('html_responses', 0)} HTML responses"
+    else:
+        read = f"{summary.get('records_read', 0)} records ({', '.join(summary['kinds'])})"
     console.print(
-        f"[green]ingested[/green] {summary.get('documents', 0)} documents from {summary.get('html_responses', 0)} "
-        f"HTML responses in {summary['files']} file(s) ({summary.get('cache_hits', 0)} from cache), "
-        f"{summary['docs_per_s']} docs/s"
+        f"[green]ingested[/green] {summary.get('documents', 0)} documents from {read} in {summary['files']} "
+        f"file(s) or part(s) ({summary.get('cache_hits', 0)} from cache), {summary['docs_per_s']} docs/s"
     )
     for reason, count in summary["dropped"].items():
         console.print(f"  {reason}: {count}")

@@ -1,6 +1,7 @@
-"""Prefect flow: WARC files (local, https, s3, or a crawl id) to Parquet shards on Ray.
+"""Prefect flow: input files (WARC files local, https, s3, or a crawl id; a Wikipedia dump, an arXiv
+tarball, JSONL/Parquet/HF data) to Parquet shards on Ray.
 
-One Prefect task per input file. The task is retried on transient failures only,
+One Prefect task per input file, or per byte range of one (a multistream Wikipedia dump with its index). The task is retried on transient failures only,
 cached on (input identity, the config fields that change its output, code version,
 shard path), and idempotent: a shard is written under a temporary name and renamed
 when complete. The task itself runs the work as a Ray task, so the flow process only
@@ -23,13 +24,15 @@ from flows.stage import Pipeline, Stage
 from pretrain.config import IngestConfig, RayConfig
 from pretrain.paths import PathPolicy, redact_url
 from pretrain.provenance import stable_hash
-from tasks.ingest import ingest_input
+from tasks.ingest import ingest_input, input_kind
+from tasks.readers import READER_KINDS, WHOLE, Part, parts_of, reader
+from tasks.readers.detect import UnknownKind
 from tasks.sources import CRAWL_ID, InputFile, input_identity, resolve_inputs
 
 # Fields of IngestConfig that change a shard's content (inputs/selection and fetch
 # settings do not).
-OUTPUT_FIELDS = ("source", "extractor", "languages", "min_lang_score", "min_text_chars", "max_html_bytes",
-                 "max_html_depth")
+OUTPUT_FIELDS = ("kind", "source", "extractor", "languages", "min_lang_score", "min_text_chars", "max_html_bytes",
+                 "max_html_depth", "text_field", "id_field", "split_bytes")
 
 
 INGEST = ShardJob(name="ingest-shard", work=ingest_input, run_name="ingest-{label}", progress="ingest")
@@ -39,14 +42,40 @@ def output_fingerprint(config: IngestConfig) -> dict:
     return config.model_dump(include=set(OUTPUT_FIELDS))
 
 
-def ingest_shards(files: list[InputFile], out: Path, config: IngestConfig) -> list[Shard]:
-    """One task per input file, keyed on its identity, the output settings and its shard's path."""
-    shards = []
+def file_parts(item: InputFile, config: IngestConfig) -> list[Part]:
+    """How one input splits over tasks: byte ranges of a local multistream dump, else the whole file.
+
+    A file whose kind cannot be told is one task, which then fails with the reason (reported, not retried).
+    """
+    if item.kind != "local":
+        return [WHOLE]
+    try:
+        kind = input_kind(Path(item.uri), config)
+    except UnknownKind:
+        return [WHOLE]
+    return parts_of(kind, Path(item.uri), config) if kind in READER_KINDS else [WHOLE]
+
+
+def planned_shards(files: list[InputFile], config: IngestConfig) -> list[tuple[InputFile, Part, str]]:
+    """(input, part, shard name) of every task: a file in several parts gives shards <name>-0000, -0001, ..."""
+    planned = []
     for item, name in zip(files, shard_names(files)):
+        parts = file_parts(item, config)
+        planned += [(item, part, name if len(parts) == 1 else f"{name}-{part.index:04d}") for part in parts]
+    return planned
+
+
+def ingest_shards(planned: list[tuple[InputFile, Part, str]], out: Path, config: IngestConfig) -> list[Shard]:
+    """One task per input file or part, keyed on its identity, its byte range, the output settings and its
+    shard's path."""
+    shards = []
+    for item, part, name in planned:
         path = out / f"{name}.parquet"
-        shards.append(Shard(label=name, args={"item": item, "shard_path": path, "cfg": config},
-                            key=(input_identity(item), output_fingerprint(config), str(path)),
-                            outputs=(path,), shown_as=redact_url(item.uri)))
+        span = () if part.whole else ((part.index, part.count, part.start, part.end),)
+        shown = redact_url(item.uri) + ("" if part.whole else f" (part {part.index + 1} of {part.count})")
+        shards.append(Shard(label=name, args={"item": item, "shard_path": path, "cfg": config, "part": part},
+                            key=(input_identity(item), *span, output_fingerprint(config), str(path)),
+                            outputs=(path,), shown_as=shown))
     return shards
 
 
@@ -60,11 +89,11 @@ def shard_names(files: list[InputFile]) -> list[str]:
 
 
 def summarize(reports: list[dict], failures: list[dict], seconds: float) -> dict:
-    totals = Counter()
-    dropped = Counter()
+    totals, dropped, kinds = Counter(), Counter(), Counter()
     for report in reports:
         for key in ("records_read", "responses", "html_responses", "documents", "html_bytes", "text_bytes", "input_bytes"):
             totals[key] += report.get(key, 0)
+        kinds[report.get("kind", "warc")] += 1
         dropped.update(report.get("dropped", {}))
     return {
         "files": len(reports) + len(failures),
@@ -72,6 +101,7 @@ def summarize(reports: list[dict], failures: list[dict], seconds: float) -> dict
         "failed": failures,
         **dict(totals),
         "dropped": dict(sorted(dropped.items())),
+        "kinds": dict(sorted(kinds.items())),
         "seconds": round(seconds, 2),
         "docs_per_s": round(totals["documents"] / seconds, 1) if seconds > 0 else None,
         "shards": reports,
@@ -85,7 +115,7 @@ def funnel_markdown(summary: dict) -> str:
         "| stage | count |",
         "| --- | ---: |",
         f"| input files | {summary['files']} |",
-        f"| WARC records read | {summary.get('records_read', 0)} |",
+        f"| records read (WARC records, pages, papers, lines) | {summary.get('records_read', 0)} |",
         f"| responses | {summary.get('responses', 0)} |",
         f"| HTML 200 responses | {summary.get('html_responses', 0)} |",
         f"| documents kept | {summary.get('documents', 0)} |",
@@ -159,8 +189,9 @@ def _ingest(config: IngestConfig, run: StageRun, policy: PathPolicy | None) -> d
     if policy is not None:
         confine_files(policy, files)
     run.logger.info("ingesting %d input file(s) into %s", len(files), run.out)
-    run.claim(shard_names(files), ("*.parquet",))  # the folder holds this run's shards only
-    reports = sorted(run.map(INGEST, ingest_shards(files, run.out, config)), key=lambda r: r["shard"])
+    planned = planned_shards(files, config)
+    run.claim([name for _, _, name in planned], ("*.parquet",))  # the folder holds this run's shards only
+    reports = sorted(run.map(INGEST, ingest_shards(planned, run.out, config)), key=lambda r: r["shard"])
     summary = summarize(reports, run.failures, time.perf_counter() - started)
     summary["cache_hits"] = run.hits()
     run.logger.info(
@@ -168,8 +199,8 @@ def _ingest(config: IngestConfig, run: StageRun, policy: PathPolicy | None) -> d
         summary.get("documents", 0), summary.get("html_responses", 0), summary["files"], len(run.failures),
     )
     return run.finish(summary, config=redacted(config), inputs=[redact_url(item.uri) for item in files],
-                      code=INGEST.code_version(), total=len(files), what="input files",
-                      publish=publish)
+                      code=INGEST.code_version(), total=len(planned), what="input files" if len(planned) == len(files)
+                      else "input files and parts", publish=publish)
 
 
 def redacted(config: IngestConfig) -> dict:
@@ -199,5 +230,6 @@ STAGE = Stage(
     reasons=("no_http_headers", "http_status_not_200", "not_html", "html_too_large", "truncated_record",
              "corrupt_record", "content_length_mismatch", "content_encoding_error", "unsupported_content_encoding",
              "empty_file", "binary_content", "html_too_deep", "extraction_error", "empty_text", "text_too_short",
-             "language_not_selected", "lang_score_too_low"),  # tasks/warc.py, tasks/decode.py, tasks/ingest.py
+             "language_not_selected", "lang_score_too_low",  # tasks/warc.py, tasks/decode.py, tasks/ingest.py
+             *sorted({reason for kind in READER_KINDS for reason in reader(kind).REASONS})),  # tasks/readers/
 )

@@ -1,15 +1,19 @@
-"""One WARC file in, one Parquet shard out: the work of an ingestion task.
+"""One input file (or a byte range of one) in, one Parquet shard out: the work of an ingestion task.
 
-Plain functions, no Prefect: the flow wraps them with retries and caching, Ray runs
-them in parallel. Every record that does not become a document is counted by reason.
+A WARC goes through ``tasks.warc`` and the extractor; the curated kinds (a Wikipedia dump, an
+arXiv tarball, JSONL/Parquet/HF data) through their reader in ``tasks.readers``. Plain functions,
+no Prefect: the flow wraps them with retries and caching, Ray runs them in parallel. Every record
+that does not become a document is counted by reason.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections import Counter
 from pathlib import Path
+from urllib.parse import urlparse
 
 from pretrain.config import IngestConfig
 from pretrain.paths import redact_url
@@ -17,6 +21,8 @@ from tasks.decode import decode_html, looks_binary
 from tasks.extract import HtmlTooDeep, extract_text
 from tasks.fetch import fetch_to_file
 from tasks.langid import identify_language
+from tasks.readers import WHOLE, Part, Record, reader
+from tasks.readers.detect import UnknownKind, detect_kind
 from tasks.shards import ShardWriter
 from tasks.sources import InputFile
 from tasks.warc import CRAWL_RE, HtmlPage, iter_html_pages
@@ -44,24 +50,15 @@ def page_to_row(page: HtmlPage, cfg: IngestConfig, counts: Counter, meta: dict) 
         counts["extraction_error"] += 1
         return None
     text = text.strip()
-    if not text:
-        counts["empty_text"] += 1
+    kept = keep_text(text, cfg, counts)
+    if kept is None:
         return None
-    if len(text) < cfg.min_text_chars:
-        counts["text_too_short"] += 1
-        return None
-    lang, lang_score = identify_language(text)
-    if cfg.languages and lang not in cfg.languages:
-        counts["language_not_selected"] += 1
-        return None
-    if lang_score < cfg.min_lang_score:
-        counts["lang_score_too_low"] += 1
-        return None
+    lang, lang_score = kept
     counts["documents"] += 1
     counts["text_bytes"] += len(text.encode("utf-8"))
     return {
-        "id": document_id(cfg.source, page.record_id),
-        "source": cfg.source,
+        "id": document_id(meta["source"], page.record_id),
+        "source": meta["source"],
         "url": page.url,
         "crawl": meta.get("crawl"),
         "warc_path": meta["warc_path"],
@@ -77,7 +74,7 @@ def ingest_warc(local_path: Path, shard_path: Path, cfg: IngestConfig, *, warc_p
     """Stream one local WARC into one shard; return the shard's report."""
     started = time.perf_counter()
     counts: Counter = Counter()
-    meta: dict = {"warc_path": warc_path}
+    meta: dict = {"warc_path": warc_path, "source": cfg.source or "commoncrawl"}
     if crawl:
         meta["crawl"] = crawl
     with open(local_path, "rb") as stream, ShardWriter(shard_path) as writer:
@@ -107,16 +104,104 @@ def staging_dir(cfg: IngestConfig, output_dir: Path) -> Path:
     return Path(cfg.download.download_dir) if cfg.download.download_dir else output_dir / ".downloads"
 
 
-def ingest_input(item: InputFile, shard_path: Path, cfg: IngestConfig) -> dict:
-    """Fetch the input if it is remote, then ingest it; staged downloads are removed after."""
+def keep_text(text: str, cfg: IngestConfig, counts: Counter) -> tuple[str, float] | None:
+    """(language, score) of a text that passes the length and language settings; None, counted, if not."""
+    if not text:
+        counts["empty_text"] += 1
+        return None
+    if len(text) < cfg.min_text_chars:
+        counts["text_too_short"] += 1
+        return None
+    lang, lang_score = identify_language(text)
+    if cfg.languages and lang not in cfg.languages:
+        counts["language_not_selected"] += 1
+        return None
+    if lang_score < cfg.min_lang_score:
+        counts["lang_score_too_low"] += 1
+        return None
+    return lang, lang_score
+
+
+def source_tag(cfg: IngestConfig, kind: str, input_uri: str, record: Record | None = None) -> str:
+    """``cfg.source``; else the kind's (commoncrawl, wikipedia, arxiv); else the record's own; else the input's name."""
+    if cfg.source:
+        return cfg.source
+    if kind == "warc":
+        return "commoncrawl"
+    default = reader(kind).DEFAULT_SOURCE
+    if default:
+        return default
+    if record is not None and record.source:
+        return record.source
+    return InputFile(input_uri, "local", None).shard_name
+
+
+def record_to_row(record: Record, cfg: IngestConfig, kind: str, input_uri: str, counts: Counter) -> dict | None:
+    text = (record.text or "").strip()
+    kept = keep_text(text, cfg, counts)
+    if kept is None:
+        return None
+    source = source_tag(cfg, kind, input_uri, record)
+    counts["documents"] += 1
+    counts["text_bytes"] += len(text.encode("utf-8", "surrogatepass"))
+    return {"id": document_id(source, record.record_id), "source": source, "url": record.url, "crawl": None,
+            "warc_path": input_uri, "warc_record_id": record.record_id, "fetch_time": record.fetch_time,
+            "lang": kept[0], "lang_score": kept[1], "text": text}
+
+
+def ingest_records(local_path: Path, shard_path: Path, cfg: IngestConfig, kind: str, part: Part, *,
+                   input_uri: str) -> dict:
+    """Stream one curated input (or one part of it) through its reader into one shard; the shard's report."""
+    started = time.perf_counter()
+    counts: Counter = Counter()
+    resolved = cfg.model_copy(update={"kind": kind})
+    with ShardWriter(shard_path) as writer:
+        for record in reader(kind).read(local_path, part, resolved, counts):
+            row = record_to_row(record, cfg, kind, input_uri, counts)
+            if row is not None:
+                writer.write(row)
+    size = part.end - part.start if part.start is not None and part.end is not None else _size(local_path)
+    report = shard_report(counts, input_uri=input_uri, shard_path=shard_path, input_bytes=size,
+                          seconds=time.perf_counter() - started)
+    return {**report, "kind": kind, **({"part": [part.index, part.count]} if not part.whole else {})}
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def input_kind(path: Path, cfg: IngestConfig) -> str:
+    """``cfg.kind``, or the kind told from the content; a file named as a WARC whose content is no known kind is
+    read as one, so that its error says what is wrong with it as a WARC."""
+    if cfg.kind != "auto":
+        return cfg.kind
+    try:
+        return detect_kind(path)
+    except UnknownKind:
+        if path.name.endswith((".warc", ".warc.gz")):
+            return "warc"
+        raise
+
+
+def ingest_local(path: Path, shard_path: Path, cfg: IngestConfig, part: Part, *, input_uri: str,
+                 crawl: str | None) -> dict:
+    kind = input_kind(path, cfg)
+    if kind == "warc":
+        return ingest_warc(path, shard_path, cfg, warc_path=input_uri, crawl=crawl)
+    return ingest_records(path, shard_path, cfg, kind, part, input_uri=input_uri)
+
+
+def ingest_input(item: InputFile, shard_path: Path, cfg: IngestConfig, part: Part = WHOLE) -> dict:
+    """Fetch the input if it is remote, then ingest it (or its ``part``); staged downloads are removed after."""
     crawl = item.crawl or _crawl_in(item.uri)
     if item.kind == "local":
-        return ingest_warc(Path(item.uri), shard_path, cfg, warc_path=item.uri, crawl=crawl)
-    staged = staging_dir(cfg, shard_path.parent) / f"{item.shard_name}-{hashlib.sha256(item.uri.encode()).hexdigest()[:8]}.warc.gz"
+        return ingest_local(Path(item.uri), shard_path, cfg, part, input_uri=item.uri, crawl=crawl)
+    name = os.path.basename(urlparse(item.uri).path.rstrip("/")) or "input"
+    staged = staging_dir(cfg, shard_path.parent) / f"{hashlib.sha256(item.uri.encode()).hexdigest()[:8]}-{name}"
     staged.parent.mkdir(parents=True, exist_ok=True)
     fetch_to_file(item.uri, staged, cfg.download)
     try:  # credentials in a URL (user:password@) never reach documents or reports
-        return ingest_warc(staged, shard_path, cfg, warc_path=redact_url(item.uri), crawl=crawl)
+        return ingest_local(staged, shard_path, cfg, part, input_uri=redact_url(item.uri), crawl=crawl)
     finally:
         if not cfg.download.keep_downloads:
             staged.unlink(missing_ok=True)

@@ -1,4 +1,8 @@
-"""Turn ``IngestConfig.inputs`` (crawl ids, URLs, local paths and globs) into input files."""
+"""Turn ``IngestConfig.inputs`` (crawl ids, URLs, local paths, folders and globs) into input files.
+
+A folder stands for the input files in it of the kind asked for (``IngestConfig.kind``; auto: any
+kind the readers know), and a Hugging Face dataset saved to disk for its Arrow files, every split's.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +18,20 @@ from urllib.parse import urlparse
 
 from pretrain.config import DownloadConfig, IngestConfig
 from tasks.fetch import open_remote_lines, read_remote_bytes
+from tasks.readers.detect import is_hf_dataset
 
 CRAWL_ID = re.compile(r"^CC-MAIN-\d{4}-\d{2}$")
 _CRAWL_IN_PATH = re.compile(r"CC-MAIN-\d{4}-\d{2}(?!\d)")
-_WARC_SUFFIXES = (".warc.gz", ".warc", ".gz")
+_NAME_SUFFIXES = (".warc.gz", ".warc", ".xml.bz2", ".xml", ".jsonl.gz", ".jsonl.zst", ".jsonl", ".json.gz", ".json",
+                  ".parquet", ".arrow", ".tar", ".gz", ".bz2", ".zst")  # what a shard's name leaves out
+KIND_PATTERNS = {
+    "warc": ("*.warc.gz", "*.warc"),
+    "wikipedia": ("*pages-articles*.xml", "*pages-articles*.xml.bz2", "*.xml", "*.xml.bz2"),
+    "arxiv": ("*.tar",),
+    "jsonl": ("*.jsonl", "*.jsonl.gz", "*.jsonl.zst", "*.json.gz"),
+    "parquet": ("*.parquet",),
+    "hf": ("*.arrow",),
+}
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 Kind = Literal["local", "http", "s3"]
@@ -34,7 +48,7 @@ class InputFile:
         """Basename without ``.warc.gz``/``.warc``/``.gz``; callers resolve collisions."""
         path = self.uri if self.kind == "local" else urlparse(self.uri).path
         name = os.path.basename(path.rstrip("/"))
-        for suffix in _WARC_SUFFIXES:
+        for suffix in _NAME_SUFFIXES:
             if name.endswith(suffix) and len(name) > len(suffix):
                 return name[: -len(suffix)]
         return name
@@ -73,15 +87,36 @@ def _listing_base(url: str) -> str:
     return f"{parsed.scheme}://{parsed.netloc}"
 
 
-def _warcs_in_dir(directory: Path) -> list[str]:
+def _files_in_dir(directory: Path, kind: str = "warc") -> list[str]:
+    """The input files of ``kind`` in a folder (auto: of any kind); a Hugging Face dataset's Arrow files."""
+    if kind in ("auto", "hf") and is_hf_dataset(directory):
+        return hf_dataset_files(directory)
+    patterns = sorted({p for ps in KIND_PATTERNS.values() for p in ps}) if kind == "auto" else KIND_PATTERNS[kind]
     # Not only regular files: a FIFO or socket named *.warc.gz is refused by name, never skipped silently.
-    found = {str(p) for pattern in ("*.warc.gz", "*.warc") for p in directory.glob(pattern) if not p.is_dir()}
+    found = {str(p) for pattern in patterns for p in directory.glob(pattern) if not p.is_dir()}
     if not found:
-        raise FileNotFoundError(f"input directory {str(directory)!r} holds no *.warc.gz or *.warc files")
+        listed = " or ".join(patterns) if kind != "auto" else "files of a kind the readers know"
+        raise FileNotFoundError(f"input directory {str(directory)!r} holds no {listed}")
     return sorted(found)
 
 
-def _expand_local(entry: str) -> list[InputFile]:
+def hf_dataset_files(folder: Path) -> list[str]:
+    """The Arrow files of a ``save_to_disk`` folder: ``state.json``'s data files, every split's for a DatasetDict."""
+    if (folder / "dataset_dict.json").is_file():
+        splits = json.loads((folder / "dataset_dict.json").read_text()).get("splits", [])
+        return [path for split in splits for path in hf_dataset_files(folder / split)]
+    try:
+        state = json.loads((folder / "state.json").read_text())
+        files = [str(folder / entry["filename"]) for entry in state["_data_files"]]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{folder}: not a readable Hugging Face dataset folder (state.json: {error})") from None
+    missing = [path for path in files if not os.path.isfile(path)]
+    if missing:
+        raise FileNotFoundError(f"{folder}: state.json lists Arrow files that are not there: {missing}")
+    return files
+
+
+def _expand_local(entry: str, kind: str = "warc") -> list[InputFile]:
     pattern = os.path.expanduser(entry.removeprefix("file://"))
     if _GLOB_CHARS.search(pattern):
         matches = sorted(glob.glob(pattern, recursive=True))
@@ -91,7 +126,7 @@ def _expand_local(entry: str) -> list[InputFile]:
         raise FileNotFoundError(f"input {entry!r} matches no file")
     paths: list[str] = []
     for match in matches:
-        paths.extend(_warcs_in_dir(Path(match)) if os.path.isdir(match) else [match])
+        paths.extend(_files_in_dir(Path(match), kind) if os.path.isdir(match) else [match])
     for path in paths:
         _check_regular_file(path)
     return [InputFile(os.path.abspath(p), "local", crawl_of(os.path.abspath(p))) for p in paths]
@@ -108,7 +143,8 @@ def _check_regular_file(path: str) -> None:
     if stat.S_ISREG(mode):
         return
     kind = next((name for is_kind, name in _NOT_REGULAR if is_kind(mode)), "a special file")
-    raise ValueError(f"input {path!r} is {kind}, not a regular file: give WARC files (.warc.gz or .warc)")
+    raise ValueError(f"input {path!r} is {kind}, not a regular file: give WARC files (.warc.gz or .warc), or the "
+                     f"files of another kind the readers know")
 
 
 def _is_local(entry: str) -> bool:
@@ -122,7 +158,7 @@ def _expand_entry(entry: str, cfg: IngestConfig) -> list[InputFile]:
         base = cfg.cc_base_url.rstrip("/")
         return _expand_paths_listing(f"{base}/crawl-data/{entry}/warc.paths.gz", base, cfg)
     if _is_local(entry):
-        return _expand_local(entry)
+        return _expand_local(entry, cfg.kind)
     kind = _remote_kind(entry)
     if entry.endswith(".paths.gz"):
         return _expand_paths_listing(entry, _listing_base(entry), cfg)
@@ -135,7 +171,7 @@ def check_local_inputs(cfg: IngestConfig) -> None:
     for entry in cfg.inputs:
         entry = entry.strip()
         if not CRAWL_ID.match(entry) and _is_local(entry):
-            _expand_local(entry)
+            _expand_local(entry, cfg.kind)
 
 
 def resolve_inputs(cfg: IngestConfig) -> list[InputFile]:
