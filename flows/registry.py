@@ -7,7 +7,7 @@ checks against this list).
 
 from __future__ import annotations
 
-from flows import decontaminate, dedup, eval, filter, ingest, quality, tokenize, train
+from flows import decontaminate, dedup, eval, filter, ingest, quality, sources, tokenize, train
 from flows.stage import Stage
 
 STAGES: tuple[Stage, ...] = (
@@ -15,6 +15,7 @@ STAGES: tuple[Stage, ...] = (
     filter.STAGE,
     dedup.STAGE,
     quality.STAGE,
+    sources.STAGE,
     decontaminate.STAGE,
     tokenize.STAGE,
     train.STAGE,

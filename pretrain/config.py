@@ -724,6 +724,14 @@ class PipelineConfig(_Model):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     export_hf: bool = Field(True, description="Export the trained model as a Hugging Face folder (OUTPUT/train/hf).")
+
+    @field_validator("sources")
+    @classmethod
+    def _branch_names(cls, sources: dict[str, SourceBranch]) -> dict[str, SourceBranch]:
+        bad = [name for name in sources if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name)]
+        if bad:
+            raise ValueError(f"source branch names are folder names (letters, digits, _ . -, at most 64): {bad}")
+        return sources
     plan_model_size: bool = Field(
         False, description="Pick the model from the training tokens obtained with the scaling planner "
                            "(models.scaling: compute-optimal size, closest shape), instead of train.model_size.",
