@@ -79,7 +79,8 @@ def measure(folder: Path, templates: Path, documents: list[str], args) -> dict:
     pairs = [(f"doc-{i}", text) for i, text in enumerate(documents)]
     synth.generate(pairs[:2])  # warm-up
     started = time.perf_counter()
-    ours = [g for start in range(0, len(pairs), args.batch_size) for g in synth.generate(pairs[start:start + args.batch_size])]
+    ours = [generation for start in range(0, len(pairs), args.batch_size)
+            for generation in synth.generate(pairs[start:start + args.batch_size])]
     ours_s = time.perf_counter() - started
     prompts = prompts_for(synth, documents)
     plain_loop(folder, prompts[:2], config)  # warm-up (and its load)

@@ -64,16 +64,16 @@ def synthesize_shards(shards: list[Path], out: Path, config: SynthesizeConfig, t
                   shown_as=str(shard)) for shard in shards]
 
 
-def job_for(config: SynthesizeConfig, shards: int) -> ShardJob:
-    """On CUDA each actor asks Ray for its share of the GPUs (the runner starts one actor per CPU, at most
-    one per shard); on CPU, one CPU each."""
+def job_for(config: SynthesizeConfig, shards: int) -> tuple[ShardJob, float]:
+    """(the job, each actor's share of a GPU): on CUDA each actor asks Ray for its share of the GPUs (the
+    runner starts one actor per CPU, at most one per shard); on CPU, one CPU each."""
     if not resolve_device(config.device).startswith("cuda"):
-        return SYNTHESIZE
+        return SYNTHESIZE, 1.0
     import ray
 
     gpus = ray.cluster_resources().get("GPU", 0)
-    actors = max(1, min(shards, cluster_cpus()))
-    return dataclasses.replace(SYNTHESIZE, ray_options={"num_gpus": min(1.0, gpus / actors)} if gpus else {})
+    share = min(1.0, gpus / max(1, min(shards, cluster_cpus())))
+    return (dataclasses.replace(SYNTHESIZE, ray_options={"num_gpus": share}), share) if gpus else (SYNTHESIZE, 1.0)
 
 
 def summarize(reports: list[dict], failures: list[dict], hits: int, seconds: float, loads: list[dict]) -> dict:
@@ -110,9 +110,10 @@ def _synthesize(config: SynthesizeConfig, template: Template, shards: list[Path]
     folder = resolve_model(config.model, run.logger.info)
     run.logger.info("synthesizing %d shard(s) from %s into %s: model %s, template %s, seed %d", len(shards),
                     input_dir, run.out, folder, template.name, config.seed)
-    job = job_for(config, len(shards))
+    job, gpu_share = job_for(config, len(shards))
     reports = run.map(job, synthesize_shards(shards, run.out, config, template, model_identity(folder)),
-                      holder_args={"model_dir": str(folder), "config": config}, ask=model_loads)
+                      holder_args={"model_dir": str(folder), "config": config, "gpu_share": gpu_share},
+                      ask=model_loads)
     summary = summarize(reports, run.failures, run.hits(), time.perf_counter() - started, run.answers)
     run.logger.info("synthesize: %d documents from %d (%d empty generations)", summary["documents"],
                     summary["documents_in"], summary["empty_generation"])

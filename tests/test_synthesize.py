@@ -145,7 +145,8 @@ def test_a_shard_gives_one_row_per_document_and_counts_empty_generations(exporte
     assert report["documents_in"] == report["documents"] == 3 and report["empty_generation"] == 3
     assert [row["parent_id"] for row in out] == ["doc-0-0", "doc-0-1", "doc-0-2"]
     assert [row["id"] for row in out] == [synthetic_id(f"doc-0-{i}", "short", 0) for i in range(3)]
-    assert {(row["source"], row["template"], row["text"], row["lang"]) for row in out} == {("synthetic", "short", "", "en")}
+    assert {(row["source"], row["template"], row["text"], row["lang"]) for row in out} == {
+        ("synthetic", "short", "", "en")}
     assert [row["url"] for row in out] == [f"https://example.com/0/{i}" for i in range(3)]
 
 

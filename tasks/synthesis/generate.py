@@ -70,13 +70,13 @@ def choose_backend(config: SynthesizeConfig) -> str:
 class Synthesizer:
     """One Ray actor's model and tokenizer (``ShardJob.holder``): loaded when the actor starts."""
 
-    def __init__(self, model_dir: str, config: SynthesizeConfig):
+    def __init__(self, model_dir: str, config: SynthesizeConfig, gpu_share: float = 1.0):
         self.config = config
         self.template = load_template(config.template, config.templates_dir)
         self.backend = choose_backend(config)
         self.model = load_causal_lm(Path(model_dir), resolve_device(config.device), weights=self.backend != "vllm")
         self.prompt = PromptBuilder(self.model.tokenizer, self.template, config, self.model.max_length)
-        self.vllm = VllmEngine(model_dir, config) if self.backend == "vllm" else None
+        self.vllm = VllmEngine(model_dir, config, gpu_share) if self.backend == "vllm" else None
 
     def generate(self, documents: list[tuple[str, str]]) -> list[Generation]:
         """(document id, text) pairs -> their generations, in order."""
@@ -223,13 +223,14 @@ def load_causal_lm(folder: Path, device: str, weights: bool = True) -> CausalLM:
 class VllmEngine:
     """The same prompts through vLLM, one ``SamplingParams`` (with the document's seed) per prompt."""
 
-    def __init__(self, model_dir: str, config: SynthesizeConfig):
+    def __init__(self, model_dir: str, config: SynthesizeConfig, gpu_share: float):
         try:
             from vllm import LLM
         except ImportError as error:
             raise ValueError(f"synthesize.backend vllm: vLLM does not import ({error}); use backend "
                              "transformers or auto") from None
-        self.llm = LLM(model=model_dir, seed=config.seed, dtype="auto")
+        # several actors may share a GPU: each takes its share of vLLM's default 0.9 of the memory
+        self.llm = LLM(model=model_dir, seed=config.seed, dtype="auto", gpu_memory_utilization=0.9 * gpu_share)
         LOADS["models"] += 1
 
     def generate(self, prompts: list[list[int]], seeds: list[int], config: SynthesizeConfig) -> list[list[int]]:
