@@ -88,9 +88,12 @@ def dump_pages(n_articles: int) -> tuple[list[str], dict[str, str]]:
     """Page XML (articles interleaved with the pages that are skipped) and the expected text per page id."""
     paragraphs = book_paragraphs(3 * n_articles)
     skipped = [
-        lambda i: page_xml(i, "Pride & Prejudice", "#REDIRECT [[Pride and Prejudice]]", redirect="Pride and Prejudice"),
-        lambda i: page_xml(i, "Pride and prejudice", "#redirect [[Pride and Prejudice]] {{R from other capitalisation}}"),
-        lambda i: page_xml(i, "Talk:Pride and Prejudice", "== Sources ==\nThe plot section needs citations. ~~~~", ns=1),
+        lambda i: page_xml(i, "Pride & Prejudice", "#REDIRECT [[Pride and Prejudice]]",
+                           redirect="Pride and Prejudice"),
+        lambda i: page_xml(i, "Pride and prejudice",
+                           "#redirect [[Pride and Prejudice]] {{R from other capitalisation}}"),
+        lambda i: page_xml(i, "Talk:Pride and Prejudice", "== Sources ==\nThe plot section needs citations. ~~~~",
+                           ns=1),
         lambda i: page_xml(i, "User:Editor", "I edit articles about novels.", ns=2),
         lambda i: page_xml(i, "File:PrideAndPrejudiceTitlePage.jpg", "Title page of the 1813 edition.", ns=6),
         lambda i: page_xml(i, "Bennet", "'''Bennet''' may refer to:\n* [[Elizabeth Bennet]]\n* [[Jane Bennet]]\n"
@@ -191,16 +194,20 @@ def test_multistream_parts_give_the_single_read(tmp_path, corpus):
     assert wikipedia.parts(path, IngestConfig(split_bytes=1 << 30)) == [WHOLE]
 
 
-def test_localized_file_and_category_links_are_dropped(tmp_path):
+def test_localized_file_and_category_links_are_dropped_in_a_schema_0_10_export(tmp_path):
+    header = HEADER.replace("export-0.11", "export-0.10").replace('version="0.11"', 'version="0.10"')
     siteinfo = SITEINFO.replace(">File<", ">Datei<").replace(">Category<", ">Kategorie<")
-    siteinfo = siteinfo.replace("https://en.wikipedia.org/wiki/Main_Page", "https://de.wikipedia.org/wiki/Wikipedia:Hauptseite")
+    siteinfo = siteinfo.replace("https://en.wikipedia.org/wiki/Main_Page",
+                                "https://de.wikipedia.org/wiki/Wikipedia:Hauptseite")
     text = ("'''Stolz und Vorurteil''' ist ein Roman von [[Jane Austen]].\n[[Datei:Titel.jpg|mini|Titelblatt]]\n"
             "[[Bild:Karte.png|mini|Karte]]\n[[Kategorie:Roman]]\n[[en:Pride and Prejudice]]")
     path = tmp_path / "dewiki.xml"
-    path.write_text(HEADER.replace(SITEINFO, siteinfo) + page_xml(5, "Stolz und Vorurteil", text) + FOOTER,
+    text += "\nEr erschien 1813.<br />In drei Bänden."
+    path.write_text(header.replace(SITEINFO, siteinfo) + page_xml(5, "Stolz und Vorurteil", text) + FOOTER,
                     encoding="utf-8")
     records, counts = read_all(path)
-    assert [r.text for r in records] == ["Stolz und Vorurteil ist ein Roman von Jane Austen."]
+    assert [r.text for r in records] == ["Stolz und Vorurteil ist ein Roman von Jane Austen.\n\n"
+                                         "Er erschien 1813.\nIn drei Bänden."]
     assert records[0].url == "https://de.wikipedia.org/wiki/Stolz_und_Vorurteil"
     assert dict(counts) == {"records_read": 1}
 

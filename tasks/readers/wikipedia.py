@@ -39,7 +39,8 @@ FILE_ALIASES = ("file", "image", "category", "media", "bild", "fichier", "imagen
 # Disambiguation and set-index templates of the English Wikipedia (Template:Disambiguation and its
 # redirects; Wikipedia:Set index articles); any "<topic> disambiguation" template is one too.
 DISAMBIGUATION_TEMPLATES = frozenset({
-    "disambiguation", "disambig", "dab", "disamb", "dis", "hndis", "geodis", "numberdis", "letter-numbercombdisambig",
+    "disambiguation", "disambig", "dab", "disamb", "dis", "hndis", "geodis", "numberdis",
+    "letter-numbercombdisambig",
     "set index article", "sia", "set index",
 })
 DROPPED_TAGS = frozenset({"ref", "references", "table", "gallery", "math", "chem", "score", "timeline", "graph",
@@ -337,8 +338,11 @@ def _tag_text(tag: Tag, site: Site) -> str:
     if name in DROPPED_TAGS:
         return ""
     if name in LINE_TAGS:
-        inner = "" if tag.self_closing or tag.contents is None else _render(tag.contents.nodes, site)
-        return inner if tag.wiki_markup else "\n" + inner + "\n"
+        if tag.wiki_markup:  # a list or definition marker: the item's text follows it on its line
+            return ""
+        if tag.self_closing or tag.contents is None:  # <br />
+            return "\n"
+        return "\n" + _render(tag.contents.nodes, site) + "\n"
     if tag.contents is None:
         return ""
     return _render(tag.contents.nodes, site)
