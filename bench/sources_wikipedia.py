@@ -113,14 +113,12 @@ def run_wikiextractor(path: Path, out: Path) -> dict:
     return {"docs": docs, "cpu_s": cpu, "wall_s": wall}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    args.add_argument("--pages", type=int, default=3000)
-    opts = args.parse_args(argv)
+def main(pages: int = 3000) -> dict:
+    """Build a dump of ``pages`` pages, time both extractors on it, print the rates and their ratios."""
     with tempfile.TemporaryDirectory(prefix="bench-wiki-") as tmp:
         dump = Path(tmp) / "enwiki-bench-pages-articles.xml.bz2"
-        xml_bytes = build_dump(dump, opts.pages)
-        print(f"dump: {opts.pages} pages, {xml_bytes / 1e6:.1f} MB of XML, {dump.stat().st_size / 1e6:.1f} MB bz2")
+        xml_bytes = build_dump(dump, pages)
+        print(f"dump: {pages} pages, {xml_bytes / 1e6:.1f} MB of XML, {dump.stat().st_size / 1e6:.1f} MB bz2")
         results = {"ours": run_ours(dump), "wikiextractor": run_wikiextractor(dump, Path(tmp) / "wikiextractor")}
     for name, r in results.items():
         if "error" in r:
@@ -140,4 +138,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pages", type=int, default=3000)
+    main(parser.parse_args().pages)
