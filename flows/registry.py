@@ -7,12 +7,13 @@ checks against this list).
 
 from __future__ import annotations
 
-from flows import decontaminate, dedup, eval, filter, ingest, quality, sources, tokenize, train
+from flows import decontaminate, dedup, eval, filter, ingest, pii, quality, sources, tokenize, train
 from flows.stage import Stage
 
 STAGES: tuple[Stage, ...] = (
     ingest.STAGE,
     filter.STAGE,
+    pii.STAGE,
     dedup.STAGE,
     quality.STAGE,
     sources.STAGE,

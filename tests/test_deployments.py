@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from flows import registry
 import yaml
 
 from pretrain.config import PipelineConfig, load_recipe
@@ -87,8 +89,8 @@ def test_pretrain_deployment_runs_from_the_api_then_reruns_from_cache(prefect_se
     first = run_pretrain(rest, parameters, worker, "first")
     FIRST_RUN.update(first)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["cache_hits"] == dict.fromkeys(["ingest", "filter", "dedup", "quality", "decontaminate", "tokenize",
-                                                   "train", "eval"], False)
+    assert summary["cache_hits"] == dict.fromkeys(registry.names(), False)
+    assert len(registry.names()) == 10
     assert (Path(summary["model"]["hf_dir"]) / "model.safetensors").is_file()
     assert summary["model"]["steps"] == 20 and 0 < summary["model"]["val_loss"] < 6.0
     keys = {artifact["key"] for artifact in rest.artifacts(first["id"])}
@@ -101,10 +103,9 @@ def test_pretrain_deployment_runs_from_the_api_then_reruns_from_cache(prefect_se
     tree = rest.flow_run_tree(second["id"])
     tasks = rest.task_runs(tree)
     assert tree == [second["id"]]  # no stage started a subflow
-    assert sorted(t["name"] for t in tasks) == sorted(["dedup", "filter", "ingest", "quality", "decontaminate",
-                                                       "tokenize", "train", "eval"])
+    assert sorted(t["name"] for t in tasks) == sorted(registry.names())
     assert {t["state_name"] for t in tasks} == {"Cached"}
-    assert json.loads((out / "summary.json").read_text())["cached_stages"] == 8
+    assert json.loads((out / "summary.json").read_text())["cached_stages"] == 10
     print(f"\npretrain deployment: first run {run_seconds(first):.1f} s ({len(first_tasks)} task runs), "
           f"second run {run_seconds(second):.1f} s ({len(tasks)} task runs, all Cached), "
           f"ratio {run_seconds(second) / run_seconds(first):.2f}")

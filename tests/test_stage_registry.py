@@ -24,13 +24,14 @@ from pretrain.config import PipelineConfig, load_recipe
 
 def test_until_offers_exactly_the_registered_stages():
     assert typing.get_args(PipelineConfig.model_fields["until"].annotation) == registry.names()
-    assert registry.names() == ("ingest", "filter", "dedup", "quality", "decontaminate", "tokenize", "train", "eval")
+    assert registry.names() == ("ingest", "filter", "pii", "dedup", "quality", "sources", "decontaminate", "tokenize",
+                                "train", "eval")
 
 
 def test_each_stage_declares_its_folder_products_and_code():
     folders = {stage.name: stage.folder for stage in registry.STAGES}
-    assert folders == {"ingest": "ingest", "filter": "filter", "dedup": "dedup", "quality": "quality",
-                       "decontaminate": "decontaminate", "tokenize": "tokens", "train": "train", "eval": "eval"}
+    assert folders == {"ingest": "ingest", "filter": "filter", "pii": "pii", "dedup": "dedup", "quality": "quality",
+                       "sources": "sources", "decontaminate": "decontaminate", "tokenize": "tokens", "train": "train", "eval": "eval"}
     for stage in registry.STAGES:
         assert f"flows.{stage.name}" in stage.code_modules
         assert stage.products and "+" in stage.code_version()
@@ -43,7 +44,7 @@ def test_each_stage_declares_its_folder_products_and_code():
 def test_unknown_stage_is_an_error_naming_the_stages():
     with pytest.raises(KeyError, match="no stage 'synthesize'; the stages are ingest, filter, dedup"):
         registry.stage("synthesize")
-    assert [stage.name for stage in registry.until("dedup")] == ["ingest", "filter", "dedup"]
+    assert [stage.name for stage in registry.until("dedup")] == ["ingest", "filter", "pii", "dedup"]
     with pytest.raises(ValueError, match="stage copy: reads is None .* or 'previous', not 'dedup'"):
         Stage(name="copy", folder="copy", products=("*.parquet",), run=passthrough_stage.run_in_pipeline,
               reads="dedup")  # what a stage reads is the registry's order, not a name
@@ -56,10 +57,10 @@ def stage_records(root: Path, names) -> dict[str, dict]:
 @pytest.mark.integration
 def test_a_registered_pass_through_stage_runs_in_the_end_to_end_flow(services, tmp_path, monkeypatch):
     stages = registry.STAGES
-    monkeypatch.setattr(registry, "STAGES", (*stages[:3], passthrough_stage.STAGE, *stages[3:]))
+    monkeypatch.setattr(registry, "STAGES", (*stages[:4], passthrough_stage.STAGE, *stages[4:]))
     root = tmp_path / "run"
     cfg = load_recipe("local", [f"output_dir={root}", "ray.num_cpus=2", "until=quality"])
-    ran = ["ingest", "filter", "dedup", "passthrough", "quality"]
+    ran = ["ingest", "filter", "pii", "dedup", "passthrough", "quality"]
 
     first = pretrain_flow(config=cfg)
     assert first["cache_hits"] == dict.fromkeys(ran, False)
