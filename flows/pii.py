@@ -37,6 +37,7 @@ def summarize(reports: list[dict], failures: list[dict], hits: int, seconds: flo
         totals.update({key: report[key] for key in ("documents_in", "documents_changed", *KINDS)})
     return {"shards": len(reports) + len(failures), "shards_written": len(reports), "failed": failures,
             "documents_in": totals["documents_in"], "documents": totals["documents_in"],
+            "documents_kept": totals["documents_in"],  # every row is kept, only its text may change
             "documents_changed": totals["documents_changed"], "masked": {kind: totals[kind] for kind in KINDS},
             "cache_hits": hits, "seconds": round(seconds, 2),
             "docs_per_s": round(totals["documents_in"] / seconds, 1) if seconds > 0 else None,

@@ -20,6 +20,7 @@ North American one with its separators.
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import re
 import time
@@ -41,7 +42,7 @@ _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])"  # no leading z
 _QUAD = rf"{_OCTET}(?:\.{_OCTET}){{3}}"
 
 EMAIL = re.compile(
-    rf"(?<![a-z0-9!#$%&'*+/=?^_`{{|}}~-])"  # the whole local part, not its tail
+    rf"(?<!{_ATOM[:-1]})(?<!{_ATOM[:-1]}\.)"  # the whole local part, not its tail (nor each tail of a dotted run)
     rf"{_ATOM}(?:\.{_ATOM})*@(?:(?:{_LABEL}\.)+[a-z](?:[a-z0-9-]*[a-z0-9])?|\[{_QUAD}\])"
     r"(?![a-z0-9-])",
     re.IGNORECASE)
@@ -85,11 +86,12 @@ def find_pii(text: str, config: PiiConfig) -> list[Span]:
         found += _public_ips(text)
     if config.phones:
         found += [Span(m.start(), m.end(), "phones") for m in PHONE.finditer(text)]
-    spans: list[Span] = []
+    spans: list[Span] = []  # in text order, none overlapping
     for span in sorted(found, key=lambda s: (KINDS.index(s.kind), s.start)):
-        if not any(span.start < kept.end and kept.start < span.end for kept in spans):
-            spans.append(span)
-    return sorted(spans, key=lambda s: s.start)
+        at = bisect.bisect_left(spans, span.start, key=lambda kept: kept.start)
+        if (at == 0 or spans[at - 1].end <= span.start) and (at == len(spans) or span.end <= spans[at].start):
+            spans.insert(at, span)
+    return spans
 
 
 def _public_ips(text: str) -> list[Span]:

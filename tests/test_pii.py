@@ -95,6 +95,7 @@ def test_every_planted_look_alike_is_kept_and_every_planted_address_found():
     for token, kind in PLANTS:
         spans = find_pii(f"see {token} here", PiiConfig())
         assert [span.kind for span in spans] == ([kind] if kind else []), token
+    assert mask_pii("to a.b.c@d.org, and x..y@d.org", PiiConfig())[0] == "to email@example.com, and x..email@example.com"
     assert not is_public("2001:db8::1") and not is_public("ff02::1") and is_public("::ffff:8.8.8.8")
 
 
