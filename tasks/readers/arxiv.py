@@ -25,6 +25,8 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
+from tasks.readers.records import Record
+
 DEFAULT_SOURCE = "arxiv"
 REASONS: tuple[str, ...] = ("pdf_only", "no_main_tex", "unreadable_paper", "no_section", "empty_text")
 
@@ -61,10 +63,8 @@ def arxiv_id(name: str) -> str | None:
     return None
 
 
-def read(path: Path, part, cfg, counts: Counter) -> Iterator:
+def read(path: Path, part, cfg, counts: Counter) -> Iterator[Record]:
     """The cleaned papers of a bulk source tarball, or of one paper's ``.gz`` (its id from the file name)."""
-    from tasks.readers import Record
-
     path = Path(path)
     if not _is_bulk(path):
         counts["records_read"] += 1

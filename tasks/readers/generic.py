@@ -19,12 +19,14 @@ import pyarrow as pa
 import pyarrow.ipc
 import pyarrow.parquet as pq
 
+from tasks.readers.records import Record
+
 DEFAULT_SOURCE = None
 REASONS: tuple[str, ...] = ("bad_json", "missing_text_field", "text_not_string", "empty_text")
 BATCH_ROWS = 1024
 
 
-def read(path: Path, part, cfg, counts: Counter) -> Iterator:
+def read(path: Path, part, cfg, counts: Counter) -> Iterator[Record]:
     path = Path(path)
     if cfg.kind == "jsonl":
         rows = _jsonl_rows(path, counts)
@@ -40,8 +42,6 @@ def read(path: Path, part, cfg, counts: Counter) -> Iterator:
 
 def _records(rows: Iterable[tuple[int, dict | None]], label: str, cfg, counts: Counter) -> Iterator:
     """(position, row or None for an unparsable line) -> Records, one reason counted per row skipped."""
-    from tasks.readers import Record
-
     for position, row in rows:
         counts["records_read"] += 1
         if row is None:
