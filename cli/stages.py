@@ -277,19 +277,36 @@ def tokenize(
     tokenizer: Optional[Path] = typer.Option(None, help="Use this tokenizer.json instead of training one."),
     vocab_size: Optional[int] = typer.Option(None, help="Vocabulary of the trained BPE tokenizer (default 32000)."),
     weights: list[str] = typer.Option([], help="Mixture weight per source: source=w (one or more, or comma-separated)."),
+    mixture: list[str] = typer.Option([], help="Share of the train tokens per source, summing to 1: "
+                                               "source=share (comma-separated), e.g. cc=0.5,wikipedia=0.3,arxiv=0.2."),
+    max_epochs: list[str] = typer.Option([], help="With --mixture: the most passes a share may need, per source: "
+                                                  "source=epochs (default 4)."),
+    total_tokens: Optional[int] = typer.Option(None, help="With --mixture: train tokens of the mixture (default: as "
+                                                          "many as the sources hold once)."),
     config: Optional[Path] = typer.Option(None, help="A recipe YAML; its `tokenize` section gives defaults."),
     num_cpus: Optional[int] = typer.Option(None, help="CPUs for the local Ray instance."),
 ) -> None:
     """Train (or load) a byte-level BPE tokenizer and write packed token shards on Ray."""
     from flows.tokenize import tokenize_flow
+    from tasks.mixture import parse_source_numbers
     from tasks.tokenize import parse_weights
 
     if tokenizer and vocab_size:
         fail("give --tokenizer or --vocab-size, not both (a given tokenizer has its own vocabulary)")
+    if weights and mixture:
+        fail("give --weights (copies per document) or --mixture (shares of tokens), not both")
+    if (max_epochs or total_tokens) and not mixture:
+        fail("--max-epochs and --total-tokens go with --mixture")
     try:
         recipe = recipe_or_default(config)
         updates = {k: v for k, v in {"tokenizer": str(tokenizer) if tokenizer else None, "vocab_size": vocab_size,
                                      "weights": parse_weights(weights) if weights else None}.items() if v is not None}
+        if mixture:  # its shares replace the recipe's mixture and weights
+            base = recipe.tokenize.mixture.model_dump()
+            updates["weights"] = {}
+            updates["mixture"] = {**base, "shares": parse_source_numbers(mixture, "--mixture"),
+                                  "max_epochs": parse_source_numbers(max_epochs, "--max-epochs") if max_epochs
+                                  else base["max_epochs"], "total_tokens": total_tokens or base["total_tokens"]}
         cfg = validate_config(TokenizeConfig, {**recipe.tokenize.model_dump(), **updates}, prefix="tokenize.")
     except (ConfigError, ValueError) as error:
         fail(str(error))
@@ -300,6 +317,11 @@ def tokenize(
     console.print(f"[green]tokenized[/green] {summary['documents']} documents: {summary['tokens']['train']} train and "
                   f"{summary['tokens']['val']} validation tokens ({summary['tokens_per_s']} tokens/s, "
                   f"{summary['cache_hits']} shard(s) from cache); index in {output / 'index.json'}")
+    if summary.get("mixture"):
+        record = summary["mixture"]
+        console.print("mixture: " + ", ".join(f"{source} {record['realized'][source]:.2%} (target {target:.2%}, "
+                                              f"{record['epochs'][source]:.3g} epochs)"
+                                              for source, target in record["target"].items()))
     for warning in summary.get("warnings", []):
         console.print(f"[yellow]warning:[/yellow] {warning}")
     if summary.get("val_warning"):

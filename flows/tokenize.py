@@ -2,7 +2,7 @@
 
 Output (see ``tasks.tokenize``): ``tokenizer.json``, ``train/`` and ``val/`` ``.bin``
 files, ``index.json`` (written last: its presence means the folder is complete),
-``report.json`` and ``info.json``; artifact: splits and the source mixture. Both jobs go
+``report.json`` and ``info.json``; artifact: splits and the source mixture. The jobs go
 through the shard runner (``flows.runner``), which holds the output folder's lock and
 removes the ``.*.part`` files of killed writers on the way in and out.
 
@@ -11,6 +11,13 @@ tokenizer settings, the code version and the output folder; each shard task on
 its input's identity, the written tokenizer's digest, the split and weight
 settings, the code version and its output files. A task whose output is missing
 is recomputed.
+
+With ``tokenize.mixture.shares`` a counting job runs first (one task per shard, keyed
+like the shard tasks, writing ``mixture/<shard>.parquet``); the flow plans the mixture
+from those files (``tasks.mixture.plan_mixture``: a share needing more epochs than
+allowed is refused here, before any token file is written) and every shard task gets
+the plan, which its key covers. index.json, report.json and the artifact show the
+target and realized shares and the epochs.
 """
 
 from __future__ import annotations
@@ -27,11 +34,12 @@ from flows.runner import Shard, ShardJob, StageFailed, StageRun, stage_run
 from flows.stage import Pipeline, Stage
 from pretrain.config import RayConfig, TokenizeConfig
 from pretrain.paths import PathPolicy
+from tasks.mixture import SIDECAR_FOLDER, check_mixture_sources, plan_mixture, read_sidecars, sidecar_path
 from tasks.shards import check_document_shard
 from tasks.tokenize import (
     INDEX_FILE, SPLITS, TOKENIZER_FILE, ShardSurvey, build_index, build_tokenizer, bytes_per_token, check_free_space,
-    check_weight_sources, check_weights, estimated_tokens, file_sha256, input_shards, survey_shard, token_dtype,
-    tokenize_shard, vocab_shortfall, write_index,
+    check_weight_sources, check_weights, count_shard, estimated_tokens, file_sha256, input_shards, survey_shard,
+    token_dtype, tokenize_shard, vocab_shortfall, write_index,
 )
 
 SHARD_SETTINGS = {"val_fraction", "weights", "seed", "eos_token"}
@@ -43,6 +51,10 @@ TOKENIZER = ShardJob(name="tokenizer", work=build_tokenizer, run_name=None)
 # One CPU per shard: the tokenizer's own thread pool would oversubscribe the node.
 TOKENIZE = ShardJob(name="tokenize-shard", work=tokenize_shard, run_name="tokenize-{label}", progress="tokenize",
                     ray_options={"runtime_env": {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}})
+# A mixture's first pass: each shard's train documents counted into its sidecar file.
+COUNT = ShardJob(name="tokenize-count", work=count_shard, run_name="count-{label}", progress="mixture count",
+                 ray_options={"runtime_env": {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}})
+COUNT_SETTINGS = {"val_fraction", "seed", "eos_token"}
 
 
 def tokenizer_shard(config: TokenizeConfig, paths: list[Path], out: Path) -> Shard:
@@ -54,18 +66,49 @@ def tokenizer_shard(config: TokenizeConfig, paths: list[Path], out: Path) -> Sha
                  outputs=(out / TOKENIZER_FILE,))
 
 
-def tokenize_shards(config: TokenizeConfig, shards: list[tuple[str, Path]], out: Path, digest: str) -> list[Shard]:
+def tokenize_shards(config: TokenizeConfig, shards: list[tuple[str, Path]], out: Path, digest: str,
+                    plan: dict | None = None) -> list[Shard]:
     """One task per input shard, keyed on its identity, the written tokenizer's digest, the split and
-    weight settings and its two output files."""
+    weight settings (or the mixture plan) and its two output files."""
     tasks = []
     for name, path in shards:
         train_path, val_path = out / "train" / f"{name}.bin", out / "val" / f"{name}.bin"
         tasks.append(Shard(label=name, args={"in_path": path, "train_path": train_path, "val_path": val_path,
-                                             "tokenizer_path": out / TOKENIZER_FILE, "config": config},
-                           key=(file_identity(path), digest, config.model_dump(include=SHARD_SETTINGS),
+                                             "tokenizer_path": out / TOKENIZER_FILE, "config": config, "plan": plan},
+                           key=(file_identity(path), digest, config.model_dump(include=SHARD_SETTINGS), plan,
                                 str(train_path), str(val_path)),
                            outputs=(train_path, val_path), shown_as=str(path)))
     return tasks
+
+
+def count_shards(config: TokenizeConfig, shards: list[tuple[str, Path]], out: Path, digest: str) -> list[Shard]:
+    """A mixture's counting task per input shard, keyed on its identity, the tokenizer's digest, the split
+    settings and its sidecar file."""
+    tasks = []
+    for name, path in shards:
+        sidecar = sidecar_path(out, name)
+        tasks.append(Shard(label=name, args={"in_path": path, "sidecar": sidecar, "tokenizer_path": out / TOKENIZER_FILE,
+                                             "config": config},
+                           key=(file_identity(path), digest, config.model_dump(include=COUNT_SETTINGS), str(sidecar)),
+                           outputs=(sidecar,), shown_as=str(path)))
+    return tasks
+
+
+def planned_mixture(config: TokenizeConfig, shards: list[tuple[str, Path]], run: StageRun, digest: str,
+                    vocab_size: int) -> dict:
+    """Count every shard's train documents, plan the mixture from the counts and check that it fits on disk."""
+    counts = run.map(COUNT, count_shards(config, shards, run.out, digest))
+    if run.failed:
+        raise StageFailed("tokenize", run.failures, len(shards), prefix="mixture count: ")
+    plan = plan_mixture(read_sidecars({name: sidecar_path(run.out, name) for name, _ in shards}), config.mixture)
+    val_tokens = sum(c.get("val_tokens", 0) for report in counts for c in report["sources"].values())
+    tokens, itemsize = plan["total_tokens"] + val_tokens, token_dtype(vocab_size).itemsize
+    check_free_space(run.out, tokens * itemsize, f" ({plan['total_tokens']:,} train tokens of the mixture and "
+                                                 f"{val_tokens:,} val tokens x {itemsize} bytes)")
+    run.logger.info("mixture: %s", ", ".join(f"{source} {entry['share']:g} = {entry['target_tokens']:,} tokens "
+                                            f"({entry['epochs']:.3g} epochs)"
+                                            for source, entry in plan["sources"].items()))
+    return plan
 
 
 def summarize(index: dict | None, reports: list[dict], failures: list[dict], tokenizer: dict,
@@ -82,6 +125,7 @@ def summarize(index: dict | None, reports: list[dict], failures: list[dict], tok
                     for reason in sorted({k for r in reports for k in r["dropped"]})},
         "tokens": index["tokens"] if index else None,
         "sources": index["sources"] if index else None,
+        "mixture": index.get("mixture") if index else None,
         "seconds": round(seconds, 2),
         "tokens_per_s": round(written / seconds, 1) if seconds > 0 else None,
         "reports": sorted(reports, key=lambda r: r["shard"]),
@@ -109,6 +153,11 @@ def publish(summary: dict) -> None:
               "| --- | ---: | ---: | ---: | ---: | ---: |"]
     lines += [f"| {name} | {s['documents']} | {s['weight']} | {s['raw_tokens']} | {s['tokens']} | "
               f"{s['tokens'] / total:.1%} |" for name, s in sources.items()]
+    if mixture := summary.get("mixture"):
+        lines += ["", f"Mixture of {mixture['total_tokens']:,} train tokens:", "",
+                  "| source | target share | realized share | epochs | tokens |", "| --- | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {name} | {target:.2%} | {mixture['realized'][name]:.2%} | {mixture['epochs'][name]:.3g} | "
+                  f"{mixture['tokens'][name]} |" for name, target in mixture["target"].items()]
     publish_markdown("tokenize-mixture", "Tokenized data", lines)
 
 
@@ -138,7 +187,11 @@ def tokenize_flow(config: TokenizeConfig, input_dirs: list[str], output_dir: str
     shards = input_shards(input_dirs)
     check_input_shards([path for _, path in shards])
     surveys = [survey_shard(path) for _, path in shards]
-    check_weight_sources(config.weights, sum((survey.sources for survey in surveys), Counter()))
+    present = sum((survey.sources for survey in surveys), Counter())
+    if config.mixture.shares:
+        check_mixture_sources(config.mixture.shares, present)
+    else:
+        check_weight_sources(config.weights, present)
     with stage_run("tokenize", output_dir, ray_config) as run:
         return _tokenize(config, shards, surveys, run)
 
@@ -148,7 +201,7 @@ def _tokenize(config: TokenizeConfig, shards: list[tuple[str, Path]], surveys: l
     started = time.perf_counter()
     out, paths = run.out, [path for _, path in shards]
     (out / INDEX_FILE).unlink(missing_ok=True)  # present only while the folder is complete and consistent
-    run.claim([name for name, _ in shards], ("train/*.bin", "val/*.bin"))  # an earlier run's other .bin files
+    run.claim([name for name, _ in shards], ("train/*.bin", "val/*.bin", f"{SIDECAR_FOLDER}/*.parquet"))  # an earlier run's other .bin files
 
     report, cached = run.one(TOKENIZER, tokenizer_shard(config, paths, out))
     tokenizer = {**report, "cached": cached}
@@ -158,11 +211,15 @@ def _tokenize(config: TokenizeConfig, shards: list[tuple[str, Path]], surveys: l
                     tokenizer["source"], tokenizer["vocab_size"], tokenizer["eos_id"], len(shards), out)
     if shortfall := vocab_shortfall(tokenizer):
         run.logger.warning(shortfall)
-    check_output_fits(config, paths, surveys, tokenizer_path, tokenizer["vocab_size"], out)
+    plan = None
+    if config.mixture.shares:
+        plan = planned_mixture(config, shards, run, digest, tokenizer["vocab_size"])
+    else:
+        check_output_fits(config, paths, surveys, tokenizer_path, tokenizer["vocab_size"], out)
 
-    reports = run.map(TOKENIZE, tokenize_shards(config, shards, out, digest))
+    reports = run.map(TOKENIZE, tokenize_shards(config, shards, out, digest, plan))
     cache_hits = run.cache_hits[TOKENIZE.name]
-    index = build_index(reports, {**tokenizer, "sha256": digest}, config) if not run.failed else None
+    index = build_index(reports, {**tokenizer, "sha256": digest}, config, plan) if not run.failed else None
     summary = summarize(index, reports, run.failures, tokenizer, time.perf_counter() - started, cache_hits)
     summary["stale_removed"] = run.stale
     summary["warnings"] = [shortfall] if shortfall else []
@@ -211,5 +268,7 @@ def run_in_pipeline(pipeline: Pipeline) -> dict:
                          output_dir=str(pipeline.folder("tokenize")), ray_config=recipe.ray)
 
 
-STAGE = Stage(name="tokenize", folder="tokens", section="tokenize", run=run_in_pipeline, jobs=(TOKENIZER, TOKENIZE),
-              products=("index.json", "tokenizer.json", "train/*.bin", "val/*.bin"), reasons=("empty_text",))
+STAGE = Stage(name="tokenize", folder="tokens", section="tokenize", run=run_in_pipeline,
+              jobs=(TOKENIZER, COUNT, TOKENIZE),
+              products=("index.json", "tokenizer.json", "train/*.bin", "val/*.bin", f"{SIDECAR_FOLDER}/*.parquet"),
+              reasons=("empty_text",))

@@ -6,13 +6,16 @@ Layout of a tokenize output folder::
     train/<shard>.bin              token ids, little-endian uint16 (vocab <= 65535) or uint32,
     val/<shard>.bin                every document followed by the EOS id, documents packed back to back
     index.json                     dtype, vocab size, EOS id, each file's tokens and documents, sources
+    mixture/<shard>.parquet        with a mixture only: each train document's tokens (``tasks.mixture``)
 
 The split is per document and depends only on its id (its text when there is no
 id) and the seed. Mixture weights act on train documents only, so validation
 keeps the natural distribution: weight 2.5 writes a document twice, plus a third
 time for about half of the documents (chosen by hash); 0.3 keeps about 30 %.
 Repeated copies are appended after the shard's first pass, not next to the
-original. ``TokenShards`` reads the folder back for training.
+original. A mixture (``tokenize.mixture``, exclusive with weights) sets each source's share
+of the train tokens instead; ``tasks.mixture`` plans it. ``TokenShards`` reads the folder
+back for training.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from pretrain.config import TokenizeConfig, weight_problems
 from pretrain.paths import parquet_files
 from pretrain.provenance import atomic_write_bytes, atomic_write_text, part_path
+from tasks.mixture import copies_in_plan, mixture_record, order_hash, write_sidecar
 from tasks.sampling import reservoir_sample
 from tasks.shards import AtomicOutput
 
@@ -332,29 +336,74 @@ class PackedWriter(AtomicOutput):
         self._tmp.unlink(missing_ok=True)
 
 
-def tokenize_shard(in_path: Path, train_path: Path, val_path: Path, tokenizer_path: Path,
-                   config: TokenizeConfig) -> dict:
-    """Tokenize one Parquet shard into its train and val ``.bin`` files; return the counts."""
-    check_weights(config.weights)
-    started = time.perf_counter()
+def open_tokenizer(tokenizer_path: Path, config: TokenizeConfig) -> tuple[Tokenizer, int, np.dtype]:
+    """The tokenizer as the shard tasks use it, its EOS id and the token files' dtype."""
     tokenizer = load_tokenizer(tokenizer_path)
     tokenizer.encode_special_tokens = True  # a literal "<|endoftext|>" in a document is text, not a boundary
-    eos = eos_id(tokenizer, config.eos_token)
-    dtype = token_dtype(id_space(tokenizer))
+    return tokenizer, eos_id(tokenizer, config.eos_token), token_dtype(id_space(tokenizer))
+
+
+def encoded_documents(in_path: Path, tokenizer: Tokenizer, eos: int,
+                      dropped: Counter) -> Iterator[list[tuple[int, Document, list[int]]]]:
+    """Batches of (row in the shard, document, its ids ending with EOS); empty texts are counted in ``dropped``."""
+    row = 0
+    for batch in read_documents(in_path):
+        docs = [(row + i, doc) for i, doc in enumerate(batch) if doc.text]
+        row += len(batch)
+        dropped["empty_text"] += len(batch) - len(docs)
+        encodings = tokenizer.encode_batch_fast([doc.text for _, doc in docs], add_special_tokens=False)
+        yield [(r, doc, encoding.ids + [eos]) for (r, doc), encoding in zip(docs, encodings)]
+
+
+def count_shard(in_path: Path, sidecar: Path, tokenizer_path: Path, config: TokenizeConfig) -> dict:
+    """A mixture's first pass over one shard: each train document's (source, order hash, row, tokens)
+    into the ``sidecar`` Parquet file (``tasks.mixture``); returns the tokens per source."""
+    tokenizer, eos, _ = open_tokenizer(tokenizer_path, config)
+    columns: dict[str, list] = {"source": [], "hash": [], "row": [], "tokens": []}
+    sources: dict[str, Counter] = defaultdict(Counter)
+    dropped: Counter = Counter()
+    for batch in encoded_documents(in_path, tokenizer, eos, dropped):
+        for row, doc, ids in batch:
+            counts = sources[doc.source]
+            if split_of(doc.key, config.seed, config.val_fraction) == "val":
+                counts["val_tokens"] += len(ids)
+                continue
+            counts["train_documents"] += 1
+            counts["raw_tokens"] += len(ids)
+            for name, value in zip(columns, (doc.source, order_hash(config.seed, doc.key), row, len(ids))):
+                columns[name].append(value)
+    write_sidecar(sidecar, columns)
+    return {"shard": sidecar.stem, "sources": {source: dict(counts) for source, counts in sorted(sources.items())}}
+
+
+def tokenize_shard(in_path: Path, train_path: Path, val_path: Path, tokenizer_path: Path,
+                   config: TokenizeConfig, plan: dict | None = None) -> dict:
+    """Tokenize one Parquet shard into its train and val ``.bin`` files; return the counts.
+
+    Train documents are repeated or dropped by the mixture ``plan`` (``tasks.mixture``) when one
+    is given, else by ``config.weights``. A document's repeated copies follow the shard's first
+    pass; the cut copies of a plan come last.
+    """
+    check_weights(config.weights)
+    started = time.perf_counter()
+    tokenizer, eos, dtype = open_tokenizer(tokenizer_path, config)
+    shard = train_path.stem
+
+    def train_copies(row: int, doc: Document) -> tuple[int, int]:
+        if plan is None:
+            return copies_of(doc.key, config.seed, config.weights.get(doc.source, 1.0)), 0
+        return copies_in_plan(plan, doc.source, (order_hash(config.seed, doc.key), shard, row))
+
     sources: dict[str, Counter] = defaultdict(Counter)
     dropped: Counter = Counter()
     repeats: list[tuple[int, int, int]] = []
+    cuts: list[list[int]] = []
     with PackedWriter(train_path, dtype) as train, PackedWriter(val_path, dtype) as val:
-        for batch in read_documents(in_path):
-            docs = [doc for doc in batch if doc.text]
-            dropped["empty_text"] += len(batch) - len(docs)
-            encodings = tokenizer.encode_batch_fast([doc.text for doc in docs], add_special_tokens=False)
+        for batch in encoded_documents(in_path, tokenizer, eos, dropped):
             train_ids: list[int] = []
             val_ids: list[int] = []
             train_docs = val_docs = 0
-            for doc, encoding in zip(docs, encodings):
-                ids = encoding.ids
-                ids.append(eos)
+            for row, doc, ids in batch:
                 counts = sources[doc.source]
                 counts["documents"] += 1
                 if split_of(doc.key, config.seed, config.val_fraction) == "val":
@@ -363,10 +412,12 @@ def tokenize_shard(in_path: Path, train_path: Path, val_path: Path, tokenizer_pa
                     counts["val_documents"] += 1
                     counts["val_tokens"] += len(ids)
                     continue
-                copies = copies_of(doc.key, config.seed, config.weights.get(doc.source, 1.0))
+                copies, cut = train_copies(row, doc)
                 counts["raw_tokens"] += len(ids)
-                counts["train_documents"] += copies
-                counts["tokens"] += copies * len(ids)
+                counts["train_documents"] += copies + (cut > 0)
+                counts["tokens"] += copies * len(ids) + cut
+                if cut:
+                    cuts.append(ids[:cut - 1] + [eos])  # the document's first tokens, still ending with EOS
                 if copies:
                     if copies > 1:
                         repeats.append((train.tokens + len(train_ids), len(ids), copies))
@@ -375,6 +426,8 @@ def tokenize_shard(in_path: Path, train_path: Path, val_path: Path, tokenizer_pa
             train.write(train_ids, train_docs)
             val.write(val_ids, val_docs)
         train.repeat(repeats)
+        for ids in cuts:
+            train.write(ids, 1)
     return {
         "shard": train_path.stem,
         "input": str(in_path),
@@ -390,15 +443,20 @@ def tokenize_shard(in_path: Path, train_path: Path, val_path: Path, tokenizer_pa
 # ---------------------------------------------------------------- index
 
 
-def build_index(reports: list[dict], tokenizer_meta: dict, config: TokenizeConfig) -> dict:
-    """index.json from the shard reports; files without tokens are left out (they cannot be memory-mapped)."""
+def build_index(reports: list[dict], tokenizer_meta: dict, config: TokenizeConfig, plan: dict | None = None) -> dict:
+    """index.json from the shard reports; files without tokens are left out (they cannot be memory-mapped).
+
+    With a mixture ``plan``, ``mixture`` records the target and realized shares and epochs, and a
+    source's ``weight`` is its realized epochs."""
     reports = sorted(reports, key=lambda r: r["shard"])
     splits = {name: [r["splits"][name] for r in reports if r["splits"][name]["tokens"]] for name in SPLITS}
     sources: dict[str, Counter] = defaultdict(Counter)
     for report in reports:
         for source, counts in report["sources"].items():
             sources[source].update(counts)
-    return {
+    mixture = mixture_record(plan, {source: counts["tokens"] for source, counts in sources.items()}) if plan else None
+    weights = mixture["epochs"] if mixture else config.weights
+    index = {
         "format": INDEX_FORMAT,
         "dtype": token_dtype(tokenizer_meta["vocab_size"]).name,
         "vocab_size": tokenizer_meta["vocab_size"],
@@ -410,12 +468,15 @@ def build_index(reports: list[dict], tokenizer_meta: dict, config: TokenizeConfi
         "tokens": {name: sum(entry["tokens"] for entry in files) for name, files in splits.items()},
         "documents": {name: sum(entry["documents"] for entry in files) for name, files in splits.items()},
         "sources": {source: {"documents": counts["documents"], "tokens": counts["tokens"],
-                             "weight": config.weights.get(source, 1.0), "raw_tokens": counts["raw_tokens"],
+                             "weight": weights.get(source, 1.0), "raw_tokens": counts["raw_tokens"],
                              "train_documents": counts["train_documents"], "val_tokens": counts["val_tokens"]}
                     for source, counts in sorted(sources.items())},
         "seed": config.seed,
         "val_fraction": config.val_fraction,
     }
+    if mixture:
+        index["mixture"] = mixture
+    return index
 
 
 def write_index(output_dir: Path, index: dict) -> Path:
