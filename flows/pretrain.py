@@ -40,7 +40,7 @@ SUMMARY_FIELDS = ("files", "records_read", "html_responses", "documents", "docum
                   "text_bytes", "bytes_in", "bytes_kept", "clusters", "dropped", "buckets", "cutoffs", "tokens",
                   "sources", "tokenizer", "steps", "final_loss", "val_loss", "params", "checkpoint", "seconds",
                   "hf_dir", "skipped", "benchmarks", "documents_cut", "matched_items", "tasks", "centered",
-                  "eval_json")
+                  "eval_json", "masked", "documents_changed", "shards", "branches")
 
 
 # ---------------------------------------------------------------- stage bookkeeping

@@ -42,7 +42,7 @@ def test_each_stage_declares_its_folder_products_and_code():
 
 
 def test_unknown_stage_is_an_error_naming_the_stages():
-    with pytest.raises(KeyError, match="no stage 'synthesize'; the stages are ingest, filter, dedup"):
+    with pytest.raises(KeyError, match="no stage 'synthesize'; the stages are ingest, filter, pii, dedup"):
         registry.stage("synthesize")
     assert [stage.name for stage in registry.until("dedup")] == ["ingest", "filter", "pii", "dedup"]
     with pytest.raises(ValueError, match="stage copy: reads is None .* or 'previous', not 'dedup'"):

@@ -24,7 +24,7 @@ from pathlib import Path
 import mwparserfromhell
 from mwparserfromhell.nodes import ExternalLink, Heading, HTMLEntity, Tag, Template, Text, Wikilink
 
-import tasks.readers as readers  # Part and Record (the package imports this module while it initialises)
+import tasks.readers.records as readers  # Part, Record and WHOLE
 
 DEFAULT_SOURCE = "wikipedia"
 REASONS: tuple[str, ...] = ("redirect", "not_article_namespace", "disambiguation", "empty_text")
