@@ -64,6 +64,7 @@ ui-screenshot: setup
 bench: setup
 	$(BIN)/python bench/extraction.py
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/sources.py
 
 lock:
 	( echo "# Pinned versions for make setup (pip install -c). Regenerate: make lock"; \
