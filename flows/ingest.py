@@ -195,8 +195,9 @@ def _ingest(config: IngestConfig, run: StageRun, policy: PathPolicy | None) -> d
     summary = summarize(reports, run.failures, time.perf_counter() - started)
     summary["cache_hits"] = run.hits()
     run.logger.info(
-        "ingest: %d documents from %d HTML responses in %d files (%d failed)",
-        summary.get("documents", 0), summary.get("html_responses", 0), summary["files"], len(run.failures),
+        "ingest: %d documents from %d records read (%d HTML responses) in %d files or parts (%d failed)",
+        summary.get("documents", 0), summary.get("records_read", 0), summary.get("html_responses", 0),
+        summary["files"], len(run.failures),
     )
     return run.finish(summary, config=redacted(config), inputs=[redact_url(item.uri) for item in files],
                       code=INGEST.code_version(), total=len(planned), what="input files" if len(planned) == len(files)

@@ -133,6 +133,15 @@ def source_tag(cfg: IngestConfig, kind: str, input_uri: str, record: Record | No
         return default
     if record is not None and record.source:
         return record.source
+    return input_name(input_uri, kind)
+
+
+def input_name(input_uri: str, kind: str) -> str:
+    """What a source without a tag is called: the input's name; an HF dataset's folder name, not its Arrow file's."""
+    path = Path(input_uri)
+    if kind == "hf" and path.suffix == ".arrow":
+        folder = path.parent
+        return (folder.parent if (folder.parent / "dataset_dict.json").is_file() else folder).name
     return InputFile(input_uri, "local", None).shard_name
 
 
