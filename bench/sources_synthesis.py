@@ -37,6 +37,9 @@ import torch  # noqa: E402
 from pretrain.config import SynthesizeConfig  # noqa: E402
 from tasks.synthesis.generate import Synthesizer  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from eval import llama_folder  # noqa: E402  (bench/eval.py: a random Llama of a shape, with a tokenizer)
+
 BOOK = REPO.parent / "shared" / "data" / "reference" / "en" / "Pride_and_Prejudice_JaneAusten.txt.gz"
 TEMPLATE = "Rewrite: {text}\nRewritten:"
 
@@ -99,21 +102,6 @@ def tiny_book_model(root: Path) -> Path:
 
     run_dir, _, _, _ = tiny_book_run(root)
     return export_model(run_dir, json.loads((run_dir / "summary.json").read_text()))
-
-
-def llama_folder(out: Path, tokenizer_dir: Path, d_model: int, n_layers: int, max_length: int) -> Path:
-    """A random-initialised LlamaForCausalLM of this shape with the tokenizer's files."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=d_model, intermediate_size=4 * d_model,
-                         num_hidden_layers=n_layers, num_attention_heads=max(1, d_model // 64),
-                         max_position_embeddings=max_length, eos_token_id=tokenizer.eos_token_id,
-                         tie_word_embeddings=True)
-    LlamaForCausalLM(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
 
 
 def main() -> None:

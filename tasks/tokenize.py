@@ -38,7 +38,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from pretrain.config import TokenizeConfig, weight_problems
 from pretrain.paths import parquet_files
 from pretrain.provenance import atomic_write_bytes, atomic_write_text, part_path
-from tasks.mixture import copies_in_plan, mixture_record, order_hash, write_sidecar
+from tasks.mixture import copies_in_plan, mixture_record, order_hash, parse_source_numbers, write_sidecar
 from tasks.sampling import reservoir_sample
 from tasks.shards import AtomicOutput
 
@@ -197,17 +197,7 @@ def copies_of(key: str, seed: int, weight: float) -> int:
 
 def parse_weights(specs: str | list[str]) -> dict[str, float]:
     """``"web=1,books=2.5"`` (or a list of such strings) to ``{"web": 1.0, "books": 2.5}``."""
-    weights: dict[str, float] = {}
-    for spec in [specs] if isinstance(specs, str) else specs:
-        for item in filter(None, (part.strip() for part in spec.split(","))):
-            source, _, value = item.partition("=")
-            try:
-                weight = float(value)
-            except ValueError:
-                weight = math.nan
-            if not source.strip() or math.isnan(weight):
-                raise ValueError(f"weights: expected source=number, got {item!r}")
-            weights[source.strip()] = weight
+    weights = parse_source_numbers(specs, "weights")
     check_weights(weights)
     return weights
 
