@@ -57,17 +57,24 @@ def products(folder: Path, globs: tuple[str, ...]) -> dict[str, list[int]]:
 
 
 def outputs_intact(folder: Path, globs: tuple[str, ...], key: str) -> bool:
-    """True when the stage last finished here with this key and its outputs are as it left them."""
+    """True when the stage last finished here with this key and its outputs are as it left them (a stage
+    that was skipped with this key has none to check)."""
     record = folder / STAGE_FILE
     if not record.is_file():
         return False
     written = json.loads(record.read_text())
-    return written.get("key") == key and written.get("products") == products(folder, globs) != {}
+    if written.get("key") != key:
+        return False
+    return bool(written.get("skipped")) or written.get("products") == products(folder, globs) != {}
 
 
-def record_stage(folder: Path, stage: str, globs: tuple[str, ...], key: str) -> None:
-    atomic_write_text(folder / STAGE_FILE, json.dumps({"stage": stage, "key": key,
-                                                       "products": products(folder, globs)}, indent=1) + "\n")
+def record_stage(folder: Path, stage: str, globs: tuple[str, ...], key: str, skipped: str | None = None) -> None:
+    """``stage.json``: the key and the products as written; for a skipped stage, why (it wrote nothing)."""
+    record = {"stage": stage, "key": key, "products": {} if skipped else products(folder, globs)}
+    if skipped:
+        record["skipped"] = skipped
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / STAGE_FILE, json.dumps(record, indent=1) + "\n")
 
 
 def stage_key(context, parameters: dict) -> str:
@@ -88,8 +95,7 @@ def run_stage(stage: str, key: str, output_dir: str, products: tuple[str, ...], 
     """Run one stage's flow (``run``) and record its outputs; the result is its trimmed summary."""
     folder = Path(output_dir)
     summary = _trim(run(), folder)
-    if not summary.get("skipped"):
-        record_stage(folder, stage, products, key)
+    record_stage(folder, stage, products, key, skipped=summary.get("skipped"))
     return summary
 
 

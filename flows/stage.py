@@ -51,8 +51,9 @@ class Stage:
     """One stage: what it is called, where it writes, what it runs and how the end-to-end flow calls it.
 
     ``run(pipeline) -> summary`` calls the stage's flow on ``pipeline.input_dir`` into its
-    folder; a summary with ``skipped`` (quality without models or reference text) leaves no
-    ``stage.json``, and the next stage reads what this one read.
+    folder; a summary with ``skipped`` (quality without models or reference text, a disabled pii or
+    decontaminate, sources without branches) leaves a ``stage.json`` that says so (its key, no
+    products), so a rerun takes it from cache, and the next stage reads what this one read.
     """
 
     name: str  # "tokenize": the key of summary.json's stages, PipelineConfig.until's value
