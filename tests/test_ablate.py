@@ -167,7 +167,7 @@ def test_both_arms_train_on_exactly_the_smallest_arms_tokens(ablation):
 def test_shared_stages_come_from_cache_and_every_arm_has_the_first_arms_tokenizer(ablation):
     _, _, result, _ = ablation
     configured, off = result["arms"]
-    shared = ("ingest", "filter", "dedup")
+    shared = ("ingest", "filter", "pii", "dedup")
     assert all(not stage["cached"] for stage in configured["stages"].values())
     assert {name: off["stages"][name]["cached"] for name in off["stages"]} == {
         name: name in shared for name in off["stages"]}

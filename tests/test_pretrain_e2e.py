@@ -152,8 +152,8 @@ def test_rerun_is_all_cache_hits_and_a_tokenizer_change_reruns_tokenize_train_an
 
     changed = config.model_copy(update={"tokenize": config.tokenize.model_copy(update={"vocab_size": 768})})
     third = pretrain_flow(config=changed)
-    expected = {"ingest": True, "filter": True, "dedup": True, "quality": True, "decontaminate": True,
-                "tokenize": False, "train": False, "eval": False}
+    expected = {"ingest": True, "filter": True, "pii": True, "dedup": True, "quality": True, "sources": True,
+                "decontaminate": True, "tokenize": False, "train": False, "eval": False}
     assert third["cache_hits"] == expected
     after = stage_records(root)
     assert {stage: after[stage] == before[stage] for stage in STAGES} == expected
