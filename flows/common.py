@@ -107,6 +107,15 @@ def parameter_policy() -> PathPolicy | None:
     return None
 
 
+def confined_folders(input_dir: str, output_dir: str) -> tuple[str, str, PathPolicy | None]:
+    """A folder-to-folder flow's input and output, confined to the data root when this run is untrusted
+    (``parameter_policy``); and the policy, for the flow's other paths."""
+    policy = parameter_policy()
+    if policy is None:
+        return input_dir, output_dir, None
+    return str(policy.path(input_dir, "input_dir")), str(policy.path(output_dir, "output_dir")), policy
+
+
 class OutputInUse(RuntimeError):
     """Another run is writing the same output folder."""
 

@@ -23,7 +23,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.common import file_identity, parameter_policy, parquet_shards
+from flows.common import confined_folders, file_identity, parquet_shards
 from flows.runner import Shard, ShardJob, StageRun, stage_run
 from flows.stage import Pipeline, Stage
 from pretrain.config import EVAL_TASKS, DecontaminateConfig, RayConfig
@@ -83,9 +83,7 @@ def decontaminate_flow(config: DecontaminateConfig, input_dir: str, output_dir: 
 
     A run from a deployment has its paths confined to the data root (``pretrain.paths``).
     """
-    policy = parameter_policy()
-    if policy is not None:
-        input_dir, output_dir = str(policy.path(input_dir, "input_dir")), str(policy.path(output_dir, "output_dir"))
+    input_dir, output_dir, _ = confined_folders(input_dir, output_dir)
     shards = parquet_shards(input_dir)
     with stage_run("decontaminate", output_dir, ray_config) as run:
         return _decontaminate(config, shards, input_dir, run)

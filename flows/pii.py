@@ -14,7 +14,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.common import file_identity, funnel_table, parameter_policy, parquet_shards, publish_markdown
+from flows.common import confined_folders, file_identity, funnel_table, parquet_shards, publish_markdown
 from flows.runner import Shard, ShardJob, StageRun, stage_run
 from flows.stage import Pipeline, Stage
 from pretrain.config import PiiConfig, RayConfig
@@ -59,9 +59,7 @@ def pii_flow(config: PiiConfig, input_dir: str, output_dir: str, ray_config: Ray
 
     A run from a deployment has its paths confined to the data root (``pretrain.paths``).
     """
-    policy = parameter_policy()
-    if policy is not None:
-        input_dir, output_dir = str(policy.path(input_dir, "input_dir")), str(policy.path(output_dir, "output_dir"))
+    input_dir, output_dir, _ = confined_folders(input_dir, output_dir)
     shards = parquet_shards(input_dir)
     with stage_run("pii", output_dir, ray_config) as run:
         return _mask(config, shards, input_dir, run)

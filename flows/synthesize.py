@@ -22,7 +22,7 @@ from pathlib import Path
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.common import file_identity, parameter_policy, parquet_shards
+from flows.common import confined_folders, file_identity, parquet_shards
 from flows.runner import Shard, ShardJob, StageRun, stage_run
 from pretrain.config import RayConfig, SynthesizeConfig
 from tasks.ray_runtime import cluster_cpus
@@ -92,11 +92,9 @@ def synthesize_flow(config: SynthesizeConfig, input_dir: str, output_dir: str,
 
     A run from a deployment has its paths confined to the data root (``pretrain.paths``).
     """
-    policy = parameter_policy()
-    if policy is not None:
-        input_dir, output_dir = str(policy.path(input_dir, "input_dir")), str(policy.path(output_dir, "output_dir"))
-        if config.model:
-            config = config.model_copy(update={"model": str(policy.path(config.model, "model"))})
+    input_dir, output_dir, policy = confined_folders(input_dir, output_dir)
+    if policy is not None and config.model:
+        config = config.model_copy(update={"model": str(policy.path(config.model, "model"))})
     template = load_template(config.template, config.templates_dir)
     shards = parquet_shards(input_dir)
     with stage_run("synthesize", output_dir, ray_config) as run:
