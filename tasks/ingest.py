@@ -54,11 +54,12 @@ def page_to_row(page: HtmlPage, cfg: IngestConfig, counts: Counter, meta: dict) 
     if kept is None:
         return None
     lang, lang_score = kept
+    source = meta.get("source") or cfg.source or "commoncrawl"
     counts["documents"] += 1
     counts["text_bytes"] += len(text.encode("utf-8"))
     return {
-        "id": document_id(meta["source"], page.record_id),
-        "source": meta["source"],
+        "id": document_id(source, page.record_id),
+        "source": source,
         "url": page.url,
         "crawl": meta.get("crawl"),
         "warc_path": meta["warc_path"],

@@ -36,7 +36,7 @@ def _head(path: Path, size: int = SNIFF_BYTES) -> tuple[bytes, str | None]:
 
             with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw)) as reader:
                 return reader.read(size), "zstd"
-    except (OSError, EOFError, ValueError) as error:
+    except Exception as error:  # OSError, EOFError, zlib.error, zstandard.ZstdError: whatever the codec says is unreadable
         raise UnknownKind(f"{path}: its compressed content cannot be read ({type(error).__name__}: {error})") from None
     return raw, None
 
