@@ -442,6 +442,23 @@ def checked_tasks(tasks: list[str], field: str, allow_empty: bool = False) -> li
     return tasks
 
 
+class ParallelConfig(_Model):
+    """How the model is split over the ranks; the data-parallel size is what is left:
+    world / (tensor x sequence x pipeline). Checked before launch (tasks.train.parallel.layout)."""
+
+    tensor: int = Field(1, ge=1, description="Tensor parallel: attention heads and MLP columns split over this "
+                                             "many ranks (Megatron-style), ZeRO over the data-parallel group.")
+    sequence: int = Field(1, ge=1, description="Sequence parallel (DeepSpeed Ulysses): each sequence split over "
+                                               "this many ranks, an all-to-all around attention.")
+    pipeline: int = Field(1, ge=1, description="Pipeline parallel: the layers split into this many stages "
+                                               "(DeepSpeed PipelineModule, 1F1B; needs zero_stage 0 or 1).")
+
+    @property
+    def model_parallel(self) -> int:
+        """Ranks one model replica is spread over."""
+        return self.tensor * self.sequence * self.pipeline
+
+
 class TrainConfig(_Model):
     """Training with DeepSpeed; the DeepSpeed JSON is generated from these fields."""
 
@@ -464,7 +481,12 @@ class TrainConfig(_Model):
     grad_clip: float = Field(1.0, ge=0)
     zero_stage: int = Field(3, ge=0, le=3)
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
-    fp8: bool = Field(False, description="FP8 matmuls where the hardware supports them (H100); else reported off.")
+    fp8: bool = Field(False, description="FP8 matmuls (torchao float8) where the hardware supports them (Hopper "
+                                         "or newer); elsewhere the run continues in bf16 and says why.")
+    fp8_recipe: Literal["rowwise", "tensorwise"] = Field(
+        "rowwise", description="torchao float8 scaling: rowwise (one scale per row, the more accurate) or "
+                               "tensorwise (one per tensor, the faster).")
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig)
     offload_optimizer: bool = False
     offload_params: bool = False
     overlap_comm: bool = True

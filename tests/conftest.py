@@ -97,3 +97,4 @@ def pytest_terminal_summary(terminalreporter, config):
     if path := os.environ.get("PRETRAIN_FAULT_LEDGER"):
         Path(path).write_text(json.dumps(rows, indent=1) + "\n")
         terminalreporter.write_line(f"fault ledger written to {path}")
+from parallel_fixtures import one_process_run, parallel_shards  # noqa: E402,F401  (session-wide, for tests/test_parallel_*.py)

@@ -141,7 +141,12 @@ def consolidate_fp32(root: str | Path, tag: str | None = None) -> dict:
     import torch
 
     folder = checkpoint_folder(root, tag)
+    from tasks.train.parallel import consolidate_fp32 as consolidate_split
+
     try:
+        split = consolidate_split(folder, json.loads((folder / COMPLETE_MARKER).read_text()))
+        if split is not None:  # saved under tensor or pipeline parallel: merged from its pieces
+            return split
         if not any(folder.glob("*optim_states.pt")):  # ZeRO-0: one mp_rank_00_model_states.pt
             states = torch.load(folder / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
             return {name: tensor.float() for name, tensor in states["module"].items()}

@@ -31,8 +31,9 @@ class BatchConfigError(ValueError):
 class BatchPlan:
     micro_batch_size: int
     grad_accum_steps: int
-    world_size: int
+    world_size: int  # data-parallel replicas: the ranks / (tensor x sequence x pipeline)
     seq_len: int
+    model_parallel: int = 1  # ranks per replica
 
     @property
     def global_batch_size(self) -> int:
@@ -43,22 +44,32 @@ class BatchPlan:
         return self.global_batch_size * self.seq_len
 
     def describe(self) -> str:
+        replicas = (f"world_size {self.world_size}" if self.model_parallel == 1 else
+                    f"data-parallel size {self.world_size} (world {self.world_size * self.model_parallel} / "
+                    f"{self.model_parallel} ranks per model)")
         return (f"global batch {self.global_batch_size} sequences = micro_batch_size {self.micro_batch_size}"
-                f" x grad_accum_steps {self.grad_accum_steps} x world_size {self.world_size};"
+                f" x grad_accum_steps {self.grad_accum_steps} x {replicas};"
                 f" x seq_len {self.seq_len} = {self.tokens_per_step:,} tokens per step")
 
 
 def batch_plan(cfg: TrainConfig, world_size: int) -> BatchPlan:
-    """Check micro x accum x world = global batch (when a global batch is given); name every factor."""
-    plan = BatchPlan(cfg.micro_batch_size, cfg.grad_accum_steps, world_size, cfg.seq_len)
+    """Check micro x accum x data-parallel size = global batch (when a global batch is given); name every factor.
+
+    The data-parallel size is world_size / (tensor x sequence x pipeline): the ranks that split one
+    model read the same sequences."""
+    from tasks.train.parallel.layout import data_parallel_size
+
+    data = data_parallel_size(cfg, world_size)
+    replicas = "world_size" if data == world_size else "data-parallel size"
+    plan = BatchPlan(cfg.micro_batch_size, cfg.grad_accum_steps, data, cfg.seq_len, world_size // data)
     wanted = cfg.global_batch_size
     if wanted is not None and wanted != plan.global_batch_size:
-        per_step = cfg.micro_batch_size * world_size
+        per_step = cfg.micro_batch_size * data
         hint = (f"; grad_accum_steps={wanted // per_step} would match" if wanted % per_step == 0
-                else f"; {wanted} is not a multiple of micro_batch_size x world_size = {per_step}")
+                else f"; {wanted} is not a multiple of micro_batch_size x {replicas} = {per_step}")
         raise BatchConfigError(
             f"global_batch_size {wanted} != micro_batch_size {cfg.micro_batch_size} x grad_accum_steps "
-            f"{cfg.grad_accum_steps} x world_size {world_size} = {plan.global_batch_size} sequences "
+            f"{cfg.grad_accum_steps} x {replicas} {data} = {plan.global_batch_size} sequences "
             f"(seq_len {cfg.seq_len}){hint}")
     return plan
 

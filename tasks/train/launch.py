@@ -30,6 +30,7 @@ from typing import Callable
 from pretrain.config import TrainConfig
 from pretrain.provenance import atomic_write_text
 from tasks.train.ds_config import batch_plan
+from tasks.train.parallel.layout import check_layout
 from tasks.train.preflight import TrainConfigError, check_run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -159,6 +160,7 @@ def run_training(cfg: TrainConfig, resume: bool = False,
     callback = log_callback or (lambda line: print(line, flush=True))
     batch_plan(cfg, world_size(cfg))  # fail here, with every factor named, not in N ranks
     found = check_run(cfg)  # likewise for the data, the model shape and the vocabulary
+    check_layout(cfg, world_size(cfg), found.model)  # and the parallel layout against the model and batch
     for warning in found.warnings:
         callback(f"warning: {warning}")
     config_path = write_run_config(cfg)

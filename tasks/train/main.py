@@ -32,17 +32,20 @@ import numpy as np
 import torch
 
 from models.scaling import PEAK_BF16_FLOPS
-from models.transformer import Block, Transformer, compile_enabled, flops_per_token
+from models.transformer import compile_enabled, flops_per_token
 from pretrain.config import ModelConfig, TrainConfig
 from pretrain.provenance import atomic_write_text
-from tasks.train.benchmarks import Benchmarks, console_line, load_benchmarks, score
+from tasks.train.benchmarks import Benchmarks, console_line, load_benchmarks
 from tasks.train.checkpoint import (
     COMPLETE_MARKER, CheckpointDamaged, checkpoint_root, file_sizes, newest_intact_checkpoint, prune_checkpoints,
     tag_for,
 )
-from tasks.train.data import TokenWindows, TrainStream, eval_batches
-from tasks.train.ds_config import BatchPlan, batch_plan, build_optimizer, deepspeed_config, lr_at, set_lr
+from tasks.train.data import TokenWindows, TrainStream
+from tasks.train.ds_config import BatchPlan, batch_plan, deepspeed_config, lr_at, set_lr
 from tasks.train.launch import RANK_ERRORS_DIR
+from tasks.train.model_setup import build_model, enable_fp8, parameter_counts  # noqa: F401  (bench/train.py)
+from tasks.train.parallel import check_layout, strategy_for
+from tasks.train.parallel.strategy import Strategy
 from tasks.train.preflight import TrainConfigError, resolve_model_config  # noqa: F401  (bench/train.py imports it here)
 
 # Errors a rank raises that another attempt would raise again (a bad config, data or checkpoint):
@@ -115,71 +118,6 @@ class Log:
                 out.write(json.dumps(fields) + "\n")
 
 
-def fp8_unavailable_reason(cfg: TrainConfig, device: torch.device) -> str | None:
-    """None when FP8 training (torchao float8) can run here, else why not."""
-    if device.type != "cuda":
-        return f"not running on CUDA (device {device.type})"
-    capability = torch.cuda.get_device_capability(device)
-    if capability < (9, 0):
-        return f"compute capability {capability[0]}.{capability[1]} < 9.0 (needs Hopper or newer)"
-    if cfg.precision != "bf16":
-        return f"fp8 matmuls run inside bf16 training; precision is {cfg.precision}"
-    if importlib.util.find_spec("torchao") is None:
-        te = importlib.util.find_spec("transformer_engine") is not None
-        return ("torchao is not importable" + (" (transformer_engine is, but this trainer converts "
-                                               "Linear layers with torchao only)" if te else ""))
-    return None
-
-
-def _fp8_filter(module: torch.nn.Module, name: str) -> bool:
-    # the output head stays in bf16 (as in torchao's and torchtitan's recipes); fp8 GEMMs need dims % 16
-    return name != "lm_head" and all(d % 16 == 0 for d in getattr(module, "ds_shape", module.weight.shape))
-
-
-def build_model(model_cfg: ModelConfig, ds_config: dict, seed: int, zero_stage: int,
-                leaf_layers: bool = True) -> torch.nn.Module:
-    """The Transformer, allocated partitioned under zero.Init for ZeRO-3.
-
-    zero.Init partitions each submodule's parameters as soon as its own __init__ returns,
-    so an init that the parent module runs afterwards (Transformer.reset_parameters) sees
-    empty partitions and changes nothing. The weights are therefore initialized again
-    here, from the seed, each module's parameters gathered in turn (a layer at a time,
-    never the whole model): every ZeRO stage starts from the same weights.
-
-    ``leaf_layers``: ZeRO-3 then treats each transformer layer as one unit, gathering and
-    releasing its parameters together (on one H200, 350m: its per-module hooks made the
-    step host-bound at 75-100k tokens/s while the GPU was busy for 158 ms of each step).
-    """
-    import deepspeed
-    import torch._dynamo  # noqa: F401  imported inside zero.Init (which patches Tensor.__new__) it fails to load
-
-    torch.manual_seed(seed)
-    with deepspeed.zero.Init(config_dict_or_path=ds_config, enabled=zero_stage == 3):
-        model = Transformer(model_cfg)
-    torch.manual_seed(seed)
-    if zero_stage == 3:
-        model.reset_parameters(lambda params: deepspeed.zero.GatheredParameters(params, modifier_rank=0))
-        if leaf_layers:
-            from deepspeed.utils import set_z3_leaf_modules
-
-            set_z3_leaf_modules(model, [Block])
-    else:
-        model.reset_parameters()
-    return model
-
-
-def parameter_counts(model: torch.nn.Module) -> dict:
-    """Parameter elements of the model (total), of this rank's ZeRO-3 partitions (local; all
-    of them without ZeRO-3), and held whole between steps (resident: under ZeRO-3 only the
-    parameters under ``param_persistence_threshold``; call outside forward/backward)."""
-    local = total = resident = 0
-    for param in model.parameters():  # a tied parameter is listed once
-        total += getattr(param, "ds_numel", param.numel())
-        local += param.ds_tensor.numel() if hasattr(param, "ds_tensor") else param.numel()
-        resident += param.data.numel()  # 0 for a released ZeRO-3 parameter
-    return {"local": local, "total": total, "resident": resident}
-
-
 def peak_flops(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
@@ -188,33 +126,23 @@ def peak_flops(device: torch.device) -> float | None:
 
 
 def train_step(engine, stream: TrainStream, accum: int, dist: Dist) -> float:
-    """One optimizer step over ``accum`` micro batches; the mean loss over micro batches and ranks."""
+    """One data-parallel optimizer step (bench/train.py's entry; runs use ``Strategy.train_step``)."""
     total = 0.0
     for _ in range(accum):
         x, y = stream.next_batch()  # (B, T) each
         _, loss = engine(x.to(dist.device), y.to(dist.device))
         engine.backward(loss)
-        engine.step()  # DeepSpeed steps the optimizer at the accumulation boundary only
+        engine.step()
         total += loss.item()
     return dist.mean(total / accum)
 
 
-@torch.no_grad()
-def evaluate(engine, windows: TokenWindows, cfg: TrainConfig, dist: Dist) -> float:
-    engine.eval()
-    losses = [engine(x.to(dist.device), y.to(dist.device))[1].item()
-              for x, y in eval_batches(windows, cfg.eval_batches, cfg.micro_batch_size, dist.rank, dist.world_size)]
-    engine.train()
-    return dist.mean(sum(losses) / len(losses))
-
-
 def eval_point(run: Setup, cfg: TrainConfig, step: int, dist: Dist, log: Log) -> tuple[float, dict | None]:
-    """The validation loss and the in-loop benchmark scores (None when none are configured), recorded as
+    """The validation loss and the in-loop benchmark scores (None when none are scored), recorded as
     the step's eval line."""
-    val_loss = evaluate(run.engine, run.val_windows, cfg, dist)
+    val_loss = run.strategy.evaluate(run.engine, run.val_windows)
     started = time.perf_counter()
-    scored = {} if run.benchmarks is None else score(run.engine, run.benchmarks, dist.device, dist.rank,
-                                                     dist.world_size, dist.gather)
+    scored = {} if run.benchmarks is None else run.strategy.score_benchmarks(run.engine, run.benchmarks)
     log.record(kind="eval", step=step, val_loss=val_loss, **scored)
     log.say(f"step {step} val_loss {val_loss:.4f}")
     if not scored:
@@ -224,9 +152,10 @@ def eval_point(run: Setup, cfg: TrainConfig, step: int, dist: Dist, log: Log) ->
 
 
 def save_checkpoint(engine, run_dir: Path, step: int, stream: TrainStream, cfg: TrainConfig, model_cfg: ModelConfig,
-                    dist: Dist, log: Log):
+                    dist: Dist, log: Log, parallel: dict | None = None):
     root, tag = checkpoint_root(run_dir), tag_for(step)
-    client = {"step": step, "data": stream.state_dict(), "config": cfg.model_dump(mode="json")}
+    client = {"step": step, "data": stream.state_dict(), "config": cfg.model_dump(mode="json"),
+              "parallel": parallel, "world_size": dist.world_size}
     if dist.rank == 0:
         (root / tag / COMPLETE_MARKER).unlink(missing_ok=True)  # an older save of this tag is no longer complete
     dist.barrier()
@@ -240,15 +169,19 @@ def save_checkpoint(engine, run_dir: Path, step: int, stream: TrainStream, cfg: 
     dist.barrier()
 
 
-def resume(engine, run_dir: Path, stream: TrainStream, dist: Dist, log: Log) -> int:
+def resume(engine, run_dir: Path, stream: TrainStream, dist: Dist, log: Log, parallel: dict | None = None) -> int:
     """Load the newest intact checkpoint (skipping, with a line each, damaged newer ones); return its step
-    (0 when there is none)."""
+    (0 when there is none). A checkpoint saved under another parallel layout is refused, naming both."""
     newest = newest_intact_checkpoint(checkpoint_root(run_dir), say=log.say) if dist.rank == 0 else None
     newest = dist.gather(newest[0] if newest else None)[0]  # every rank loads rank 0's choice
     if newest is None:
         log.say("resume: no complete checkpoint, starting from step 0")
         return 0
     folder = checkpoint_root(run_dir) / tag_for(newest)
+    saved = json.loads((folder / COMPLETE_MARKER).read_text()).get("parallel") or {}
+    if parallel is not None and saved and saved != parallel:
+        raise CheckpointDamaged(f"checkpoint {folder} was saved under the layout {saved}; this run's is {parallel}. "
+                                "Resume with the same parallel settings and number of processes")
     try:
         _, client = engine.load_checkpoint(str(checkpoint_root(run_dir)), tag=tag_for(newest))
     except RuntimeError as error:  # torch names no file ("PytorchStreamReader failed reading zip archive")
@@ -308,22 +241,6 @@ def plot_benchmarks(ax, curves: dict[str, list[tuple[int, float]]]) -> None:
     ax.grid(alpha=0.3)
 
 
-def enable_fp8(model: torch.nn.Module, cfg: TrainConfig, dist: Dist, log: Log) -> dict:
-    """Convert the Linear layers to torchao float8 where that can run; else say why not."""
-    fp8 = {"requested": cfg.fp8, "enabled": False, "reason": None}
-    if not cfg.fp8:
-        return fp8
-    fp8["reason"] = fp8_unavailable_reason(cfg, dist.device)
-    if fp8["reason"] is not None:
-        log.say(f"fp8 unavailable: {fp8['reason']}; continuing in {cfg.precision}")
-        return fp8
-    from torchao.float8 import convert_to_float8_training
-
-    convert_to_float8_training(model, module_filter_fn=_fp8_filter)
-    log.say("fp8: torchao float8 training on the Linear layers (lm_head in bf16)")
-    return {**fp8, "enabled": True}
-
-
 @dataclass
 class Setup:
     engine: object
@@ -334,11 +251,10 @@ class Setup:
     fp8: dict
     counts: list[dict]  # per rank: parameter elements held locally, and the total
     benchmarks: Benchmarks | None  # the in-loop benchmark items; None: none scored
+    strategy: Strategy  # how the run's parallel layout builds, feeds and steps the model
 
 
 def set_up(cfg: TrainConfig, run_dir: Path, dist: Dist, log: Log) -> Setup:
-    import deepspeed
-
     plan = batch_plan(cfg, dist.world_size)
     log.say(plan.describe())
     random.seed(cfg.seed)
@@ -346,31 +262,37 @@ def set_up(cfg: TrainConfig, run_dir: Path, dist: Dist, log: Log) -> Setup:
     train_windows = TokenWindows(cfg.data_dir, "train", cfg.seq_len, cfg.seed)
     val_windows = TokenWindows(cfg.data_dir, "val", cfg.seq_len, cfg.seed, shuffle=False)
     model_cfg = resolve_model_config(cfg, train_windows.vocab_size)
-    ds_config = deepspeed_config(cfg, dist.world_size, model_cfg)
+    layout = check_layout(cfg, dist.world_size, model_cfg)
+    strategy = strategy_for(layout)(cfg, model_cfg, layout, dist)
+    log.say(layout.describe())
+    for line in dist.gather(strategy.describe_rank()):
+        log.say(f"  {line}")
+    ds_config = strategy.ds_config(deepspeed_config(cfg, dist.world_size, model_cfg))
     if dist.rank == 0:
         atomic_write_text(run_dir / "ds_config.json", json.dumps(ds_config, indent=2) + "\n")
-    model = build_model(model_cfg, ds_config, cfg.seed, cfg.zero_stage, cfg.zero3_leaf_layers)
-    fp8 = enable_fp8(model, cfg, dist, log)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=build_optimizer(model, cfg), config=ds_config)
-    counts = dist.gather(parameter_counts(engine.module))
-    stream = TrainStream(train_windows, cfg.micro_batch_size, dist.rank, dist.world_size)
+    engine, fp8 = strategy.build_engine(ds_config, log.say)
+    counts = dist.gather(strategy.parameter_counts(engine))
+    stream = strategy.stream(train_windows)
     benchmarks = load_benchmarks(cfg, model_cfg.max_seq_len, train_windows.eos_id,
                                  static_shapes=compile_enabled(model_cfg.compile, dist.device))
+    if benchmarks is not None and strategy.benchmarks_unsupported:
+        log.say(f"in-loop benchmarks not scored: {strategy.benchmarks_unsupported}")
+        benchmarks = None
     if benchmarks is not None:
         log.say(benchmarks.describe())
-    return Setup(engine, plan, model_cfg, stream, val_windows, fp8, counts, benchmarks)
+    return Setup(engine, plan, model_cfg, stream, val_windows, fp8, counts, benchmarks, strategy)
 
 
 def write_summary(run: Setup, cfg: TrainConfig, run_dir: Path, step: int, loss, val_loss, benchmarks: dict | None,
                   flops_token: float, dist: Dist, log: Log) -> dict:
-    counts = dist.gather(parameter_counts(run.engine.module))  # after training: persistent parameters are gathered
+    counts = dist.gather(run.strategy.parameter_counts(run.engine))  # after training: persistent ones are gathered
     summary = {
         "completed": True, "steps": step, "tokens": step * run.plan.tokens_per_step, "final_loss": loss,
         "val_loss": val_loss, "val_tokens": run.val_windows.tokens, "params": run.counts[0]["total"],
         "flops_per_token": flops_token,
         "model": run.model_cfg.model_dump(mode="json"), "world_size": dist.world_size,
         "device": dist.device.type, "zero_stage": cfg.zero_stage, "precision": cfg.precision, "fp8": run.fp8,
-        "batch": run.plan.describe(),
+        "batch": run.plan.describe(), "parallel": run.strategy.layout.as_dict(), **run.strategy.summary(),
         "param_partition": {"local_per_rank": [c["local"] for c in counts],
                             "resident_per_rank": [c["resident"] for c in counts], "total": counts[0]["total"]},
         "checkpoint": str(checkpoint_root(run_dir) / tag_for(step)),
@@ -389,7 +311,8 @@ def train(cfg: TrainConfig, run_dir: Path, resume_run: bool) -> dict | None:
     log = Log(run_dir, dist.rank)
     run = set_up(cfg, run_dir, dist, log)
     engine, plan = run.engine, run.plan
-    step = resume(engine, run_dir, run.stream, dist, log) if resume_run else 0
+    parallel = run.strategy.layout.as_dict()
+    step = resume(engine, run_dir, run.stream, dist, log, parallel) if resume_run else 0
     if not resume_run:
         log.truncate_after(0)
     flops_token, peak = flops_per_token(run.model_cfg, cfg.seq_len), peak_flops(dist.device)
@@ -402,7 +325,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume_run: bool) -> dict | None:
         lr = lr_at(step, cfg)
         set_lr(engine.optimizer, lr)
         started = time.perf_counter()
-        loss = train_step(engine, run.stream, plan.grad_accum_steps, dist)
+        loss = run.strategy.train_step(engine, run.stream, plan.grad_accum_steps)
         tokens_per_s = plan.tokens_per_step / (time.perf_counter() - started)
         step += 1
         flops_per_s = flops_token * tokens_per_s
@@ -417,7 +340,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume_run: bool) -> dict | None:
         if run.val_windows.windows and (step % cfg.eval_every_steps == 0 or step == cfg.max_steps):
             val_loss, benchmarks = eval_point(run, cfg, step, dist, log)
         if step % cfg.checkpoint_every_steps == 0 or step == cfg.max_steps:
-            save_checkpoint(engine, run_dir, step, run.stream, cfg, run.model_cfg, dist, log)
+            save_checkpoint(engine, run_dir, step, run.stream, cfg, run.model_cfg, dist, log, parallel)
         if cfg.stop_after_steps is not None and not resume_run and cfg.stop_after_steps <= step < cfg.max_steps:
             log.say(f"stopping after step {step} (stop_after_steps), as a crash would")
             return None
