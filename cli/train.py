@@ -48,6 +48,8 @@ def train(
     """Train a model with DeepSpeed (ZeRO-3 by default) on token shards."""
     from flows.train import train_flow
     from tasks.train.ds_config import BatchConfigError
+    from tasks.train.launch import world_size
+    from tasks.train.parallel.layout import check_layout
     from tasks.train.preflight import TrainConfigError, check_run
 
     try:
@@ -60,7 +62,8 @@ def train(
         fail("no token data: give --data TOKENS_DIR (or train.data_dir in the recipe)")
     try:
         found = check_run(cfg)  # data, model and vocabulary, before Prefect or a launcher starts
-    except TrainConfigError as error:
+        check_layout(cfg, world_size(cfg), found.model)  # and the parallel layout
+    except (TrainConfigError, FileNotFoundError) as error:
         fail(str(error))
     for warning in found.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}")

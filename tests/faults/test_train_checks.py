@@ -67,6 +67,15 @@ BAD_RUNS = {
     "model_size_huge": (["--model", "huge"], "unknown model size 'huge'"),
     "model_vocab_size_10": (["--set", "train.model.vocab_size=10"],
                             "model.vocab_size 10 is smaller than the data's vocabulary"),
+    "tensor_3_with_4_heads": (["--num-procs", "3", "--set", "train.parallel.tensor=3"],
+                              "parallel.tensor 3 does not divide the attention heads (model.n_heads) 4"),
+    "pipeline_8_with_4_layers": (["--num-procs", "8", "--set", "train.parallel.pipeline=8", "--set",
+                                  "train.zero_stage=1", "--set", "train.grad_accum_steps=8"],
+                                 "parallel.pipeline 8 is more stages than the model's layers (model.n_layers 4)"),
+    "seq_len_255_with_sequence_2": (["--num-procs", "2", "--set", "train.parallel.sequence=2", "--set",
+                                     "train.seq_len=255"], "parallel.sequence 2 does not divide seq_len 255"),
+    "num_procs_3_with_tensor_2": (["--num-procs", "3", "--set", "train.parallel.tensor=2"],
+                                  "world size 3 is not a multiple of parallel.tensor 2"),
 }
 
 
@@ -85,7 +94,8 @@ def test_bad_training_input_exits_2_before_launching(case, prefect_server, shard
         tokens = json.loads((tiny_shards / "index.json").read_text())["tokens"]["train"]
         assert f"has {tokens} tokens" in result.flat
     ledger("`pretrain train` on an empty token folder, 13 tokens, seq_len=100000000, model_size=huge, "
-           "model.vocab_size=10", "rc 2 before launch, the cause named; no launcher, no retries",
+           "model.vocab_size=10; layouts: tensor=3 with 4 heads, pipeline=8 over 4 layers, sequence=2 with seq_len 255, "
+           "tensor=2 on 3 processes", "rc 2 before launch, the cause named; no launcher, no retries",
            runs=1, launches=launches(run_dir))
 
 

@@ -133,6 +133,9 @@ def check_layout(cfg: TrainConfig, world: int, model: ModelConfig) -> Layout:
                 raise LayoutError(f"parallel.sequence {p.sequence} does not divide the {what} {count}: Ulysses "
                                   "gives each sequence rank an equal share of the heads inside attention")
     if p.pipeline > 1:
+        if p.pipeline > model.n_layers:
+            raise LayoutError(f"parallel.pipeline {p.pipeline} is more stages than the model's layers (model.n_layers "
+                              f"{model.n_layers}): each stage needs at least one layer")
         if model.n_layers % p.pipeline:
             raise LayoutError(f"parallel.pipeline {p.pipeline} does not divide the layers (model.n_layers "
                               f"{model.n_layers}): each stage holds an equal number of layers")
