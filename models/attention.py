@@ -34,8 +34,19 @@ FLASH_MAX_HEAD_DIM = 256
 
 
 @functools.cache
+def flash_attn_import_error() -> str | None:
+    """None when the flash_attn package imports; else why not (absent, or built for another torch/CUDA)."""
+    if importlib.util.find_spec("flash_attn") is None:
+        return "the flash_attn package is not installed (pip install 'flash-attn>=2.6', extra 'gpu')"
+    try:
+        from flash_attn import flash_attn_func  # noqa: F401  (its CUDA extension loads here)
+    except (ImportError, OSError) as error:  # e.g. an undefined symbol: a wheel built for another torch
+        return f"the flash_attn package is installed but does not import ({type(error).__name__}: {error})"
+    return None
+
+
 def flash_attn_installed() -> bool:
-    return importlib.util.find_spec("flash_attn") is not None
+    return flash_attn_import_error() is None
 
 
 def _sdpa_available() -> bool:
@@ -43,8 +54,8 @@ def _sdpa_available() -> bool:
 
 
 def _flash_unavailable_reason(device: torch.device, dtype: torch.dtype, head_dim: int | None) -> str | None:
-    if not flash_attn_installed():
-        return "the flash_attn package is not installed (pip install 'flash-attn>=2.6', extra 'gpu')"
+    if flash_attn_import_error() is not None:
+        return flash_attn_import_error()
     if device.type != "cuda":
         return f"it runs only on CUDA, and the tensors are on {device.type}"
     if dtype not in _HALF_DTYPES:

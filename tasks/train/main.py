@@ -283,6 +283,15 @@ def set_up(cfg: TrainConfig, run_dir: Path, dist: Dist, log: Log) -> Setup:
     return Setup(engine, plan, model_cfg, stream, val_windows, fp8, counts, benchmarks, strategy)
 
 
+def attention_backend(model_cfg: ModelConfig, cfg: TrainConfig, device: torch.device) -> str:
+    """The attention kernel the run's layers call: model.attention resolved for the device and the
+    activations' dtype (bf16/fp16 under those precisions, else fp32)."""
+    from models.attention import resolve_backend
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision, torch.float32)
+    return resolve_backend(model_cfg.attention, device, dtype, model_cfg.d_model // model_cfg.n_heads)
+
+
 def write_summary(run: Setup, cfg: TrainConfig, run_dir: Path, step: int, loss, val_loss, benchmarks: dict | None,
                   flops_token: float, dist: Dist, log: Log) -> dict:
     counts = dist.gather(run.strategy.parameter_counts(run.engine))  # after training: persistent ones are gathered
@@ -292,6 +301,7 @@ def write_summary(run: Setup, cfg: TrainConfig, run_dir: Path, step: int, loss, 
         "flops_per_token": flops_token,
         "model": run.model_cfg.model_dump(mode="json"), "world_size": dist.world_size,
         "device": dist.device.type, "zero_stage": cfg.zero_stage, "precision": cfg.precision, "fp8": run.fp8,
+        "attention_backend": attention_backend(run.model_cfg, cfg, dist.device),
         "batch": run.plan.describe(), "parallel": run.strategy.layout.as_dict(), **run.strategy.summary(),
         "param_partition": {"local_per_rank": [c["local"] for c in counts],
                             "resident_per_rank": [c["resident"] for c in counts], "total": counts[0]["total"]},
@@ -318,7 +328,8 @@ def train(cfg: TrainConfig, run_dir: Path, resume_run: bool) -> dict | None:
     flops_token, peak = flops_per_token(run.model_cfg, cfg.seq_len), peak_flops(dist.device)
     log.say(f"model {run.counts[0]['total']:,} parameters, {flops_token:,.0f} training FLOPs/token; "
             f"rank 0 holds {run.counts[0]['local']:,}; zero stage {cfg.zero_stage}, {cfg.precision}, "
-            f"{dist.world_size} x {dist.device.type}; fused functions "
+            f"{dist.world_size} x {dist.device.type}; attention "
+            f"{attention_backend(run.model_cfg, cfg, dist.device)}; fused functions "
             f"{'compiled' if compile_enabled(run.model_cfg.compile, dist.device) else 'eager'}")
     loss = val_loss = benchmarks = None
     while step < cfg.max_steps:
