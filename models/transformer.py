@@ -52,11 +52,12 @@ def ffn_hidden(cfg: ModelConfig) -> int:
 
 
 def rope_cos_sin(
-    seq_len: int, head_dim: int, theta: float, device: torch.device
+    seq_len: int, head_dim: int, theta: float, device: torch.device, start: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin tables (T, D) in fp32, laid out as HF Llama does: frequencies repeated twice."""
+    """cos and sin tables (T, D) in fp32 for positions start..start+T-1, laid out as HF Llama does:
+    frequencies repeated twice."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim))
-    positions = torch.arange(seq_len, device=device, dtype=torch.float32)
+    positions = torch.arange(start, start + seq_len, device=device, dtype=torch.float32)
     freqs = torch.outer(positions, inv_freq)  # (T, D/2)
     angles = torch.cat((freqs, freqs), dim=-1)  # (T, D)
     return angles.cos(), angles.sin()
@@ -167,6 +168,7 @@ class SelfAttention(nn.Module):
         self.k_proj = nn.Linear(cfg.d_model, self.n_kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(cfg.d_model, self.n_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.d_model, bias=False)
+        self.attend = attention  # attend(q, k, v, backend); a layout may put a distributed attention here
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
@@ -174,7 +176,7 @@ class SelfAttention(nn.Module):
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, KV, D)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, KV, D)
         q, k = kernel("rope_qk", self.compile_mode, x.device)(q, k, cos, sin)
-        y = attention(q, k, v, self.backend)  # (B, T, H, D)
+        y = self.attend(q, k, v, self.backend)  # (B, T, H, D)
         return self.o_proj(y.reshape(B, T, self.n_heads * self.head_dim))  # (B, T, C)
 
 
@@ -226,6 +228,7 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.compile)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.position_offset = 0  # position of idx's first token (a sequence-parallel rank's slice starts later)
         self.reset_parameters()
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
@@ -257,9 +260,10 @@ class Transformer(nn.Module):
         """idx (B, T) token ids -> logits (B, T, V), and the mean cross entropy over
         tokens when targets (B, T) are given (target -100 is ignored)."""
         B, T = idx.shape
-        if T > self.cfg.max_seq_len:
-            raise ValueError(f"sequence length {T} is over max_seq_len {self.cfg.max_seq_len}")
-        cos, sin = rope_cos_sin(T, self.head_dim, self.cfg.rope_theta, idx.device)  # (T, D) each
+        start = self.position_offset
+        if start + T > self.cfg.max_seq_len:
+            raise ValueError(f"sequence length {start + T} is over max_seq_len {self.cfg.max_seq_len}")
+        cos, sin = rope_cos_sin(T, self.head_dim, self.cfg.rope_theta, idx.device, start)  # (T, D) each
         x, delta = self.embed_tokens(idx), None  # (B, T, C)
         use_checkpoint = self.cfg.activation_checkpointing and torch.is_grad_enabled()
         for block in self.layers:
