@@ -112,3 +112,18 @@ def test_sequence2_export_matches_one_process(sequence_run, one_process_run, par
     diff = (export_logits(run_dir, parallel_shards) - export_logits(ref_dir, parallel_shards)).abs().max().item()
     print(f"max abs logits difference against the one-process export: {diff:.2e}")
     assert diff <= LOGITS_ATOL
+
+
+def test_position_offset_starts_the_rope_tables_later():
+    """A slice starting at position p gets rows p.. of the full sequence's RoPE tables; past max_seq_len is refused."""
+    from models.sizes import model_config
+    from models.transformer import Transformer, rope_cos_sin
+
+    cos, sin = rope_cos_sin(SEQ_LEN, 32, 10000.0, torch.device("cpu"))
+    half_cos, half_sin = rope_cos_sin(SEQ_LEN // 2, 32, 10000.0, torch.device("cpu"), start=SEQ_LEN // 2)
+    assert torch.equal(half_cos, cos[SEQ_LEN // 2:]) and torch.equal(half_sin, sin[SEQ_LEN // 2:])
+    model = Transformer(model_config("tiny", 64, max_seq_len=16))
+    model.position_offset = 8
+    assert model(torch.zeros(1, 8, dtype=torch.long))[0].shape == (1, 8, 64)
+    with pytest.raises(ValueError, match="sequence length 17 is over max_seq_len 16"):
+        model(torch.zeros(1, 9, dtype=torch.long))
