@@ -137,8 +137,10 @@ def test_tensor2_matches_one_process(tensor_run, one_process_run):
                   if '"train"' in line]
     ref_norms = [json.loads(line)["grad_norm"] for line in (ref_dir / "metrics.jsonl").read_text().splitlines()
                  if '"train"' in line]
-    for mine, ref in zip(grad_norms, ref_norms):  # clipping (grad_clip 1.0) sees the same global norm
-        assert abs(mine - ref) <= 1e-3 * ref, (grad_norms, ref_norms)
+    assert max(ref_norms) > 1.0  # clipping (grad_clip 1.0) acted, on the global norm each rank computed
+    norm_diff = max(abs(mine - ref) / ref for mine, ref in zip(grad_norms, ref_norms, strict=True))
+    print(f"max relative grad-norm difference: {norm_diff:.2e}")
+    assert norm_diff <= 1e-4, (grad_norms, ref_norms)
 
 
 def test_tensor2_resumes_exactly(tensor_run, tensor_config, tmp_path):
