@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -127,3 +128,21 @@ def test_position_offset_starts_the_rope_tables_later():
     assert model(torch.zeros(1, 8, dtype=torch.long))[0].shape == (1, 8, 64)
     with pytest.raises(ValueError, match="sequence length 17 is over max_seq_len 16"):
         model(torch.zeros(1, 9, dtype=torch.long))
+
+
+def test_resuming_under_another_layout_is_refused_naming_both(one_process_run, parallel_shards, tmp_path):
+    """The one-process run's checkpoints, resumed with sequence=2: refused before anything loads, not retried."""
+    from tasks.train.launch import TrainingRejected, run_training
+
+    ref_dir, _ = one_process_run
+    shutil.copytree(ref_dir, tmp_path / "run")
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_bytes()
+    cfg = layout_config(parallel_shards, tmp_path / "run", num_procs=2, parallel=ParallelConfig(sequence=2),
+                        zero_stage=1)
+    with pytest.raises(TrainingRejected) as refused:
+        run_training(cfg, resume=True, log_callback=lambda line: None)
+    assert ("saved under the layout {'tensor': 1, 'sequence': 1, 'pipeline': 1, 'data': 1}; this run's is "
+            "{'tensor': 1, 'sequence': 2, 'pipeline': 1, 'data': 1}") in str(refused.value)
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert sum(line.startswith("launch (") for line in log.splitlines()) == 2  # the reference's launch, and this one
+    assert (tmp_path / "run" / "metrics.jsonl").read_bytes() == metrics  # nothing of the reference run lost

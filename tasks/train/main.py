@@ -180,7 +180,7 @@ def resume(engine, run_dir: Path, stream: TrainStream, dist: Dist, log: Log, par
     folder = checkpoint_root(run_dir) / tag_for(newest)
     saved = json.loads((folder / COMPLETE_MARKER).read_text()).get("parallel") or {}
     if parallel is not None and saved and saved != parallel:
-        raise CheckpointDamaged(f"checkpoint {folder} was saved under the layout {saved}; this run's is {parallel}. "
+        raise TrainConfigError(f"checkpoint {folder} was saved under the layout {saved}; this run's is {parallel}. "
                                 "Resume with the same parallel settings and number of processes")
     try:
         _, client = engine.load_checkpoint(str(checkpoint_root(run_dir)), tag=tag_for(newest))
