@@ -31,6 +31,7 @@ from tasks.train.parallel.tensor import SPLIT_DIM, split_dim
 REPO = Path(__file__).resolve().parents[1]
 
 TENSOR = 2
+BENCH_ITEMS = 4  # in-loop benchmark items per task, scored by both tensor ranks at step 8 (after training)
 
 
 # ---------------------------------------------------------------- in process: the split itself
@@ -106,7 +107,7 @@ def split_counts(model: ModelConfig, tensor: int) -> tuple[int, int]:
 @pytest.fixture(scope="module")
 def tensor_config(parallel_shards, tmp_path_factory):
     return layout_config(parallel_shards, tmp_path_factory.mktemp("tensor2"), num_procs=2,
-                         parallel=ParallelConfig(tensor=TENSOR), zero_stage=3)
+                         parallel=ParallelConfig(tensor=TENSOR), zero_stage=3, eval_items=BENCH_ITEMS)
 
 
 @pytest.fixture(scope="module")
@@ -158,3 +159,39 @@ def test_tensor2_export_matches_one_process(tensor_run, one_process_run, paralle
     diff = (export_logits(run_dir, parallel_shards) - export_logits(ref_dir, parallel_shards)).abs().max().item()
     print(f"max abs logits difference: {diff:.2e}")
     assert diff <= LOGITS_ATOL
+
+
+class _Scorer:
+    """The exported HF model as ``benchmarks.score`` calls an engine."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, input_ids):
+        return (self.model(input_ids).logits,)
+
+    def eval(self):
+        pass
+
+    def train(self):
+        pass
+
+
+def test_tensor2_benchmarks_score_as_the_whole_model(tensor_run, tensor_config, parallel_shards):
+    """The in-loop scores of the tensor-parallel run (the base's score_benchmarks, both ranks scoring the
+    same items) equal the scores of its exported whole model on the same items."""
+    from transformers import LlamaForCausalLM
+
+    from tasks.train.benchmarks import load_benchmarks, score
+    from tasks.train.data import TokenWindows
+
+    run_dir, summary, _ = tensor_run
+    export_logits(Path(run_dir), parallel_shards)  # writes RUN_DIR/hf-test
+    model = LlamaForCausalLM.from_pretrained(Path(run_dir) / "hf-test", torch_dtype=torch.float32).eval()
+    eos_id = TokenWindows(parallel_shards, "train", tensor_config.seq_len, seed=0).eos_id
+    bench = load_benchmarks(tensor_config, model.config.max_position_embeddings, eos_id, static_shapes=False)
+    with torch.no_grad():
+        expected = score(_Scorer(model), bench, torch.device("cpu"))
+    assert summary["benchmarks"]["step"] == 8
+    assert summary["benchmarks"]["tasks"] == expected["benchmarks"]
+    assert all(task["items"] == BENCH_ITEMS for task in expected["benchmarks"].values())

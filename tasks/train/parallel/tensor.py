@@ -183,11 +183,11 @@ class TensorParallel(Strategy):
 
     def parameter_counts(self, engine) -> dict:
         """local and resident: this rank's elements; total: the whole model's (split ones x tensor size)."""
-        counts = parameter_counts(engine.module)
-        total = sum(getattr(p, "ds_numel", p.numel()) * (self.layout.tensor if getattr(p, "tensor_model_parallel",
-                                                                                        False) else 1)
-                    for p in engine.module.parameters())
-        return {**counts, "total": total}
+        total = 0
+        for param in engine.module.parameters():  # a tied parameter is listed once
+            pieces = self.layout.tensor if getattr(param, "tensor_model_parallel", False) else 1
+            total += getattr(param, "ds_numel", param.numel()) * pieces
+        return {**parameter_counts(engine.module), "total": total}
 
     def holds(self) -> str:
         t, r, m = self.layout.tensor, self.coords.tensor, self.model_cfg
