@@ -68,16 +68,34 @@ def assert_losses_match(run_dir: Path, reference_dir: Path, rtol: float = LOSS_R
     return diffs
 
 
-def resume_from(run_dir: Path, at_step: int, dest: Path, config: TrainConfig) -> dict:
-    """Copy ``run_dir`` as it was after ``at_step`` (later checkpoints and metrics dropped) to ``dest`` and
-    ``--resume`` it to the end; returns the resumed run's summary."""
+def assert_resumes_exactly(run_dir: Path, config: TrainConfig, dest: Path, at_step: int = 4) -> dict:
+    """Copy ``run_dir`` as it was after ``at_step`` (later checkpoints dropped) to ``dest``, ``--resume`` it to
+    the end, and check every resumed step's loss equals the uninterrupted run's exactly (the same ops in the
+    same order after the reload); returns the resumed run's summary."""
     shutil.copytree(run_dir, dest)
     for folder in checkpoint_root(dest).glob("step*"):
         if int(folder.name.removeprefix("step")) > at_step:
             shutil.rmtree(folder)
     (dest / "summary.json").unlink()
-    return run_training(config.model_copy(update={"output_dir": str(dest)}), resume=True,
-                        log_callback=lambda line: None)
+    summary = run_training(config.model_copy(update={"output_dir": str(dest)}), resume=True,
+                           log_callback=lambda line: None)
+    assert summary["completed"]
+    resumed, uninterrupted = train_losses(dest), train_losses(run_dir)
+    assert sorted(resumed) == list(range(1, STEPS + 1))
+    later = range(at_step + 1, STEPS + 1)
+    assert {s: resumed[s] for s in later} == {s: uninterrupted[s] for s in later}
+    return summary
+
+
+def assert_export_matches(run_dir: Path, reference_dir: Path, shards: Path) -> float:
+    """The run's consolidated checkpoint has the reference's names and shapes, and its HF export's logits
+    are within LOGITS_ATOL of the reference export's; returns the largest difference."""
+    mine, ref = consolidate_fp32(checkpoint_root(run_dir)), consolidate_fp32(checkpoint_root(reference_dir))
+    assert {k: tuple(v.shape) for k, v in mine.items()} == {k: tuple(v.shape) for k, v in ref.items()}
+    diff = (export_logits(run_dir, shards) - export_logits(reference_dir, shards)).abs().max().item()
+    print(f"max abs logits difference against the one-process export: {diff:.2e}")
+    assert diff <= LOGITS_ATOL
+    return diff
 
 
 def export_logits(run_dir: Path, shards: Path, tokens: int = 256) -> torch.Tensor:

@@ -7,10 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from parallel_fixtures import (LOGITS_ATOL, LOSS_RTOL, STEPS, assert_losses_match, export_logits, layout_config,
-                               resume_from, train_losses)
+from parallel_fixtures import (LOSS_RTOL, STEPS, assert_export_matches, assert_losses_match, assert_resumes_exactly, layout_config)
 from pretrain.config import ModelConfig, ParallelConfig
-from tasks.train.checkpoint import checkpoint_root, consolidate_fp32
+from tasks.train.checkpoint import checkpoint_root
 from tasks.train.launch import run_training
 
 PIPELINE, WORLD = 2, 2
@@ -60,11 +59,7 @@ def test_pipeline2_matches_one_process(pipeline_run, one_process_run):
 def test_pipeline2_resumes_exactly(pipeline_run, parallel_shards, tmp_path):
     """The same ops in the same order after the reload, so the resumed steps are equal, not just close."""
     run_dir, _, _ = pipeline_run
-    resumed = resume_from(run_dir, 4, tmp_path / "resumed", _config(parallel_shards, run_dir))
-    assert resumed["completed"]
-    mine, uninterrupted = train_losses(tmp_path / "resumed"), train_losses(run_dir)
-    assert sorted(mine) == list(range(1, STEPS + 1))
-    assert {s: mine[s] for s in range(5, STEPS + 1)} == {s: uninterrupted[s] for s in range(5, STEPS + 1)}
+    assert_resumes_exactly(run_dir, _config(parallel_shards, run_dir), tmp_path / "resumed")
 
 
 def test_pipeline2_export_matches_one_process(pipeline_run, one_process_run, parallel_shards):
@@ -73,11 +68,7 @@ def test_pipeline2_export_matches_one_process(pipeline_run, one_process_run, par
     folder = checkpoint_root(run_dir) / f"step{STEPS}"
     # layers 0..5 (embedding, 4 blocks, final norm); the tied head is the embedding, saved once by stage 0
     assert sorted(p.name for p in folder.glob("layer_*")) == [f"layer_{i:02d}-model_states.pt" for i in range(6)]
-    mine, ref = consolidate_fp32(checkpoint_root(run_dir)), consolidate_fp32(checkpoint_root(ref_dir))
-    assert {k: tuple(v.shape) for k, v in mine.items()} == {k: tuple(v.shape) for k, v in ref.items()}
-    diff = (export_logits(run_dir, parallel_shards) - export_logits(ref_dir, parallel_shards)).abs().max().item()
-    print(f"max abs logits difference of the exports: {diff:.2e}")
-    assert diff <= LOGITS_ATOL
+    assert_export_matches(run_dir, ref_dir, parallel_shards)
 
 
 @pytest.mark.parametrize("tied", [True, False])
@@ -85,12 +76,13 @@ def test_pipe_layers_compose_to_the_model(tied):
     """The pipe layers, run in order on one process, give the Transformer's logits and loss exactly; an
     untied model keeps its own lm_head."""
     from models.transformer import Transformer
-    from tasks.train.parallel.pipeline import (Embed, Head, _Parts, cross_entropy_loss, full_model, layer_specs,
+    from tasks.train.model_setup import seeded_model
+    from tasks.train.parallel.pipeline import (Embed, Head, _Parts, cross_entropy_loss, layer_specs,
                                                tied_head)
 
     cfg = ModelConfig(vocab_size=64, n_layers=2, d_model=32, n_heads=4, max_seq_len=16, tie_embeddings=tied,
                       compile="off")
-    reference, model = full_model(cfg, seed=3), full_model(cfg, seed=3)
+    reference, model = seeded_model(cfg, seed=3), seeded_model(cfg, seed=3)
     assert isinstance(reference, Transformer) and (reference.lm_head.weight is reference.embed_tokens.weight) == tied
     specs = layer_specs(_Parts(model), cfg)
     embed = specs[0].build()

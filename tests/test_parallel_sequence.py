@@ -11,10 +11,9 @@ import shutil
 import pytest
 import torch
 
-from parallel_fixtures import (LOGITS_ATOL, LOSS_RTOL, SEQ_LEN, STEPS, assert_losses_match, export_logits,
-                               layout_config, resume_from, train_losses)
+from parallel_fixtures import (LOSS_RTOL, SEQ_LEN, STEPS, assert_export_matches, assert_losses_match, assert_resumes_exactly, layout_config)
 from pretrain.config import ModelConfig, ParallelConfig
-from tasks.train.checkpoint import checkpoint_root, consolidate_fp32
+from tasks.train.checkpoint import checkpoint_root
 from tasks.train.launch import run_training
 
 SEQUENCE, WORLD = 2, 2
@@ -96,23 +95,15 @@ def test_sequence2_holds_half_the_sequence(sequence_run):
 
 def test_sequence2_resumes_exactly(sequence_run, parallel_shards, tmp_path):
     run_dir, _, _ = sequence_run
-    resumed = resume_from(run_dir, 4, tmp_path / "resumed", _config(parallel_shards, run_dir))
-    assert resumed["completed"]
-    mine, uninterrupted = train_losses(tmp_path / "resumed"), train_losses(run_dir)
-    assert sorted(mine) == list(range(1, STEPS + 1))
-    assert {s: mine[s] for s in range(5, STEPS + 1)} == {s: uninterrupted[s] for s in range(5, STEPS + 1)}
+    assert_resumes_exactly(run_dir, _config(parallel_shards, run_dir), tmp_path / "resumed")
 
 
 def test_sequence2_export_matches_one_process(sequence_run, one_process_run, parallel_shards):
     run_dir, _, _ = sequence_run
     ref_dir, _ = one_process_run
-    state, ref_state = consolidate_fp32(checkpoint_root(run_dir)), consolidate_fp32(checkpoint_root(ref_dir))
-    assert {k: tuple(v.shape) for k, v in state.items()} == {k: tuple(v.shape) for k, v in ref_state.items()}
     manifest = json.loads(next(checkpoint_root(run_dir).glob("step*/client.json")).read_text())
     assert manifest["parallel"]["sequence"] == SEQUENCE
-    diff = (export_logits(run_dir, parallel_shards) - export_logits(ref_dir, parallel_shards)).abs().max().item()
-    print(f"max abs logits difference against the one-process export: {diff:.2e}")
-    assert diff <= LOGITS_ATOL
+    assert_export_matches(run_dir, ref_dir, parallel_shards)
 
 
 def test_position_offset_starts_the_rope_tables_later():

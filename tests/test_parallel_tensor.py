@@ -21,10 +21,8 @@ import pytest
 import torch
 
 from models.transformer import Transformer, ffn_hidden
-from parallel_fixtures import (LOGITS_ATOL, assert_losses_match, export_logits, layout_config, resume_from,
-                               train_losses)
+from parallel_fixtures import (assert_export_matches, assert_losses_match, assert_resumes_exactly, export_logits, layout_config)
 from pretrain.config import ModelConfig, ParallelConfig
-from tasks.train.checkpoint import checkpoint_root, consolidate_fp32
 from tasks.train.launch import run_training
 from tasks.train.parallel.tensor import SPLIT_DIM, split_dim
 
@@ -145,20 +143,12 @@ def test_tensor2_matches_one_process(tensor_run, one_process_run):
 
 
 def test_tensor2_resumes_exactly(tensor_run, tensor_config, tmp_path):
-    run_dir = Path(tensor_run[0])
-    summary = resume_from(run_dir, 4, tmp_path / "resumed", tensor_config)
-    assert summary["completed"]
-    resumed, uninterrupted = train_losses(tmp_path / "resumed"), train_losses(run_dir)
-    assert {s: resumed[s] for s in range(5, 9)} == {s: uninterrupted[s] for s in range(5, 9)}
+    assert_resumes_exactly(Path(tensor_run[0]), tensor_config, tmp_path / "resumed")
 
 
 def test_tensor2_export_matches_one_process(tensor_run, one_process_run, parallel_shards):
     run_dir, ref_dir = Path(tensor_run[0]), one_process_run[0]
-    mine, ref = consolidate_fp32(checkpoint_root(run_dir)), consolidate_fp32(checkpoint_root(ref_dir))
-    assert {k: tuple(v.shape) for k, v in mine.items()} == {k: tuple(v.shape) for k, v in ref.items()}
-    diff = (export_logits(run_dir, parallel_shards) - export_logits(ref_dir, parallel_shards)).abs().max().item()
-    print(f"max abs logits difference: {diff:.2e}")
-    assert diff <= LOGITS_ATOL
+    assert_export_matches(run_dir, ref_dir, parallel_shards)
 
 
 class _Scorer:

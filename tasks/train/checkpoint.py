@@ -20,6 +20,8 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+from tasks.train.errors import CheckpointDamaged  # noqa: F401  (raised here; its callers import it here)
+
 TAG_PATTERN = re.compile(r"^step(\d+)$")
 COMPLETE_MARKER = "client.json"
 
@@ -45,10 +47,6 @@ def list_checkpoints(root: str | Path) -> list[tuple[int, Path]]:
 def newest_checkpoint(root: str | Path) -> tuple[int, Path] | None:
     found = list_checkpoints(root)
     return found[-1] if found else None
-
-
-class CheckpointDamaged(ValueError):
-    """A checkpoint's files do not match its manifest, or do not load."""
 
 
 def file_sizes(folder: str | Path) -> dict[str, int]:

@@ -47,21 +47,32 @@ def build_model(model_cfg: ModelConfig, ds_config: dict, seed: int, zero_stage: 
     releasing its parameters together (on one H200, 350m: its per-module hooks made the
     step host-bound at 75-100k tokens/s while the GPU was busy for 158 ms of each step).
     """
+    if zero_stage != 3:
+        return seeded_model(model_cfg, seed)
     import deepspeed
     import torch._dynamo  # noqa: F401  imported inside zero.Init (which patches Tensor.__new__) it fails to load
 
     torch.manual_seed(seed)
-    with deepspeed.zero.Init(config_dict_or_path=ds_config, enabled=zero_stage == 3):
+    with deepspeed.zero.Init(config_dict_or_path=ds_config):
         model = Transformer(model_cfg)
     torch.manual_seed(seed)
-    if zero_stage == 3:
-        model.reset_parameters(lambda params: deepspeed.zero.GatheredParameters(params, modifier_rank=0))
-        if leaf_layers:
-            from deepspeed.utils import set_z3_leaf_modules
+    model.reset_parameters(lambda params: deepspeed.zero.GatheredParameters(params, modifier_rank=0))
+    if leaf_layers:
+        from deepspeed.utils import set_z3_leaf_modules
 
-            set_z3_leaf_modules(model, [Block])
-    else:
-        model.reset_parameters()
+        set_z3_leaf_modules(model, [Block])
+    return model
+
+
+def seeded_model(model_cfg: ModelConfig, seed: int) -> Transformer:
+    """The whole Transformer with the weights every run draws from ``seed`` (build_model's ZeRO 0-2 path).
+
+    The model-parallel layouts build it whole, then split it: a disabled zero.Init would still
+    check the batch against every rank counted as data parallel, so they start here."""
+    torch.manual_seed(seed)
+    model = Transformer(model_cfg)
+    torch.manual_seed(seed)
+    model.reset_parameters()
     return model
 
 

@@ -15,7 +15,7 @@ The pipe layers, in order (their index names the checkpoint's ``layer_XX-model_s
 Between stages only tensors travel, so a block takes the stream ``x`` alone (the first block,
 whose ``delta`` is None in the one-process model) or the pair, and recomputes RoPE's cos/sin
 from T. The modules are those of the full Transformer built from the seed as a one-process run
-builds it (``full_model``, as ``model_setup.build_model``), so the pipeline starts from the same weights; every
+builds it (``model_setup.seeded_model``), so the pipeline starts from the same weights; every
 rank builds the whole model once, then keeps only its stage's layers (the memory of a full model
 per rank at build time, released before training).
 """
@@ -33,7 +33,8 @@ from models.transformer import Block, Transformer, kernel, num_params, rope_cos_
 from pretrain.config import ModelConfig
 from tasks.train.data import TokenWindows, TrainStream, eval_batches
 from tasks.train.ds_config import build_optimizer
-from tasks.train.model_setup import enable_fp8
+from tasks.train.errors import CheckpointDamaged
+from tasks.train.model_setup import enable_fp8, seeded_model
 from tasks.train.parallel.strategy import Strategy
 
 TIED_KEY = "embed_tokens"
@@ -133,17 +134,6 @@ def our_name(index: int, key: str, n_layers: int) -> str:
     return key  # embed_tokens.weight, norm.weight, lm_head.weight
 
 
-def full_model(cfg: ModelConfig, seed: int) -> Transformer:
-    """The Transformer with a one-process run's initial weights: ``model_setup.build_model`` below ZeRO-3
-    (seed, build, seed, reset_parameters). Not build_model itself: its zero.Init, though disabled, checks
-    the batch against a data-parallel size that counts the pipeline stages."""
-    torch.manual_seed(seed)
-    model = Transformer(cfg)
-    torch.manual_seed(seed)
-    model.reset_parameters()
-    return model
-
-
 def cross_entropy_loss(compile_mode: str):
     def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         B, T, V = logits.shape
@@ -179,7 +169,7 @@ class PipelineParallel(Strategy):
         from deepspeed.pipe import PipelineModule
 
         cfg, model_cfg, stages = self.cfg, self.model_cfg, self.layout.pipeline
-        model = full_model(model_cfg, cfg.seed)
+        model = seeded_model(model_cfg, cfg.seed)
         fp8 = enable_fp8(model, cfg, self.dist.device, say)
         self.total_params = num_params(model)
         parts = _Parts(model)
@@ -239,8 +229,6 @@ def consolidate_fp32(folder, manifest: dict) -> dict:
     checkpoint consolidates). The layer files hold the module's weights as trained:
     fp32 in an fp32 run; in a bf16 run they are the bf16 weights (the fp32 master copies are in the
     optimizer files), upcast here."""
-    from tasks.train.checkpoint import CheckpointDamaged
-
     cfg = ModelConfig.model_validate(manifest["model"])
     state = {}
     for path in sorted(Path(folder).iterdir()):

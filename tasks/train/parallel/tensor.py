@@ -33,9 +33,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from models.transformer import Block, Transformer, ffn_hidden
+from models.transformer import Block, ffn_hidden
 from tasks.train.ds_config import build_optimizer
-from tasks.train.model_setup import enable_fp8, parameter_counts
+from tasks.train.model_setup import enable_fp8, parameter_counts, seeded_model
 from tasks.train.parallel.strategy import Strategy
 
 # how each split matrix is cut: 0 = by output rows (column-parallel), 1 = by input columns (row-parallel)
@@ -137,16 +137,6 @@ class TensorParallelUnit:
         return dist.get_process_group_ranks(self.data_group)
 
 
-def whole_model(model_cfg, seed: int) -> nn.Module:
-    """The whole Transformer with the weights ``build_model`` draws from the seed (its ZeRO 0-2 path; its
-    disabled zero.Init would check the batch against every rank as data parallel, hence not called)."""
-    torch.manual_seed(seed)
-    model = Transformer(model_cfg)
-    torch.manual_seed(seed)
-    model.reset_parameters()
-    return model
-
-
 def _singleton_data_group(world: int, rank: int):
     """A one-rank group per rank (every rank makes all of them, in order): the data group when d = 1."""
     mine = None
@@ -170,7 +160,7 @@ class TensorParallel(Strategy):
         import deepspeed
 
         cfg, t = self.cfg, self.layout.tensor
-        model = whole_model(self.model_cfg, cfg.seed)
+        model = seeded_model(self.model_cfg, cfg.seed)
         split_model(model, self.coords.tensor, t, self.tensor_group)
         if cfg.zero_stage == 3 and cfg.zero3_leaf_layers:
             from deepspeed.utils import set_z3_leaf_modules
