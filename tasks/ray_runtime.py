@@ -112,6 +112,12 @@ def check_reachable(address: str, timeout_s: float = REACH_TIMEOUT_S) -> None:
                              "RAY_ADDRESS or ray.address, or leave them unset for a local instance") from error
 
 
+def is_loopback(address: str) -> bool:
+    """Whether a ``host:port`` (or ``ray://host:port``) address names this machine's loopback."""
+    host = address.removeprefix("ray://").rpartition(":")[0].strip("[]")
+    return host == "localhost" or host == "::1" or host.startswith("127.")
+
+
 def ensure_ray(cfg: RayConfig) -> bool:
     """Initialise Ray unless it already is; True when this call started it.
 
@@ -125,11 +131,15 @@ def ensure_ray(cfg: RayConfig) -> bool:
     if address:
         check_reachable(address)
         _bound_oom_retries()
-        ray.init(
-            address=address,
-            runtime_env={"py_modules": [package_folder(name) for name in SHIPPED_PACKAGES]},
-            log_to_driver=False,
-        )
+        # A cluster on this machine's loopback (tests; one-machine clusters): Ray 2.60 would swap 127.0.0.1 for
+        # the host's routable address on the client side too and retry a GCS that is not there, without end.
+        keep_loopback = _loopback_node_ip() if is_loopback(address) else contextlib.nullcontext()
+        with keep_loopback:
+            ray.init(
+                address=address,
+                runtime_env={"py_modules": [package_folder(name) for name in SHIPPED_PACKAGES]},
+                log_to_driver=False,
+            )
     else:
         start_local_ray(cfg.num_cpus, cfg.object_store_memory_mb)
     return True

@@ -1,0 +1,72 @@
+"""Connected components by star rounds as Ray tasks over edge parts (tasks/dedup/components.py)
+against the one-task union-find (tasks/dedup/clusters.connected_components): the same roots
+on chains, stars, cliques, random graphs and many small components, for 1, 3 and 8 parts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tasks.dedup.clusters import connected_components
+from tasks.dedup.components import distributed_components, part_of
+
+RNG = np.random.default_rng(7)
+
+
+def _clique(size: int, offset: int) -> tuple[np.ndarray, np.ndarray]:
+    i, j = np.triu_indices(size, 1)
+    return i + offset, j + offset
+
+
+def _graphs() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    n = 3000
+    perm = RNG.permutation(n)
+    sparse = RNG.integers(0, 6000, (4000, 2))
+    starts = RNG.integers(0, 10**12, 1500)
+    cliques = [_clique(12, 100 * k) for k in range(20)]
+    return {
+        "chain in order": (np.arange(n - 1), np.arange(1, n)),
+        "chain shuffled": (perm[:-1], perm[1:]),
+        "star": (np.full(800, 5000), np.arange(800)),  # the centre is the largest node
+        "cliques": (np.concatenate([c[0] for c in cliques]), np.concatenate([c[1] for c in cliques])),
+        "random sparse": (sparse[:, 0], sparse[:, 1]),
+        "many small, refs-like": (starts, starts + RNG.integers(1, 4, starts.size)),
+        "self loops and repeats": (np.array([3, 3, 4, 9, 9, 1]), np.array([3, 4, 3, 9, 1, 9])),
+    }
+
+
+GRAPHS = _graphs()
+
+
+@pytest.mark.parametrize("partitions", [1, 3, 8])
+@pytest.mark.parametrize("name", sorted(GRAPHS))
+def test_star_rounds_give_union_finds_components(name, partitions, ray_session):
+    a, b = (np.asarray(x, dtype=np.uint64) for x in GRAPHS[name])
+    nodes, root = connected_components(a, b)
+    found = distributed_components(a, b, partitions)
+    keep = a != b
+    expected_nodes = np.unique(np.concatenate((a[keep], b[keep])))
+    assert np.array_equal(found.nodes, expected_nodes)
+    known = np.isin(nodes, expected_nodes)  # union-find also lists a node seen only in a self loop
+    assert np.array_equal(found.root, nodes[root][known])
+    assert found.tasks == 3 * partitions * found.rounds and found.rounds >= 1
+
+
+def test_parts_spread_nodes_evenly():
+    counts = np.bincount(part_of(np.arange(100_000, dtype=np.uint64), 8), minlength=8)
+    assert counts.min() > 0.95 * 100_000 / 8 and counts.max() < 1.05 * 100_000 / 8
+
+
+def test_a_task_holds_its_part_of_the_edges_and_at_most_the_largest_component(ray_session):
+    """Random sparse graph, 8 parts: in the first round no task read more than a fifth of the directed edges
+    (an even split is an eighth); later, a star's centre reads its whole component, never more than its
+    share plus twice the largest component. One part reads them all."""
+    a, b = (np.asarray(x, dtype=np.uint64) for x in GRAPHS["random sparse"])
+    directed = 2 * int((a != b).sum())
+    nodes, root = connected_components(a, b)
+    largest_component = int(np.bincount(root).max())
+    spread, whole = distributed_components(a, b, 8), distributed_components(a, b, 1)
+    assert spread.largest_task_edges[0] <= directed / 5, (spread.largest_task_edges, directed)
+    assert max(spread.largest_task_edges) <= directed / 5 + 2 * largest_component, spread.largest_task_edges
+    assert whole.largest_task_edges[0] >= directed * 0.9  # repeats dropped
+    assert np.array_equal(spread.root, whole.root)
