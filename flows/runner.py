@@ -16,6 +16,7 @@ report. The runner does the rest, once for every stage:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,8 +89,13 @@ class Shard:
         return stable_hash(job.name, job.code_version(), *self.key)
 
 
+def _on_this_node(report: dict) -> dict:
+    """A shard's report with ``ray_node_id``: which Ray node ran it (on a cluster, which machine)."""
+    return {**report, "ray_node_id": ray.get_runtime_context().get_node_id()} if isinstance(report, dict) else report
+
+
 def _run_work(work: Callable[..., dict], args: dict) -> dict:
-    return work(**args)
+    return _on_this_node(work(**args))
 
 
 class _Holder:
@@ -99,7 +105,7 @@ class _Holder:
         self.state = holder(**args)
 
     def run(self, work: Callable[..., dict], args: dict) -> dict:
-        return work(self.state, **args)
+        return _on_this_node(work(self.state, **args))
 
     def ask(self, question: Callable[[Any], Any]) -> Any:
         return question(self.state)
@@ -145,6 +151,7 @@ class StageRun:
         self.failures: list[dict] = []
         self.cache_hits: dict[str, int] = {}
         self.stale: list[str] = []
+        self.nodes: collections.Counter = collections.Counter()  # Ray node id -> shards it ran (this run's)
 
     @property
     def failed(self) -> bool:
@@ -173,6 +180,7 @@ class StageRun:
         reports, failures, hits = gather(job.progress or job.name, futures, self.logger)
         self.failures += failures
         self.cache_hits[job.name] = self.cache_hits.get(job.name, 0) + hits
+        self.nodes.update(r["ray_node_id"] for r in reports if isinstance(r, dict) and "ray_node_id" in r)
         self.answers = ray.get([actor.ask.remote(ask) for actor in actors]) if actors and ask else []
         for actor in actors:
             ray.kill(actor)
@@ -191,6 +199,8 @@ class StageRun:
             raise root_cause(error) from None
         cached = state.name == "Cached"
         self.cache_hits[job.name] = self.cache_hits.get(job.name, 0) + cached
+        if isinstance(report, dict) and "ray_node_id" in report:
+            self.nodes[report["ray_node_id"]] += 1
         return report, cached
 
     def _start_holders(self, job: ShardJob, shards: int, args: dict) -> list:
@@ -207,6 +217,7 @@ class StageRun:
                **info: Any) -> dict:
         """Record the run (info.json, report.json, artifacts); raise StageFailed when anything failed."""
         summary.setdefault("stale_removed", self.stale)
+        summary.setdefault("ray_nodes", dict(sorted(self.nodes.items())))  # node id -> shard tasks it ran
         write_info_json(self.out, stage=self.stage, code=code, config=config, inputs=inputs, **info)
         write_report(self.out, summary)
         if publish is not None and (publish_failed or not self.failures):

@@ -8,19 +8,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
-import textwrap
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 from conftest import REPO
+from ray_cluster import loopback_cluster
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -199,46 +194,6 @@ def test_a_locked_run_output_exits_2_like_the_stage_commands(prefect_server, tmp
 
 # ---------------------------------------------------------------- a foreign Ray cluster, and a quiet success
 
-CLUSTER_HOLDER = textwrap.dedent("""
-    import sys
-    from ray._private import ray_constants
-    ray_constants.ENABLE_RAY_CLUSTER = False  # keep 127.0.0.1 (see the Ray notes)
-    from ray.cluster_utils import Cluster
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False,
-        "object_store_memory": 80 * 1024 * 1024})
-    print(cluster.address, flush=True)
-    sys.stdin.read()  # hold the cluster until the test closes stdin
-    cluster.shutdown()
-""")
-
-
-def _kill_group_and_ray(proc: subprocess.Popen, ray_tmp: str) -> None:
-    """SIGKILL a process group this test started, and the Ray processes under its own temp dir."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
-    for other in psutil.process_iter(["cmdline"]):
-        if ray_tmp in " ".join(other.info["cmdline"] or []):
-            try:
-                other.kill()
-            except psutil.Error:
-                pass
-
-
-def _cluster_address(holder: subprocess.Popen, address_file: Path, timeout_s: float = 120) -> str:
-    """The holder's cluster address (its last stdout line), once Ray has written the address file."""
-    lines = iter(holder.stdout.readline, "")
-    address = next((line.strip() for line in lines if re.fullmatch(r"127\.0\.0\.1:\d+", line.strip())), "")
-    deadline = time.monotonic() + timeout_s
-    while not address_file.is_file() and holder.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert address and address_file.is_file(), f"the foreign cluster did not start (rc {holder.poll()})"
-    return address
-
-
 @pytest.fixture(scope="module")
 def ingest_beside_a_foreign_cluster(prefect_server, tmp_path_factory):
     """`pretrain ingest` on demo data while a cluster_utils cluster has written its ray_current_cluster file.
@@ -249,23 +204,12 @@ def ingest_beside_a_foreign_cluster(prefect_server, tmp_path_factory):
     base = tmp_path_factory.mktemp("foreign")
     demo = base / "demo"
     write_demo_data(demo, n_files=2, articles_per_file=4)
-    ray_tmp = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_TMPDIR": ray_tmp}
-    address_file = Path(ray_tmp) / "ray" / "ray_current_cluster"
-    holder = subprocess.Popen([sys.executable, "-c", CLUSTER_HOLDER], env=env, cwd=REPO, start_new_session=True,
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        address = _cluster_address(holder, address_file)
+    with loopback_cluster(nodes=1) as cluster:
         cmd = [sys.executable, "-m", "cli.main", "ingest", "--input", str(demo), "--output", str(base / "out"),
                "--num-cpus", "1"]
-        run = subprocess.run(cmd, env={**env, "PREFECT_API_URL": prefect_server}, cwd=REPO, capture_output=True,
-                             text=True, timeout=600)
-        yield {"run": run, "out": base / "out", "address": address, "address_file": address_file}
-        holder.stdin.close()
-        holder.wait(timeout=60)
-    finally:
-        _kill_group_and_ray(holder, ray_tmp)
-        shutil.rmtree(ray_tmp, ignore_errors=True)  # this test's own folder, the address file with it
+        run = subprocess.run(cmd, env={**cluster.env, "PREFECT_API_URL": prefect_server}, cwd=REPO,
+                             capture_output=True, text=True, timeout=600)
+        yield {"run": run, "out": base / "out", "address": cluster.address, "address_file": cluster.address_file}
 
 
 def test_the_local_ray_never_joins_a_foreign_cluster(ingest_beside_a_foreign_cluster, ledger):
