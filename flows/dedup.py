@@ -107,6 +107,8 @@ def summarize(writes: list[dict], clusters: dict, buckets: list[dict], hits: dic
         "candidate_edges": sum(b["candidates"] for b in buckets),
         "verified_edges": sum(b["edges"] for b in buckets),
         "distinct_edges": clusters["edges"],
+        "cluster_tasks": clusters.get("cluster_tasks", 1),
+        "cluster_rounds": clusters.get("cluster_rounds", 0),
         "largest_clusters": clusters["largest"],
         "cache_hits": hits,
         "seconds": round(seconds, 2),

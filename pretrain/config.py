@@ -246,6 +246,9 @@ class DedupConfig(_Model):
     hash_partitions: int = Field(
         16, ge=1, description="Bucket files per band; bounds the memory of one grouping task."
     )
+    cluster_partitions: int = Field(
+        8, ge=1, description="Edge parts of the clustering: connected components run as rounds of this many Ray "
+                             "tasks, each holding its part of the edges (1: union-find in one task).")
 
 
 class PerplexityConfig(_Model):

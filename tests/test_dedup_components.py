@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.dedup.clusters import connected_components
+from tasks.dedup.clusters import connected_components, find_components
 from tasks.dedup.components import distributed_components, part_of
 
 RNG = np.random.default_rng(7)
@@ -70,3 +70,16 @@ def test_a_task_holds_its_part_of_the_edges_and_at_most_the_largest_component(ra
     assert max(spread.largest_task_edges) <= directed / 5 + 2 * largest_component, spread.largest_task_edges
     assert whole.largest_task_edges[0] >= directed * 0.9  # repeats dropped
     assert np.array_equal(spread.root, whole.root)
+
+
+def test_the_clustering_stage_finds_union_finds_nodes_and_roots(ray_session):
+    """What stage 3 calls: the same (nodes, root index) as union-find, a node only in a self loop included,
+    with the task count it reports as cluster_tasks."""
+    a = np.array([10, 11, 12, 40, 40, 7], dtype=np.uint64)
+    b = np.array([11, 12, 10, 41, 40, 7], dtype=np.uint64)  # 40-40 beside 40-41; 7 only in a self loop
+    nodes, root = connected_components(a, b)
+    found_nodes, found_root, stats = find_components(a, b, 4)
+    assert np.array_equal(found_nodes, nodes) and np.array_equal(found_root, root)
+    assert nodes[root].tolist() == [7, 10, 10, 10, 40, 40]
+    assert stats["cluster_tasks"] == 3 * 4 * stats["cluster_rounds"] and stats["cluster_rounds"] >= 1
+    assert find_components(a, b, 1)[2] == {"cluster_tasks": 1, "cluster_rounds": 0, "largest_task_edges": 12}

@@ -157,6 +157,9 @@ def test_report_info_and_artifacts(planted, first_run):
     assert set(report["dropped"]) == {"exact_duplicate", "url_duplicate", "fuzzy_duplicate"}
     assert report["clusters"] == summary["clusters"] > 0 and report["docs_per_s"] > 0
     assert report["largest_clusters"][0]["size"] >= report["largest_clusters"][-1]["size"]
+    # the components came from star rounds of cluster_partitions Ray tasks each (test_dedup_components:
+    # equal to union-find), not one task
+    assert report["cluster_tasks"] == 3 * DedupConfig().cluster_partitions * report["cluster_rounds"] > 0
     info = json.loads((folder / "out" / "info.json").read_text())
     assert info["stage"] == "dedup" and info["config"]["bands"] == 28 and len(info["inputs"]) == 5
 

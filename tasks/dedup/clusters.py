@@ -1,7 +1,10 @@
-"""Stage 3, one task: clusters from all edges, one kept document per cluster.
+"""Stage 3: clusters from all edges, one kept document per cluster.
 
 Clusters are the connected components of the graph whose edges are every
-exact, URL and (verified) fuzzy duplicate relation found in stage 2.
+exact, URL and (verified) fuzzy duplicate relation found in stage 2. The edges are
+read in one task; the components are found by ``cluster_partitions`` Ray tasks per
+round (``tasks.dedup.components``: star rounds, each task holding its part of the
+edges), equal to the union-find below.
 
 Keep rule: in each cluster keep the document with the most normalized words
 (the complete version wins over truncated copies, and a page over its excerpt);
@@ -30,6 +33,7 @@ import pyarrow.parquet as pq
 from pretrain.config import DedupConfig
 from pretrain.provenance import atomic_write_text, part_path
 from tasks.dedup.buckets import gather_rows, make_refs, read_edges, split_refs
+from tasks.dedup.components import distributed_components
 from tasks.dedup.layout import KIND_NAMES, REASONS, Layout, key_slots
 from tasks.shards import COMPRESSION
 
@@ -68,6 +72,25 @@ def connected_components(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.n
             if np.array_equal(grand, parent):
                 break
             parent = grand
+
+
+def find_components(a: np.ndarray, b: np.ndarray, partitions: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """``(nodes, root, stats)`` as ``connected_components`` gives them (root: the index
+    of the component's smallest node; a node seen only in a self loop is its own component), computed by
+    star rounds over ``partitions`` Ray tasks; by that union-find in this process when partitions is 1
+    or Ray is not running here. ``stats``: tasks, rounds, the most edges one task read."""
+    import ray
+
+    if partitions == 1 or a.size == 0 or not ray.is_initialized():
+        nodes, root = connected_components(a, b)
+        return nodes, root, {"cluster_tasks": 1, "cluster_rounds": 0, "largest_task_edges": 2 * int(a.size)}
+    found = distributed_components(a, b, partitions)
+    nodes = np.unique(np.concatenate((a, b))).astype(np.uint64)
+    smallest = nodes.copy()  # self-loop-only nodes keep themselves
+    smallest[np.searchsorted(nodes, found.nodes)] = found.root
+    stats = {"cluster_tasks": found.tasks, "cluster_rounds": found.rounds,
+             "largest_task_edges": max(found.largest_task_edges)}
+    return nodes, np.searchsorted(nodes, smallest), stats
 
 
 def choose_kept(root: np.ndarray, n_words: np.ndarray, refs: np.ndarray) -> np.ndarray:
@@ -148,9 +171,11 @@ class Clusters:
     sizes: np.ndarray  # per cluster
     kept_member: np.ndarray  # per cluster: index of its kept document
 
+    stats: dict  # how the components were found: tasks, rounds, the most edges one task read
+
     @classmethod
-    def from_edges(cls, a: np.ndarray, b: np.ndarray, kind: np.ndarray, n_words_of) -> Clusters:
-        refs, root = connected_components(a, b)
+    def from_edges(cls, a: np.ndarray, b: np.ndarray, kind: np.ndarray, n_words_of, partitions: int = 1) -> Clusters:
+        refs, root, stats = find_components(a, b, partitions)
         relation = strongest_relation(refs.size, np.searchsorted(refs, a), np.searchsorted(refs, b), kind)
         n_words = n_words_of(refs)
         kept = choose_kept(root, n_words, refs)
@@ -158,7 +183,7 @@ class Clusters:
         kept_member = np.empty(roots.size, dtype=np.int64)
         kept_member[cluster[kept]] = np.flatnonzero(kept)
         sizes = np.bincount(cluster, minlength=roots.size)
-        return cls(refs, cluster, kept, relation, n_words, sizes, kept_member)
+        return cls(refs, cluster, kept, relation, n_words, sizes, kept_member, stats)
 
     def in_shard(self, shard_index: int) -> np.ndarray:
         bounds = make_refs(np.array([shard_index, shard_index + 1]), np.zeros(2, np.uint64))
@@ -173,13 +198,13 @@ def build_clusters(layout: Layout, shards: list[str], inputs: list[Path], config
     def n_words_of(refs: np.ndarray) -> np.ndarray:
         return gather_rows(layout, shards, refs, "words") if refs.size else np.zeros(0, np.uint32)
 
-    clusters = Clusters.from_edges(a, b, kind, n_words_of)
+    clusters = Clusters.from_edges(a, b, kind, n_words_of, config.cluster_partitions)
     cluster_ids = read_ids(inputs, clusters.refs[clusters.kept_member])  # a cluster is named after its kept doc
     for shard_index, shard in enumerate(shards):
         table = cluster_table(clusters, shard_index, shard, inputs, cluster_ids)
         write_table_atomic(layout.cluster_table(shard), table)
     summary = summarize(clusters, shards, cluster_ids)
-    summary.update(edges=int(a.size), seconds=round(time.perf_counter() - started, 3))
+    summary.update(edges=int(a.size), seconds=round(time.perf_counter() - started, 3), **clusters.stats)
     atomic_write_text(layout.cluster_summary, json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary
 

@@ -158,3 +158,4 @@ def _collect(pieces: list[tuple[np.ndarray, np.ndarray]], rounds: int, tasks: in
     root = nodes.copy()
     root[np.searchsorted(nodes, leaves)] = centres
     return Components(nodes, root, rounds, tasks, largest)
+
