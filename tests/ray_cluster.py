@@ -41,7 +41,9 @@ HOLDER = textwrap.dedent("""
     for _ in range(nodes - 1):
         cluster.add_node(**args)
     cluster.wait_for_nodes()
-    print(json.dumps({"address": cluster.address, "nodes": [n.node_id for n in cluster.list_all_nodes()]}),
+    nodes = cluster.list_all_nodes()
+    raylets = [n.all_processes["raylet"][0].process.pid for n in nodes]
+    print(json.dumps({"address": cluster.address, "nodes": [n.node_id for n in nodes], "raylets": raylets}),
           flush=True)
     sys.stdin.read()  # hold the cluster until the test closes stdin
     cluster.shutdown()
@@ -52,6 +54,7 @@ HOLDER = textwrap.dedent("""
 class LoopbackCluster:
     address: str  # 127.0.0.1:PORT
     node_ids: list[str]  # head first
+    raylet_pids: list[int]  # per node, its raylet (its workers and agents are the raylet's children)
     env: dict[str, str]  # for a client: RAY_TMPDIR of the cluster, PYTHONPATH of the repository
     address_file: Path  # RAY_TMPDIR/ray/ray_current_cluster
 
@@ -88,9 +91,22 @@ def loopback_cluster(nodes: int = 2, cpus: int = 1, store_mb: int = 80, timeout_
             time.sleep(0.1)
         assert started and re.fullmatch(r"127\.0\.0\.1:\d+", started["address"]) and address_file.is_file(), \
             f"the loopback cluster did not start (rc {holder.poll()})"
-        yield LoopbackCluster(started["address"], started["nodes"], env, address_file)
+        yield LoopbackCluster(started["address"], started["nodes"], started["raylets"], env, address_file)
         holder.stdin.close()
         holder.wait(timeout=60)
     finally:
         kill_group_and_ray(holder, ray_tmp)
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def kill_node(cluster: LoopbackCluster, index: int) -> int:
+    """SIGKILL node ``index`` (not the head, 0): its raylet and every process under it (workers, agents), as
+    a machine that dies would vanish; returns how many processes were killed."""
+    if index == 0:
+        raise ValueError("the head node holds the GCS: losing it ends the cluster, not a node")
+    raylet = psutil.Process(cluster.raylet_pids[index])
+    victims = [raylet, *raylet.children(recursive=True)]
+    for process in victims:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    return len(victims)
