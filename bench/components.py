@@ -6,9 +6,10 @@ README's memory-table assumption) is made with a seed, then:
 
 * union-find (``clusters.connected_components``) in this process: its peak Python-heap
   memory (tracemalloc sees numpy's buffers);
-* the star rounds over ``--partitions`` Ray tasks (local Ray, ``--cpus`` CPUs): each task
-  measures its own tracemalloc peak plus the arrays it was handed; the largest over all tasks
-  and rounds is printed.
+* the star rounds (``components.distributed_components``) over ``--partitions`` Ray tasks
+  (local Ray, ``--cpus`` CPUs): each large- and small-star task measures its own tracemalloc
+  peak plus the arrays it was handed; the largest over all of them and all rounds is printed
+  (the small check tasks are not measured).
 
 Both results are checked equal. The last column projects the per-task peak to 1e9 documents
 (it grows with the clustered documents / partitions).
@@ -55,52 +56,20 @@ def dedup_like_graph(documents: int, seed: int = 0) -> tuple[np.ndarray, np.ndar
 
 
 def measured(fn):
-    """fn wrapped to return (its result, its memory in bytes) -- run inside each task. The memory is its
-    tracemalloc peak (numpy's buffers included) plus the arrays it was handed, which Ray maps from the
-    object store and tracemalloc does not see."""
+    """A star task's function that adds ``peak_bytes`` to its stats: its tracemalloc peak (numpy's buffers
+    included) plus the arrays it was handed, which Ray maps from the object store and tracemalloc does
+    not see."""
     def run(*args):
         handed = sum(array.nbytes for piece in args if isinstance(piece, tuple) for array in piece)
         tracemalloc.start()
         try:
             result = fn(*args)
-            return result, tracemalloc.get_traced_memory()[1] + handed
+            result[-1]["peak_bytes"] = tracemalloc.get_traced_memory()[1] + handed
+            return result
         finally:
             tracemalloc.stop()
     run.__name__ = fn.__name__
     return run
-
-
-def star_rounds_peak(a: np.ndarray, b: np.ndarray, partitions: int) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """The star rounds with every task's peak measured; (nodes, root, rounds, largest task peak)."""
-    import ray
-
-    peaks: list[int] = []
-
-    def task(fn, returns):
-        remote = ray.remote(num_returns=returns)(lambda *args: _split(measured(fn)(*args)))
-        return remote
-
-    large, small = task(cc.large_star, partitions + 2), task(cc.small_star, partitions + 2)
-    check = ray.remote(num_returns=2)(lambda *pieces: measured(cc.is_star_part)(*pieces))
-    keep = a != b
-    high, low = np.maximum(a[keep], b[keep]), np.minimum(a[keep], b[keep])
-    routed = [ray.put(piece) for piece in cc.both_directions(high, low, partitions)]
-    inputs = [[routed[p]] for p in range(partitions)]
-    for rounds in range(1, 200):
-        larges = [large.remote(partitions, *inputs[p]) for p in range(partitions)]
-        smalls = [small.remote(partitions, *[out[p] for out in larges]) for p in range(partitions)]
-        inputs = [[out[p] for out in smalls] for p in range(partitions)]
-        checks = [check.remote(*inputs[p]) for p in range(partitions)]
-        peaks += ray.get([out[-1] for out in larges + smalls] + [c[1] for c in checks])
-        if all(ray.get([c[0] for c in checks])):
-            found = cc._collect(ray.get([piece for part in inputs for piece in part]), rounds, 0, [0])
-            return found.nodes, found.root, rounds, max(peaks)
-    raise RuntimeError("no convergence")
-
-
-def _split(result_and_peak):
-    result, peak = result_and_peak
-    return [*result, peak]  # the pieces, the pairs read, the peak
 
 
 def main() -> int:
@@ -125,7 +94,9 @@ def main() -> int:
         union_find_peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         started = time.perf_counter()
-        found_nodes, found_root, rounds, task_peak = star_rounds_peak(a, b, args.partitions)
+        found = cc.distributed_components(a, b, args.partitions, wrap=measured)
+        found_nodes, found_root, rounds = found.nodes, found.root, found.rounds
+        task_peak = max(stats["peak_bytes"] for round_stats in found.task_stats for stats in round_stats)
         rounds_s = time.perf_counter() - started
         assert np.array_equal(found_nodes, nodes) and np.array_equal(found_root, nodes[root]), "results differ"
         projected = task_peak * 1e9 / documents

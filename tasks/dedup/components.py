@@ -25,6 +25,7 @@ duplicate cluster, not the corpus). ``largest_task_edges`` records it per round.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -74,24 +75,24 @@ def both_directions(high: np.ndarray, low: np.ndarray, partitions: int) -> list[
 
 def large_star(partitions: int, *pieces: tuple[np.ndarray, np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
     """One part's large-star: its (u, v) pairs (both directions) -> edges (v, m(u)) for v > u, as (high, low)
-    routed by high for the small-star round; then the number of pairs it read."""
+    routed by high for the small-star round; then its stats, ``{"pairs": pairs it read}``."""
     u, v = _pairs(list(pieces))
     m = _group_min(u, v)
     pick = v > u
-    return [*_route(v[pick], m[pick], partitions), int(u.size)]
+    return [*_route(v[pick], m[pick], partitions), {"pairs": int(u.size)}]
 
 
 def small_star(partitions: int, *pieces: tuple[np.ndarray, np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
     """One part's small-star: its (u, v) pairs with v < u -> edges (v, m) for v != m and (u, m), m = min(u, v...),
-    as undirected (high, low) pairs routed both ways for the next round and the check; then the number of
-    pairs it read."""
+    as undirected (high, low) pairs routed both ways for the next round and the check; then its stats,
+    ``{"pairs": pairs it read}``."""
     u, v = _pairs(list(pieces))
     m = _group_min(u, v)
     high = np.concatenate((v, u))
     low = np.concatenate((m, m))
     keep = high != low
     high, low = high[keep], low[keep]
-    return [*both_directions(high, low, partitions), int(u.size)]
+    return [*both_directions(high, low, partitions), {"pairs": int(u.size)}]
 
 
 def is_star_part(*pieces: tuple[np.ndarray, np.ndarray]) -> bool:
@@ -116,40 +117,50 @@ class Components:
     root: np.ndarray  # per node, its component's smallest node
     rounds: int
     tasks: int
-    largest_task_edges: list[int]  # per round, the most (directed) edges one task read: what bounds its memory
+    task_stats: list[list[dict]]  # per round, each large- and small-star task's stats ({"pairs": ..., ...})
+
+    @property
+    def largest_task_edges(self) -> list[int]:
+        """Per round, the most (directed) edges one task read: what bounds a task's memory."""
+        return [max(stats["pairs"] for stats in round_stats) for round_stats in self.task_stats]
 
 
-def distributed_components(a: np.ndarray, b: np.ndarray, partitions: int, max_rounds: int = 200) -> Components:
+def distributed_components(a: np.ndarray, b: np.ndarray, partitions: int, max_rounds: int = 200,
+                           wrap: Callable | None = None) -> Components:
     """Components of the edges (a[i], b[i]) by star rounds as Ray tasks over ``partitions`` parts.
+
+    ``wrap(fn)``, when given, replaces each star task's function (bench/components.py adds the task's
+    peak memory to its stats that way).
 
     The edges are handed to the tasks as routed pieces (object refs: a task's arguments, so Ray hands it the
     arrays); only the final (node, root) pairs come back to the caller.
     """
     import ray
 
-    large = ray.remote(num_returns=partitions + 1)(large_star)  # a piece per part, then the edges it read
-    small = ray.remote(num_returns=partitions + 1)(small_star)
+    wrap = wrap or (lambda fn: fn)
+    large = ray.remote(num_returns=partitions + 1)(wrap(large_star))  # a piece per part, then its stats
+    small = ray.remote(num_returns=partitions + 1)(wrap(small_star))
     check = ray.remote(is_star_part)
 
     keep = a != b
     high, low = np.maximum(a[keep], b[keep]).astype(np.uint64), np.minimum(a[keep], b[keep]).astype(np.uint64)
     routed = [ray.put(piece) for piece in both_directions(high, low, partitions)]
     inputs = [[routed[p]] for p in range(partitions)]  # per part, the pieces routed to it
-    tasks, largest = 0, []
+    tasks, stats = 0, []
     for round_number in range(1, max_rounds + 1):
         larges = [large.remote(partitions, *inputs[p]) for p in range(partitions)]
         smalls = [small.remote(partitions, *[out[p] for out in larges]) for p in range(partitions)]
         inputs = [[out[p] for out in smalls] for p in range(partitions)]
         checks = ray.get([check.remote(*inputs[p]) for p in range(partitions)])
         tasks += 3 * partitions
-        largest.append(max(ray.get([out[-1] for out in larges + smalls])))
+        stats.append(ray.get([out[-1] for out in larges + smalls]))
         if all(checks):
             pieces = ray.get([piece for part in inputs for piece in part])
-            return _collect(pieces, round_number, tasks, largest)
+            return _collect(pieces, round_number, tasks, stats)
     raise RuntimeError(f"connected components did not converge in {max_rounds} rounds")
 
 
-def _collect(pieces: list[tuple[np.ndarray, np.ndarray]], rounds: int, tasks: int, largest: list[int]) -> Components:
+def _collect(pieces: list[tuple[np.ndarray, np.ndarray]], rounds: int, tasks: int, stats: list) -> Components:
     keys = np.concatenate([p[0] for p in pieces]) if pieces else np.zeros(0, np.uint64)
     others = np.concatenate([p[1] for p in pieces]) if pieces else np.zeros(0, np.uint64)
     down = others < keys
@@ -157,5 +168,5 @@ def _collect(pieces: list[tuple[np.ndarray, np.ndarray]], rounds: int, tasks: in
     nodes = np.unique(np.concatenate((keys, others)))
     root = nodes.copy()
     root[np.searchsorted(nodes, leaves)] = centres
-    return Components(nodes, root, rounds, tasks, largest)
+    return Components(nodes, root, rounds, tasks, stats)
 
