@@ -18,7 +18,11 @@ setting of the acceptance test; FineWeb's 14 x 8 with ``--bands 14 --rows 8``).
 Prints the recall of the planted pairs for each, documents/s per core for the
 signature + grouping + clustering stages and for all four, and the ratio.
 
-    .venv/bin/python bench/dedup.py [--bands 28 --rows 4] [--per-book N]
+With ``--settings``, instead: ours alone under the default (28 x 4, threshold 0.4) and under
+FineWeb's 14 x 8 without a threshold (the default before), on the same data: recall, documents/s
+per core of all four stages and the bytes of the work files (band keys, signatures, edges).
+
+    .venv/bin/python bench/dedup.py [--bands 28 --rows 4] [--per-book N] [--settings]
 """
 
 from __future__ import annotations
@@ -124,6 +128,28 @@ def run_datatrove(paths: list[Path], out: Path, bands: int, rows: int) -> dict:
             "clusters": clusters, "kept": kept, "hash": hash_config.hash_fc}
 
 
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def compare_settings(data: PlantedDataset, paths: list[Path], tmp_path: Path) -> None:
+    """Ours under the default and under FineWeb's 14 x 8 (no threshold): what the default's recall costs."""
+    settings = {"28 x 4, threshold 0.4 (default)": DedupConfig(hash_partitions=4),
+                "14 x 8, no threshold (FineWeb)": DedupConfig(bands=14, rows_per_band=8, threshold=None,
+                                                              hash_partitions=4)}
+    print(f"{'':<34}{'recall':>8}{'docs/s 1-4':>12}{'work MB':>9}{'sig s':>8}{'group s':>9}{'cluster s':>10}")
+    found = {}
+    for name, config in settings.items():
+        out = tmp_path / name.split(",")[0].replace(" ", "")
+        result = run_ours(paths, out, config)
+        s, work = result["stages"], folder_bytes(out / "dedup" / "work") / 1e6
+        found[name] = (recall(data, result["clusters"]), len(data.documents) / sum(s), work)
+        print(f"{name:<34}{found[name][0]:>8.4f}{found[name][1]:>12.1f}{work:>9.1f}{s[0]:>8.2f}{s[1]:>9.2f}"
+              f"{s[2]:>10.2f}")
+    (r1, d1, w1), (r2, d2, w2) = found.values()
+    print(f"default against 14 x 8: recall {r1:.4f} vs {r2:.4f}, {d2 / d1:.2f}x the time, {w1 / w2:.2f}x the work bytes")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bands", type=int, default=28)
@@ -131,6 +157,7 @@ def main() -> int:
     parser.add_argument("--threshold", type=float, default=0.4, help="ours only: verify fuzzy pairs")
     parser.add_argument("--per-book", type=int, default=None, help="book chunks per book (default: all)")
     parser.add_argument("--shards", type=int, default=8)
+    parser.add_argument("--settings", action="store_true", help="ours only: the default against 14 x 8")
     args = parser.parse_args()
     if not DATA.is_dir():
         print(f"skipped: real data not found at {DATA} (see ../shared/data/README.md)")
@@ -143,6 +170,9 @@ def main() -> int:
         n_words = sum(len(d.text.split()) for d in data.documents)
         print(f"dataset: {n_docs} documents ({n_words / n_docs:.0f} words on average) in {len(paths)} shards, "
               f"{len(data.pairs)} planted pairs; {args.bands} bands x {args.rows} rows, word 5-grams")
+        if args.settings:
+            compare_settings(data, paths, tmp_path)
+            return 0
         ours = run_ours(paths, tmp_path / "ours", config)
         theirs = run_datatrove(paths, tmp_path / "datatrove", args.bands, args.rows)
         ours_recall = recall(data, ours["clusters"])

@@ -184,7 +184,7 @@ def shingle_pair(rng: np.random.Generator, similarity: float, union: int = 1000)
 
 @pytest.mark.parametrize("seed", range(6))
 def test_lsh_bands_catch_near_duplicates_and_not_dissimilar_pairs(seed):
-    config = DedupConfig()  # FineWeb: 14 bands x 8 rows
+    config = DedupConfig(bands=14, rows_per_band=8)  # FineWeb's setting
     rng = np.random.default_rng(seed)
     for similarity, should_collide in ((0.9, True), (0.2, False)):
         a, b = shingle_pair(rng, similarity)
@@ -214,9 +214,9 @@ def test_empty_and_wordless_documents_do_not_crash():
     assert keys["words"].tolist() == [0, 0, 0, 3]
     assert keys["exact"][0] == keys["exact"][1] == keys["exact"][2] != keys["exact"][3]
     assert keys["url_present"].tolist() == [False, False, True, False]
-    assert keys["bands"].shape == (4, 14) and keys["sigs"].shape == (4, 112)
+    assert keys["bands"].shape == (4, 28) and keys["sigs"].shape == (4, 112)  # the default: 28 bands x 4 rows
     empty = document_keys([], [], DedupConfig())
-    assert empty["bands"].shape == (0, 14)
+    assert empty["bands"].shape == (0, 28)
 
 
 # --- grouping and clustering -------------------------------------------------------------------------
