@@ -1,10 +1,16 @@
 """Connected components by star rounds as Ray tasks over edge parts (tasks/dedup/components.py)
 against the one-task union-find (tasks/dedup/clusters.connected_components): the same roots
-on chains, stars, cliques, random graphs and many small components, for 1, 3 and 8 parts."""
+on chains, stars, cliques, random graphs and many small components, for 1, 3 and 8 parts; and
+the whole clustering stage over parts (tasks/dedup/distributed.py) against the one-task path on
+the same graphs as dedup edge files: byte-equal cluster tables and summary."""
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from tasks.dedup.clusters import connected_components, find_components
@@ -83,3 +89,68 @@ def test_the_clustering_stage_finds_union_finds_nodes_and_roots(ray_session):
     assert nodes[root].tolist() == [7, 10, 10, 10, 40, 40]
     assert stats["cluster_tasks"] == 3 * 4 * stats["cluster_rounds"] and stats["cluster_rounds"] >= 1
     assert find_components(a, b, 1)[2] == {"cluster_tasks": 1, "cluster_rounds": 0, "largest_task_edges": 12}
+
+
+# --- the whole stage 3 over parts (tasks/dedup/distributed.py) against the one-task path ---------------
+
+SHARDS, ROWS = 4, 2000
+
+
+def _stage2_layout(folder, name: str, config) -> tuple:
+    """A dedup output folder as stages 1-2 leave it, for graph ``name``: input shards with ids, word counts
+    per row, and its edges spread over every (slot, partition) file, a quarter of them found twice (by
+    another slot of another kind), as bands and the exact key find the same pair."""
+    from tasks.dedup.buckets import EDGE_RECORD, make_refs
+    from tasks.dedup.layout import Layout, key_slots, save_npy
+
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    a, b = (np.asarray(x, dtype=np.uint64) for x in GRAPHS[name])
+    nodes, inverse = np.unique(np.concatenate((a, b)), return_inverse=True)
+    refs = make_refs(np.arange(SHARDS).repeat(ROWS), np.tile(np.arange(ROWS), SHARDS))
+    as_ref = rng.choice(refs, nodes.size, replace=False)  # each node a document somewhere
+    ref_a, ref_b = as_ref[inverse[: a.size]], as_ref[inverse[a.size :]]
+    again = rng.random(a.size) < 0.25
+    ref_a, ref_b = np.concatenate((ref_a, ref_b[again])), np.concatenate((ref_b, ref_a[again]))
+    layout, names = Layout(folder / name.replace(" ", "-")), [f"s{i}" for i in range(SHARDS)]
+    inputs = []
+    for index, shard in enumerate(names):
+        path = layout.output_dir / "in" / f"{shard}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"id": [f"{shard}-{row}" for row in range(ROWS)]}), path)
+        inputs.append(path)
+        save_npy(layout.shard_file(shard, "words"), rng.integers(1, 40, ROWS).astype(np.uint32))  # many ties
+    files = [layout.edges(slot, part) for slot in key_slots(config) for part in range(config.hash_partitions)]
+    where = rng.integers(0, len(files), ref_a.size)
+    for i, path in enumerate(files):
+        edges = np.empty(int((where == i).sum()), dtype=EDGE_RECORD)
+        edges["a"], edges["b"] = ref_a[where == i], ref_b[where == i]
+        save_npy(path, edges)
+    return layout, names, inputs
+
+
+def _stage3_outputs(layout, names) -> tuple[dict, dict]:
+    import json
+
+    summary = json.loads(layout.cluster_summary.read_text())
+    for key in ("seconds", "cluster_tasks", "cluster_rounds", "largest_task_edges"):
+        summary.pop(key)
+    return summary, {n: layout.cluster_table(n).read_bytes() for n in names}
+
+
+@pytest.mark.parametrize("name", sorted(GRAPHS))
+def test_stage_3_over_parts_writes_the_one_task_paths_tables_and_summary(name, ray_session, tmp_path):
+    """Every graph as edge files of a dedup folder: the six rounds of part tasks (3 and 8 parts) write cluster
+    tables byte-equal to the one-task union-find's, and the same clusters.json (counts, drops, the largest
+    clusters with their kept documents); the summary counts every task."""
+    from pretrain.config import DedupConfig
+    from tasks.dedup.clusters import build_clusters
+
+    config = DedupConfig(bands=2, rows_per_band=4, hash_partitions=2)
+    layout, names, inputs = _stage2_layout(tmp_path, name, config)
+    build_clusters(layout, names, inputs, config.model_copy(update={"cluster_partitions": 1}))
+    expected = _stage3_outputs(layout, names)
+    assert expected[0]["clustered_documents"] > 0 and expected[0]["clusters"] > 0
+    for parts in (3, 8):
+        summary = build_clusters(layout, names, inputs, config.model_copy(update={"cluster_partitions": parts}))
+        assert _stage3_outputs(layout, names) == expected, parts
+        assert summary["cluster_tasks"] == 5 * parts + 3 * parts * summary["cluster_rounds"]

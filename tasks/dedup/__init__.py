@@ -11,13 +11,15 @@ tasks). Stages pass files, never data:
 2. ``buckets.find_edges`` (one task per (slot, partition)): read that section
    of every shard's key file, turn groups of equal keys into star edges,
    verify fuzzy edges against the threshold when one is set.
-3. ``clusters.build_clusters`` (one task): connected components over all edges,
-   keep one document per cluster, write a cluster table per shard.
+3. ``clusters.build_clusters`` (one task that runs rounds of ``cluster_partitions``
+   Ray tasks, ``distributed``): connected components over all edges, keep one
+   document per cluster, write a cluster table per shard.
 4. ``apply.write_deduped_shard`` (one task per shard): write the kept rows plus
    ``dup_cluster``.
 
 Memory (N documents in all; slots = bands + 2 with exact and URL dedup on;
-P = hash_partitions; defaults 14 bands x 8 rows = 112 hashes, P = 16).
+P = hash_partitions; defaults 28 bands x 4 rows = 112 hashes, threshold 0.4, P = 16;
+the figures below were measured with 14 bands, whose slots are 16 rather than 30).
 Measured with tracemalloc on this machine; per-billion figures extrapolate.
 
 * Stage 1 (per shard) grows with the shard, never the dataset: one text batch
@@ -32,13 +34,15 @@ Measured with tracemalloc on this machine; per-billion figures extrapolate.
   N = 1e9 and P = 16, 270 MB with P = 256. With a threshold, each candidate
   edge adds the two signatures it compares (1.8 KB). Output: one 16 B edge per
   document that shares the key with a smaller one (stars, not k^2 pairs).
-* Stage 3 (one task) sees only documents that have duplicates: edges are
-  deduplicated slot by slot (17 B per distinct pair; stars give about one pair
-  per duplicated document: 0.6 here), and union-find, keep rule and relation
-  need about 100-150 B per clustered document in all (measured 107 B), plus
-  the `id` column of one shard at a time: about 45 GB if 300 M of 1e9
-  documents have a duplicate; documents without one cost nothing. (Beyond
-  one machine this step would need distributed connected components.)
+* Stage 3 sees only documents that have duplicates. In one task (``cluster_partitions``
+  1): edges are deduplicated slot by slot (17 B per distinct pair; stars give about
+  one pair per duplicated document: 0.6 here), and union-find, keep rule and relation
+  need about 100-150 B per clustered document in all (measured 107 B), plus the `id`
+  column of one shard at a time: about 45 GB if 300 M of 1e9 documents have a
+  duplicate. Over C = ``cluster_partitions`` parts (the default, 8): each task holds
+  about 1/C of the edge files, of the distinct pairs or of the clustered documents
+  (a star round's task also the largest cluster), plus one shard's ids at a time;
+  the calling task holds counts only.
 * Stage 4 (per shard) holds one row group of the shard plus its cluster table.
 """
 

@@ -1,10 +1,11 @@
 """Stage 3: clusters from all edges, one kept document per cluster.
 
 Clusters are the connected components of the graph whose edges are every
-exact, URL and (verified) fuzzy duplicate relation found in stage 2. The edges are
-read in one task; the components are found by ``cluster_partitions`` Ray tasks per
-round (``tasks.dedup.components``: star rounds, each task holding its part of the
-edges), equal to the union-find below.
+exact, URL and (verified) fuzzy duplicate relation found in stage 2. With
+``cluster_partitions`` above 1 the stage runs as rounds of that many Ray tasks, each
+holding its part of the edges or of the clustered documents (``tasks.dedup.distributed``;
+the components by star rounds, ``tasks.dedup.components``); with 1, or without Ray, in
+this one task by the union-find below. Both give the same tables and summary.
 
 Keep rule: in each cluster keep the document with the most normalized words
 (the complete version wins over truncated copies, and a page over its excerpt);
@@ -28,26 +29,16 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pretrain.config import DedupConfig
-from pretrain.provenance import atomic_write_text, part_path
+from pretrain.provenance import atomic_write_text
 from tasks.dedup.buckets import gather_rows, make_refs, read_edges, split_refs
 from tasks.dedup.components import distributed_components
+from tasks.dedup.distributed import LARGEST, build_clusters_over_parts
 from tasks.dedup.layout import KIND_NAMES, REASONS, Layout, key_slots
-from tasks.shards import COMPRESSION
-
-LARGEST = 20
-CLUSTER_SCHEMA = pa.schema([
-    ("id", pa.string()),
-    ("shard", pa.string()),
-    ("row", pa.int64()),
-    ("dup_cluster", pa.string()),
-    ("kept", pa.bool_()),
-    ("reason", pa.string()),
-    ("n_words", pa.int64()),
-    ("cluster_size", pa.int64()),
-])
+from tasks.dedup.rules import (  # noqa: F401  (CLUSTER_SCHEMA, unique_pairs: this module's names too)
+    CLUSTER_SCHEMA, _starts, choose_kept, read_ids, strongest_relation, unique_pairs, write_table_atomic,
+)
 
 
 def connected_components(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -93,39 +84,6 @@ def find_components(a: np.ndarray, b: np.ndarray, partitions: int) -> tuple[np.n
     return nodes, np.searchsorted(nodes, smallest), stats
 
 
-def choose_kept(root: np.ndarray, n_words: np.ndarray, refs: np.ndarray) -> np.ndarray:
-    """One True per component: the most words, then the smallest ref."""
-    order = np.lexsort((refs, -n_words.astype(np.int64), root))
-    first = _starts(root[order])
-    kept = np.zeros(root.size, dtype=bool)
-    kept[order[first]] = True
-    return kept
-
-
-def strongest_relation(n_nodes: int, ends_a: np.ndarray, ends_b: np.ndarray, kinds: np.ndarray) -> np.ndarray:
-    """Per node, the smallest (strongest) kind among its edges."""
-    strength = np.full(n_nodes, 255, dtype=np.uint8)
-    np.minimum.at(strength, ends_a, kinds)
-    np.minimum.at(strength, ends_b, kinds)
-    return strength
-
-
-def unique_pairs(a: np.ndarray, b: np.ndarray, kind: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Undirected edges without repeats; a pair found by several slots keeps its strongest kind."""
-    low, high = np.minimum(a, b), np.maximum(a, b)
-    order = np.lexsort((kind, high, low))
-    low, high, kind = low[order], high[order], kind[order]
-    first = _starts(low) | _starts(high)
-    return low[first], high[first], kind[first]
-
-
-def _starts(values: np.ndarray) -> np.ndarray:
-    """Where a run of equal values begins in a sorted array (empty for an empty one)."""
-    first = np.ones(values.size, dtype=bool)
-    first[1:] = values[1:] != values[:-1]
-    return first
-
-
 def load_edges(layout: Layout, config: DedupConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every stage-2 edge, deduplicated slot by slot so memory follows distinct pairs."""
     a, b, kind = np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0, np.uint8)
@@ -136,27 +94,6 @@ def load_edges(layout: Layout, config: DedupConfig) -> tuple[np.ndarray, np.ndar
         new_kind = np.concatenate([kind, np.full(new_a.size - a.size, slot.kind, np.uint8)])
         a, b, kind = unique_pairs(new_a, new_b, new_kind)
     return a, b, kind
-
-
-def read_ids(inputs: list[Path], refs: np.ndarray) -> pa.Array:
-    """The ``id`` of each ref, read shard by shard (only the id column)."""
-    if refs.size == 0:
-        return pa.array([], pa.string())
-    shard_of, row_of = split_refs(refs)
-    chunks, positions = [], []
-    for shard_index in np.unique(shard_of):
-        pick = np.flatnonzero(shard_of == shard_index)
-        ids = pq.read_table(inputs[shard_index], columns=["id"]).column("id").combine_chunks()
-        chunks.append(ids.take(pa.array(row_of[pick])))
-        positions.append(pick)
-    return pa.concat_arrays(chunks).take(pa.array(np.argsort(np.concatenate(positions), kind="stable")))
-
-
-def write_table_atomic(path: Path, table: pa.Table) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = part_path(path)
-    pq.write_table(table, tmp, compression=COMPRESSION)
-    tmp.replace(path)
 
 
 @dataclass
@@ -191,21 +128,35 @@ class Clusters:
 
 
 def build_clusters(layout: Layout, shards: list[str], inputs: list[Path], config: DedupConfig) -> dict:
-    """Write one cluster table per shard and the cluster summary; return the summary."""
+    """Write one cluster table per shard and the cluster summary; return the summary. Over
+    ``cluster_partitions`` parts of Ray tasks (``tasks.dedup.distributed``) when that is above 1 and Ray
+    runs here, else in this one task; both write the same tables and summary."""
     started = time.perf_counter()
+    import ray
+
+    if config.cluster_partitions > 1 and ray.is_initialized():
+        summary = build_clusters_over_parts(layout, shards, inputs, config)
+    else:
+        summary = build_clusters_here(layout, shards, inputs, config)
+    summary["seconds"] = round(time.perf_counter() - started, 3)
+    atomic_write_text(layout.cluster_summary, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return summary
+
+
+def build_clusters_here(layout: Layout, shards: list[str], inputs: list[Path], config: DedupConfig) -> dict:
+    """Stage 3 in this task: every edge read here (union-find)."""
     a, b, kind = load_edges(layout, config)
 
     def n_words_of(refs: np.ndarray) -> np.ndarray:
         return gather_rows(layout, shards, refs, "words") if refs.size else np.zeros(0, np.uint32)
 
-    clusters = Clusters.from_edges(a, b, kind, n_words_of, config.cluster_partitions)
+    clusters = Clusters.from_edges(a, b, kind, n_words_of, 1)
     cluster_ids = read_ids(inputs, clusters.refs[clusters.kept_member])  # a cluster is named after its kept doc
     for shard_index, shard in enumerate(shards):
         table = cluster_table(clusters, shard_index, shard, inputs, cluster_ids)
         write_table_atomic(layout.cluster_table(shard), table)
     summary = summarize(clusters, shards, cluster_ids)
-    summary.update(edges=int(a.size), seconds=round(time.perf_counter() - started, 3), **clusters.stats)
-    atomic_write_text(layout.cluster_summary, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    summary.update(edges=int(a.size), **clusters.stats)
     return summary
 
 

@@ -137,15 +137,35 @@ def distributed_components(a: np.ndarray, b: np.ndarray, partitions: int, max_ro
     """
     import ray
 
+    keep = a != b
+    high, low = np.maximum(a[keep], b[keep]).astype(np.uint64), np.minimum(a[keep], b[keep]).astype(np.uint64)
+    routed = [ray.put(piece) for piece in both_directions(high, low, partitions)]
+    stars = star_rounds([[routed[p]] for p in range(partitions)], partitions, max_rounds, wrap)
+    pieces = ray.get([piece for part in stars.pieces for piece in part])
+    return _collect(pieces, stars.rounds, stars.tasks, stars.task_stats)
+
+
+@dataclass
+class Stars:
+    """The star forest the rounds ended with: per part, the refs of its pieces (both directions of every
+    final edge whose key falls in the part: each leaf to its centre)."""
+
+    pieces: list[list]
+    rounds: int
+    tasks: int
+    task_stats: list[list[dict]]
+
+
+def star_rounds(inputs: list[list], partitions: int, max_rounds: int = 200, wrap: Callable | None = None) -> Stars:
+    """Large-star and small-star rounds until every part's check says star forest. ``inputs[p]``: object
+    refs of the pieces routed to part p (both directions of every edge, keyed in p); nothing is fetched
+    here but the checks and the stats."""
+    import ray
+
     wrap = wrap or (lambda fn: fn)
     large = ray.remote(num_returns=partitions + 1)(wrap(large_star))  # a piece per part, then its stats
     small = ray.remote(num_returns=partitions + 1)(wrap(small_star))
     check = ray.remote(is_star_part)
-
-    keep = a != b
-    high, low = np.maximum(a[keep], b[keep]).astype(np.uint64), np.minimum(a[keep], b[keep]).astype(np.uint64)
-    routed = [ray.put(piece) for piece in both_directions(high, low, partitions)]
-    inputs = [[routed[p]] for p in range(partitions)]  # per part, the pieces routed to it
     tasks, stats = 0, []
     for round_number in range(1, max_rounds + 1):
         larges = [large.remote(partitions, *inputs[p]) for p in range(partitions)]
@@ -155,18 +175,23 @@ def distributed_components(a: np.ndarray, b: np.ndarray, partitions: int, max_ro
         tasks += 3 * partitions
         stats.append(ray.get([out[-1] for out in larges + smalls]))
         if all(checks):
-            pieces = ray.get([piece for part in inputs for piece in part])
-            return _collect(pieces, round_number, tasks, stats)
+            return Stars(inputs, round_number, tasks, stats)
     raise RuntimeError(f"connected components did not converge in {max_rounds} rounds")
+
+
+def leaf_roots(pieces: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """(leaves, centres) of a star forest's pieces: each node with a smaller neighbour, and that neighbour."""
+    keys = np.concatenate([p[0] for p in pieces]) if pieces else np.zeros(0, np.uint64)
+    others = np.concatenate([p[1] for p in pieces]) if pieces else np.zeros(0, np.uint64)
+    down = others < keys
+    return keys[down], others[down]
 
 
 def _collect(pieces: list[tuple[np.ndarray, np.ndarray]], rounds: int, tasks: int, stats: list) -> Components:
     keys = np.concatenate([p[0] for p in pieces]) if pieces else np.zeros(0, np.uint64)
     others = np.concatenate([p[1] for p in pieces]) if pieces else np.zeros(0, np.uint64)
-    down = others < keys
-    leaves, centres = keys[down], others[down]
+    leaves, centres = leaf_roots(pieces)
     nodes = np.unique(np.concatenate((keys, others)))
     root = nodes.copy()
     root[np.searchsorted(nodes, leaves)] = centres
     return Components(nodes, root, rounds, tasks, stats)
-
