@@ -14,7 +14,14 @@ README's memory-table assumption) is made with a seed, then:
 Both results are checked equal. The last column projects the per-task peak to 1e9 documents
 (it grows with the clustered documents / partitions).
 
-    .venv/bin/python bench/components.py [--sizes 100000,1000000,3000000] [--partitions 8] [--json]
+``--stage``: the whole clustering stage instead, on a dedup output folder made for each size (16
+input shards of ids, stage 1's word counts, the graph's edges spread over the default's 30 slots x 4
+partitions of edge files, a quarter found by two slots): the one-task path
+(``clusters.build_clusters_here``, tracemalloc in this process) against the rounds of part tasks
+(``distributed.build_clusters_over_parts``), whose every task (read, pairs, star rounds, members,
+choose, write) measures its own peak; the cluster tables are checked byte-equal.
+
+    .venv/bin/python bench/components.py [--sizes 100000,1000000,3000000] [--partitions 8] [--stage] [--json]
 """
 
 from __future__ import annotations
@@ -64,12 +71,89 @@ def measured(fn):
         tracemalloc.start()
         try:
             result = fn(*args)
-            result[-1]["peak_bytes"] = tracemalloc.get_traced_memory()[1] + handed
+            (result if isinstance(result, dict) else result[-1])["peak_bytes"] = \
+                tracemalloc.get_traced_memory()[1] + handed
             return result
         finally:
             tracemalloc.stop()
     run.__name__ = fn.__name__
     return run
+
+
+def dedup_folder(folder: Path, documents: int, seed: int = 0):
+    """A dedup output folder as stages 1-2 leave it: 16 shards of ids and word counts, the edges of
+    ``dedup_like_graph`` over their documents in every (slot, partition) file of the default config."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pretrain.config import DedupConfig
+    from tasks.dedup.buckets import EDGE_RECORD, make_refs
+    from tasks.dedup.layout import Layout, key_slots, save_npy
+
+    shards, rng = 16, np.random.default_rng(seed)
+    rows = -(-documents // shards)
+    a, b = dedup_like_graph(documents, seed)
+    a, b = a % np.uint64(documents), b % np.uint64(documents)  # graph nodes are 0 .. 4N: fold onto the documents
+    to_ref = lambda n: make_refs(n // np.uint64(rows), n % np.uint64(rows))  # noqa: E731
+    again = rng.random(a.size) < 0.25
+    ref_a, ref_b = np.concatenate((to_ref(a), to_ref(b[again]))), np.concatenate((to_ref(b), to_ref(a[again])))
+    layout, names, inputs = Layout(folder), [f"s{i:02d}" for i in range(shards)], []
+    for index, shard in enumerate(names):
+        path = folder / "in" / f"{shard}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"id": [f"{shard}-{row}" for row in range(rows)]}), path)
+        inputs.append(path)
+        save_npy(layout.shard_file(shard, "words"), rng.integers(50, 3000, rows).astype(np.uint32))
+    config = DedupConfig(hash_partitions=4)
+    files = [layout.edges(slot, part) for slot in key_slots(config) for part in range(config.hash_partitions)]
+    where = rng.integers(0, len(files), ref_a.size)
+    for i, path in enumerate(files):
+        edges = np.empty(int((where == i).sum()), dtype=EDGE_RECORD)
+        edges["a"], edges["b"] = ref_a[where == i], ref_b[where == i]
+        save_npy(path, edges)
+    return layout, names, inputs, config, int(a.size)
+
+
+def measure_stage(sizes: list[int], partitions: int) -> list[dict]:
+    """Peak memory of the one-task clustering stage against the largest task of each kind over parts."""
+    import tempfile
+
+    from tasks.dedup.clusters import build_clusters_here
+    from tasks.dedup.distributed import build_clusters_over_parts
+
+    kinds = ("read", "pairs", "stars", "members", "choose", "write")
+    print(f"{'documents':>12} {'edges':>10} {'one task':>10} " + " ".join(f"{k:>8}" for k in kinds)
+          + f" {'largest/one':>11} {'largest at 1e9':>14}")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-stage3-") as tmp:  # warm-up: each worker's first imports
+        layout, names, inputs, config, _ = dedup_folder(Path(tmp), 5000, seed=1)
+        for _ in range(2):
+            build_clusters_over_parts(layout, names, inputs,
+                                      config.model_copy(update={"cluster_partitions": partitions}))
+    for documents in sizes:
+        with tempfile.TemporaryDirectory(prefix="bench-stage3-") as tmp:
+            layout, names, inputs, config, edges = dedup_folder(Path(tmp), documents)
+            tracemalloc.start()
+            build_clusters_here(layout, names, inputs, config)
+            one_task = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            expected = {n: layout.cluster_table(n).read_bytes() for n in names}
+            parts_config = config.model_copy(update={"cluster_partitions": partitions})
+            _, stats = build_clusters_over_parts(layout, names, inputs, parts_config, wrap=measured)
+            assert {n: layout.cluster_table(n).read_bytes() for n in names} == expected, "cluster tables differ"
+        peaks = {kind: max(task["peak_bytes"] for task in stats[kind]) / 2**20 for kind in kinds}
+        largest = max(peaks.values())
+        row = {"documents": documents, "edges": edges, "partitions": partitions,
+               "one_task_peak_mb": round(one_task / 2**20, 1),
+               **{f"{kind}_task_peak_mb": round(peak, 2) for kind, peak in peaks.items()},
+               "largest_task_peak_mb": round(largest, 2),
+               "projected_largest_task_gb_at_1e9": round(largest * 2**20 * 1e9 / documents / 2**30, 2),
+               "projected_one_task_gb_at_1e9": round(one_task * 1e9 / documents / 2**30, 1)}
+        results.append(row)
+        print(f"{documents:>12,} {edges:>10,} {row['one_task_peak_mb']:>7} MB "
+              + " ".join(f"{peaks[k]:>8.2f}" for k in kinds)
+              + f" {largest * 2**20 / one_task:>11.3f} {row['projected_largest_task_gb_at_1e9']:>11} GB", flush=True)
+    return results
 
 
 def main() -> int:
@@ -78,10 +162,16 @@ def main() -> int:
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--stage", action="store_true", help="the whole clustering stage, every task kind")
     args = parser.parse_args()
     from tasks.ray_runtime import start_local_ray
 
     start_local_ray(num_cpus=args.cpus, object_store_memory_mb=2048)
+    if args.stage:
+        results = measure_stage([int(s) for s in args.sizes.split(",")], args.partitions)
+        if args.json:
+            print(json.dumps({"stage3": results}))
+        return 0
     results = []
     print(f"{'documents':>12} {'edges':>10} {'union-find peak':>16} {'per-task peak':>14} {'rounds':>6} "
           f"{'task/union-find':>15} {'per task at 1e9 docs':>20}")

@@ -104,7 +104,8 @@ def filter_(
 def dedup(
     input: Path = typer.Option(..., "--input", "-i", help="Folder of Parquet shards."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder for deduplicated shards, clusters, report.json."),
-    threshold: Optional[float] = typer.Option(None, help="Confirm fuzzy pairs at this estimated Jaccard (0-1; default 0.4)."),
+    threshold: Optional[float] = typer.Option(None, help="Confirm fuzzy pairs at this estimated Jaccard "
+                                                         "(0-1; default 0.4)."),
     bands: Optional[int] = typer.Option(None, help="MinHash LSH bands (default 28)."),
     rows: Optional[int] = typer.Option(None, help="Rows per band (default 4)."),
     partitions: Optional[int] = typer.Option(None, help="Bucket files per band (default 16; 1 for small data)."),

@@ -135,7 +135,7 @@ def build_clusters(layout: Layout, shards: list[str], inputs: list[Path], config
     import ray
 
     if config.cluster_partitions > 1 and ray.is_initialized():
-        summary = build_clusters_over_parts(layout, shards, inputs, config)
+        summary, _ = build_clusters_over_parts(layout, shards, inputs, config)
     else:
         summary = build_clusters_here(layout, shards, inputs, config)
     summary["seconds"] = round(time.perf_counter() - started, 3)

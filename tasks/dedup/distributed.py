@@ -25,6 +25,7 @@ path's byte for byte (``tests/test_dedup_components.py``); the caller holds only
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -53,8 +54,9 @@ def _concat(pieces, column: int, dtype) -> np.ndarray:
     return np.concatenate(arrays).astype(dtype, copy=False) if arrays else np.zeros(0, dtype)
 
 
-def read_edge_files(partitions: int, files: list[tuple[int, str]]) -> list[tuple]:
-    """Task 1: the edges of some stage-2 files as (low, high, kind), repeats dropped, routed by low."""
+def read_edge_files(partitions: int, files: list[tuple[int, str]]) -> list:
+    """Task 1: the edges of some stage-2 files as (low, high, kind), repeats dropped, routed by low; then
+    ``{"pairs": ...}``."""
     lows, highs, kinds = [np.zeros(0, np.uint64)], [np.zeros(0, np.uint64)], [np.zeros(0, np.uint8)]
     for kind, path in files:
         a, b = read_edges(Path(path))
@@ -62,7 +64,8 @@ def read_edge_files(partitions: int, files: list[tuple[int, str]]) -> list[tuple
         highs.append(np.maximum(a, b))
         kinds.append(np.full(a.size, kind, np.uint8))
     low, high, kind = unique_pairs(np.concatenate(lows), np.concatenate(highs), np.concatenate(kinds))
-    return [(low[i], high[i], kind[i]) for i in split_by(part_of(low, partitions), partitions)]
+    routed = [(low[i], high[i], kind[i]) for i in split_by(part_of(low, partitions), partitions)]
+    return [*routed, {"pairs": int(low.size)}]
 
 
 def distinct_pairs(partitions: int, *pieces: tuple) -> list:
@@ -75,11 +78,12 @@ def distinct_pairs(partitions: int, *pieces: tuple) -> list:
     nodes, inverse = np.unique(np.concatenate((low, high)), return_inverse=True)
     strength = strongest_relation(nodes.size, inverse[: low.size], inverse[low.size :], kind)
     kinds = [(nodes[i], strength[i]) for i in split_by(part_of(nodes, partitions), partitions)]
-    return [*stars, *kinds, {"edges": int(low.size)}]
+    return [*stars, *kinds, {"edges": int(low.size), "pairs": int(low.size)}]
 
 
-def part_members(partitions: int, n_star: int, *pieces: tuple) -> list[tuple]:
-    """Task 4, one part: (node, root, relation) of each of its nodes, routed by the part of the root."""
+def part_members(partitions: int, n_star: int, *pieces: tuple) -> list:
+    """Task 4, one part: (node, root, relation) of each of its nodes, routed by the part of the root; then
+    ``{"nodes": ...}``."""
     leaves, centres = leaf_roots(list(pieces[:n_star]))
     kinds = pieces[n_star:]
     nodes, strength = _concat(kinds, 0, np.uint64), _concat(kinds, 1, np.uint8)
@@ -89,7 +93,8 @@ def part_members(partitions: int, n_star: int, *pieces: tuple) -> list[tuple]:
     nodes, strength = nodes[first], strength[first]
     root = nodes.copy()
     root[np.searchsorted(nodes, leaves)] = centres
-    return [(nodes[i], root[i], strength[i]) for i in split_by(part_of(root, partitions), partitions)]
+    routed = [(nodes[i], root[i], strength[i]) for i in split_by(part_of(root, partitions), partitions)]
+    return [*routed, {"nodes": int(nodes.size)}]
 
 
 def choose_part(output_dir: str, shards: list[str], inputs: list[str], partitions: int, *pieces: tuple) -> list:
@@ -126,8 +131,9 @@ def choose_part(output_dir: str, shards: list[str], inputs: list[str], partition
 
 
 def write_part(output_dir: str, shards: list[str], inputs: list[str], part: int, partitions: int,
-               *pieces: tuple) -> int:
-    """Task 6: the cluster table of every shard whose index mod ``partitions`` is ``part``; returns rows written."""
+               *pieces: tuple) -> dict:
+    """Task 6: the cluster table of every shard whose index mod ``partitions`` is ``part``; returns
+    ``{"rows": rows written}``."""
     refs = _concat(pieces, 0, np.uint64)
     order = np.argsort(refs, kind="stable")
     refs = refs[order]
@@ -148,45 +154,52 @@ def write_part(output_dir: str, shards: list[str], inputs: list[str], part: int,
             "cluster_size": size[lo:hi],
         }, schema=CLUSTER_SCHEMA)
         write_table_atomic(layout.cluster_table(shards[shard_index]), table)
-    return int(refs.size)
+    return {"rows": int(refs.size)}
 
 
-def build_clusters_over_parts(layout: Layout, shards: list[str], inputs: list[Path], config: DedupConfig) -> dict:
-    """Stage 3 as the six rounds of tasks above; returns the summary ``build_clusters`` writes (without seconds)."""
+def build_clusters_over_parts(layout: Layout, shards: list[str], inputs: list[Path], config: DedupConfig,
+                              wrap: Callable | None = None) -> tuple[dict, dict]:
+    """Stage 3 as the six rounds of tasks above. Returns the summary ``build_clusters`` writes (without
+    seconds), and per round kind (read, pairs, stars, members, choose, write) its tasks' stats.
+    ``wrap(fn)``, when given, replaces each task's function (bench/components.py measures memory so)."""
     import ray
 
+    wrap = wrap or (lambda fn: fn)
     p = config.cluster_partitions
     out, names, paths = str(layout.output_dir), list(shards), [str(path) for path in inputs]
     files = [(slot.kind, str(layout.edges(slot, part))) for slot in key_slots(config)
              for part in range(config.hash_partitions)]
-    read = ray.remote(num_returns=p)(read_edge_files)
-    pairs = ray.remote(num_returns=2 * p + 1)(distinct_pairs)
-    members = ray.remote(num_returns=p)(part_members)
-    choose = ray.remote(num_returns=p + 1)(choose_part)
-    write = ray.remote(write_part)
+    read = ray.remote(num_returns=p + 1)(wrap(read_edge_files))
+    pairs = ray.remote(num_returns=2 * p + 1)(wrap(distinct_pairs))
+    members = ray.remote(num_returns=p + 1)(wrap(part_members))
+    choose = ray.remote(num_returns=p + 1)(wrap(choose_part))
+    write = ray.remote(wrap(write_part))
 
     read_out = [read.remote(p, files[group::p]) for group in range(p)]
     pair_out = [pairs.remote(p, *[r[part] for r in read_out]) for part in range(p)]
-    edges = sum(stats["edges"] for stats in ray.get([o[-1] for o in pair_out]))
-    stars = star_rounds([[o[part] for o in pair_out] for part in range(p)], p)
+    pair_stats = ray.get([o[-1] for o in pair_out])
+    stars = star_rounds([[o[part] for o in pair_out] for part in range(p)], p, wrap=wrap)
     member_out = [members.remote(p, len(stars.pieces[part]), *stars.pieces[part], *[o[p + part] for o in pair_out])
                   for part in range(p)]
     choose_out = [choose.remote(out, names, paths, p, *[m[part] for m in member_out]) for part in range(p)]
     written = [write.remote(out, names, paths, part, p, *[c[part] for c in choose_out]) for part in range(p)]
     parts = ray.get([c[-1] for c in choose_out])
-    ray.get(written)
+    task_stats = {"read": ray.get([r[-1] for r in read_out]), "pairs": pair_stats,
+                  "stars": [s for round_stats in stars.task_stats for s in round_stats],
+                  "members": ray.get([m[-1] for m in member_out]), "choose": parts, "write": ray.get(written)}
 
     largest = sorted((c for part in parts for c in part["largest"]), key=lambda c: (-c["size"], c["root"]))[:LARGEST]
     for c in largest:
         del c["root"]
     star_edges = [max(stats["pairs"] for stats in round_stats) for round_stats in stars.task_stats]
-    return {
+    summary = {
         "clusters": sum(part["clusters"] for part in parts),
         "clustered_documents": sum(part["clustered_documents"] for part in parts),
         "dropped": {reason: sum(part["dropped"][k] for part in parts) for k, reason in enumerate(REASONS)},
         "largest": largest,
-        "edges": int(edges),
+        "edges": sum(stats["edges"] for stats in pair_stats),
         "cluster_tasks": 5 * p + stars.tasks,  # read, pairs, members, choose, write + the star rounds'
         "cluster_rounds": stars.rounds,
         "largest_task_edges": max(star_edges),
     }
+    return summary, task_stats
