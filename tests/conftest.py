@@ -60,6 +60,17 @@ def services(prefect_server, ray_session):
     return prefect_server
 
 
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One real two-node Ray cluster on loopback for the session (tests/ray_cluster.py: a head and one more
+    raylet, 1 CPU each), started when a test first asks for it; clients join it through ``RAY_ADDRESS``
+    with ``cluster.env``. A test that kills a node starts a cluster of its own."""
+    from ray_cluster import loopback_cluster
+
+    with loopback_cluster(nodes=2, cpus=1) as cluster:
+        yield cluster
+
+
 # ---------------------------------------------------------------- the fault ledger
 
 _LEDGER = pytest.StashKey[list]()
