@@ -21,10 +21,11 @@ before wrote (default configs of ``PipelineConfig``):
               scores, apply;
 * tokenize -- ``tasks.tokenize.tokenize_shard`` (byte-level BPE, packed .bin files).
 
-One-off work is timed apart and not in the rates: training the perplexity model (on
-../shared/data/reference/en, small settings as in bench/quality.py) and the classifier (those
-books against the ingested pages, the recipe's default negatives; 1,000 documents a class), loading them (once per
-Ray actor in the flow) and training the tokenizer (once per run, on a sample).
+The pii and decontaminate stages of `pretrain run` are not in it. One-off work is timed
+apart and not in the rates: training the perplexity model (on ../shared/data/reference/en,
+small settings as in bench/quality.py) and the classifier (those books against the ingested
+pages, the recipe's default negatives, 1,000 documents a class), loading them (once per Ray
+actor in the flow) and training the tokenizer (once per run, on a sample).
 
 datatrove 0.10.1, driven in-process as LocalPipelineExecutor(tasks=1, workers=1) runs its steps:
 
@@ -37,19 +38,29 @@ datatrove 0.10.1, driven in-process as LocalPipelineExecutor(tasks=1, workers=1)
 * tokenize -- ParquetReader -> DocumentTokenizer with our trained tokenizer.json (offline).
 
 It has no quality-score stage, so its end-to-end figure covers four stages and ours five.
+Each pipeline's stage reads what its own stage before wrote, so later stages see different
+documents: datatrove's Gopher stop words are English only and drop most of the German pages,
+which leaves its dedup and tokenize less to do; dedup drops the copies, so quality and tokenize
+see 1 / repeat of the pages; the perplexity model is English, and pages in other languages get
+only the classifier's score. A second figure, each page through every stage at that stage's
+rate (1 / sum of 1 / rate), does not depend on those drops.
 
 Rates: a stage's docs/s per core is the documents it reads over its wall seconds; end to
-end is the WARC's HTML response records over the summed seconds of all stages. CPU-hours
-per Common Crawl dump = 3e9 pages / end-to-end docs/s per core / 3600.
+end is the WARC's HTML response records over the summed wall seconds of all stages. CPU-hours
+per Common Crawl dump = 3e9 pages / end-to-end docs/s per core / 3600. Wall seconds include
+the turns of other processes on the core and waits on the disk (our shard writers fsync); the
+same figures per CPU-second (this process's and its children's CPU time) are printed beside them.
 
-    .venv/bin/python bench/pipeline.py [--repeat 5] [--core N] [--json]
+    .venv/bin/python bench/pipeline.py [--repeat 3] [--core N] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -69,23 +80,34 @@ STAGES = ("ingest", "filter", "dedup", "quality", "tokenize")
 class Stage:
     docs_in: int
     docs_out: int
-    seconds: float
-    cpu_seconds: float | None = None  # this process's CPU time; None where the work runs in child processes too
+    seconds: float  # wall
+    cpu_seconds: float  # this process's and its reaped children's
     extra: dict = field(default_factory=dict)
 
     def rate(self, cores: int) -> float:
         return self.docs_in / self.seconds / cores
 
+    def cpu_rate(self) -> float:
+        return self.docs_in / self.cpu_seconds
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process (all threads) and of its children that ended (datatrove's extraction
+    sandbox, lmplz); the ended ones are reaped first so that their time is counted."""
+    multiprocessing.active_children()
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+
 
 class Clock:
-    """Wall and process CPU seconds of a block."""
+    """Wall and CPU seconds of a block."""
 
     def __enter__(self):
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        self.wall, self.cpu = time.perf_counter(), cpu_seconds()
         return self
 
     def __exit__(self, *exc):
-        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+        self.wall, self.cpu = time.perf_counter() - self.wall, cpu_seconds() - self.cpu
 
 
 def parquet_rows(paths) -> int:
@@ -204,7 +226,7 @@ def dt_ingest(warc: Path, out: Path, n_pages: int) -> tuple[Stage, Path]:
 
     with Clock() as clock:
         result = run_datatrove(warc, out)
-    return Stage(n_pages, result["documents"], clock.wall), out / "datatrove"
+    return Stage(n_pages, result["documents"], clock.wall, clock.cpu), out / "datatrove"
 
 
 def dt_filter(folder: Path, out: Path) -> tuple[Stage, Path]:
@@ -217,7 +239,8 @@ def dt_filter(folder: Path, out: Path) -> tuple[Stage, Path]:
     with Clock() as clock:
         drive([ParquetReader(str(folder)), GopherRepetitionFilter(), GopherQualityFilter(), C4QualityFilter(),
                FineWebQualityFilter(), ParquetWriter(str(out))])
-    return Stage(parquet_rows(folder.rglob("*.parquet")), parquet_rows(out.rglob("*.parquet")), clock.wall), out
+    return Stage(parquet_rows(folder.rglob("*.parquet")), parquet_rows(out.rglob("*.parquet")), clock.wall,
+                 clock.cpu), out
 
 
 def hash_str_with_xxhash4() -> bool:
@@ -258,7 +281,7 @@ def dt_dedup(folder: Path, out: Path) -> tuple[Stage, Path]:
         MinhashDedupCluster(input_folder=buckets, output_folder=removed, config=config).run(world_size=1)
         drive([ParquetReader(str(folder)), MinhashDedupFilter(input_folder=removed), ParquetWriter(kept)])
     return Stage(parquet_rows(folder.rglob("*.parquet")), parquet_rows(Path(kept).rglob("*.parquet")),
-                 clock.wall, extra={"xxhash_str_encoded": shimmed}), Path(kept)
+                 clock.wall, clock.cpu, {"xxhash_str_encoded": shimmed}), Path(kept)
 
 
 def dt_tokenize(folder: Path, out: Path, tokenizer: Path) -> Stage:
@@ -271,7 +294,7 @@ def dt_tokenize(folder: Path, out: Path, tokenizer: Path) -> Stage:
     with Clock() as clock:
         drive([ParquetReader(str(folder)), DocumentTokenizer(str(out), tokenizer_name_or_path=str(tokenizer),
                                                              eos_token=TokenizeConfig().eos_token)])
-    return Stage(n_docs, n_docs, clock.wall)
+    return Stage(n_docs, n_docs, clock.wall, clock.cpu)
 
 
 # ---------------------------------------------------------------- the run
@@ -297,55 +320,69 @@ def end_to_end(n_pages: int, stages: dict, cores: int, names=STAGES) -> float:
     return n_pages / sum(stages[name].seconds for name in names if name in stages) / cores
 
 
+def end_to_end_cpu(n_pages: int, stages: dict) -> float:
+    return n_pages / sum(st.cpu_seconds for st in stages.values())
+
+
 def without_drops(stages: dict, cores: int) -> float:
     """docs/s per core if every page went through every stage (no stage dropping anything): 1 / sum(1 / rate)."""
     return 1 / sum(1 / st.rate(cores) for st in stages.values())
 
 
+def stage_entry(st: Stage, cores: int) -> dict:
+    return {"docs_in": st.docs_in, "docs_out": st.docs_out, "seconds": round(st.seconds, 3),
+            "cpu_seconds": round(st.cpu_seconds, 3), "docs_per_s_per_core": round(st.rate(cores), 1),
+            "docs_per_cpu_s": round(st.cpu_rate(), 1), **st.extra}
+
+
 def summary(n_pages: int, ours: dict, theirs: dict, cores: int) -> dict:
-    stages = {}
-    for name, st in ours.items():
-        entry = {"docs_in": st.docs_in, "docs_out": st.docs_out, "seconds": round(st.seconds, 3),
-                 "cpu_seconds": round(st.cpu_seconds, 3), "docs_per_s_per_core": round(st.rate(cores), 1), **st.extra}
-        if name in theirs:
-            dt = theirs[name]
-            entry["datatrove"] = {"docs_in": dt.docs_in, "docs_out": dt.docs_out, "seconds": round(dt.seconds, 3),
-                                  "docs_per_s_per_core": round(dt.rate(cores), 1)}
-        stages[name] = entry
+    stages = {name: stage_entry(st, cores) for name, st in ours.items()}
+    for name, st in theirs.items():
+        stages[name]["datatrove"] = stage_entry(st, cores)
     x, y = end_to_end(n_pages, ours, cores), end_to_end(n_pages, theirs, cores)
     return {"stages": stages, "end_to_end_docs_per_s_per_core": round(x, 2), "datatrove_docs_per_s_per_core": round(y, 2),
             "ratio_vs_datatrove": round(x / y, 2), "cpu_hours_per_dump": round(PAGES_PER_DUMP / x / 3600)}
 
 
-def print_report(result: dict, n_pages: int, ours: dict, theirs: dict, one_off: dict, cores: int) -> None:
-    print("one-off, not in the rates: " + ", ".join(f"{k} {v:.1f} s" for k, v in one_off.items()))
-    print(f"{'stage':<10}{'ours in':>9}{'out':>7}{'wall s':>8}{'cpu s':>7}{'docs/s/core':>13}"
-          f"{'datatrove in':>14}{'out':>7}{'wall s':>8}{'docs/s/core':>13}{'ratio':>8}")
+def print_table(ours: dict, theirs: dict, cores: int) -> None:
+    print(f"{'':<10}{'----------------- ours -----------------':>47}{'------------- datatrove -------------':>44}")
+    print(f"{'stage':<10}{'in':>7}{'out':>7}{'wall s':>8}{'cpu s':>7}{'docs/s/core':>12}{'docs/cpu-s':>11}"
+          f"{'in':>7}{'out':>7}{'wall s':>8}{'cpu s':>7}{'docs/s/core':>12}{'ratio':>7}")
     for name, st in ours.items():
-        line = f"{name:<10}{st.docs_in:>9}{st.docs_out:>7}{st.seconds:>8.2f}{st.cpu_seconds:>7.2f}{st.rate(cores):>13.1f}"
+        line = (f"{name:<10}{st.docs_in:>7}{st.docs_out:>7}{st.seconds:>8.2f}{st.cpu_seconds:>7.2f}"
+                f"{st.rate(cores):>12.1f}{st.cpu_rate():>11.1f}")
         if name in theirs:
             dt = theirs[name]
-            line += f"{dt.docs_in:>14}{dt.docs_out:>7}{dt.seconds:>8.2f}{dt.rate(cores):>13.1f}" \
-                    f"{st.rate(cores) / dt.rate(cores):>7.1f}x"
+            line += (f"{dt.docs_in:>7}{dt.docs_out:>7}{dt.seconds:>8.2f}{dt.cpu_seconds:>7.2f}{dt.rate(cores):>12.1f}"
+                     f"{st.rate(cores) / dt.rate(cores):>6.1f}x")
         else:
-            line += f"{'(no datatrove equivalent)':>42}"
+            line += "   (no datatrove equivalent)"
         print(line)
+
+
+def print_report(result: dict, n_pages: int, ours: dict, theirs: dict, one_off: dict, cores: int) -> None:
+    print("one-off, not in the rates: " + ", ".join(f"{k} {v:.1f} s" for k, v in one_off.items()))
+    print_table(ours, theirs, cores)
     x, y = result["end_to_end_docs_per_s_per_core"], result["datatrove_docs_per_s_per_core"]
     same = [name for name in STAGES if name in theirs]
     x_same = end_to_end(n_pages, ours, cores, same)
-    print(f"end to end ({n_pages} WARC pages / summed stage seconds / {cores} core): ours {x:.1f} docs/s/core "
-          f"({len(ours)} stages), datatrove {y:.1f} ({len(theirs)} stages: {', '.join(same)}); "
+    print(f"end to end ({n_pages} WARC pages / summed wall seconds of the stages / {cores} core): ours {x:.1f} "
+          f"docs/s/core ({len(ours)} stages), datatrove {y:.1f} ({len(theirs)} stages: {', '.join(same)}); "
           f"ratio {result['ratio_vs_datatrove']:.1f}x")
     print(f"  on the same four stages (ours without quality): {x_same:.1f} docs/s/core, {x_same / y:.1f}x")
+    cx, cy = end_to_end_cpu(n_pages, ours), end_to_end_cpu(n_pages, theirs)
+    print(f"  per CPU-second instead of wall second (what the others' load on the core does not change): ours "
+          f"{cx:.1f}, datatrove {cy:.1f} docs/cpu-s, {cx / cy:.1f}x")
     flat_x, flat_y = without_drops(ours, cores), without_drops(theirs, cores)
     print(f"  if no stage dropped anything (each page through every stage at its rate): ours {flat_x:.1f}, "
-          f"datatrove {flat_y:.1f} docs/s/core, {flat_x / flat_y:.1f}x; ours {PAGES_PER_DUMP / flat_x / 3600:,.0f} "
-          f"CPU-hours per dump")
-    print(f"CPU-hours per Common Crawl dump ({PAGES_PER_DUMP:.0e} pages): ours {result['cpu_hours_per_dump']:,.0f}, "
-          f"datatrove {PAGES_PER_DUMP / y / 3600:,.0f}")
-    share = sum(st.cpu_seconds for st in ours.values()) / sum(st.seconds for st in ours.values())
-    print(f"our stages had {share:.0%} of the pinned core (process CPU / wall seconds); the rest went to other "
-          f"processes on it")
+          f"datatrove {flat_y:.1f} docs/s/core, {flat_x / flat_y:.1f}x")
+    print(f"CPU-hours per Common Crawl dump ({PAGES_PER_DUMP:.0e} pages) at the end-to-end rate: ours "
+          f"{result['cpu_hours_per_dump']:,.0f}, datatrove {PAGES_PER_DUMP / y / 3600:,.0f}; per CPU-second: ours "
+          f"{PAGES_PER_DUMP / cx / 3600:,.0f}, datatrove {PAGES_PER_DUMP / cy / 3600:,.0f}; ours with no drops "
+          f"{PAGES_PER_DUMP / flat_x / 3600:,.0f}")
+    wall = sum(st.seconds for st in [*ours.values(), *theirs.values()])
+    share = sum(st.cpu_seconds for st in [*ours.values(), *theirs.values()]) / wall
+    print(f"the stages had {share:.0%} of the pinned core (CPU / wall seconds); the rest went to other processes")
 
 
 def idlest_core(cores: list[int], seconds: float = 1.0) -> int:
@@ -373,7 +410,7 @@ def pin(core: int | None) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeat", type=int, default=5, help="copies of each of the 237 pages (default 5)")
+    parser.add_argument("--repeat", type=int, default=3, help="copies of each of the 237 pages (default 3)")
     parser.add_argument("--core", type=int, default=None, help="the core to pin to (default: the idlest one over a second)")
     parser.add_argument("--json", action="store_true", help="end with one line of JSON")
     args = parser.parse_args()
