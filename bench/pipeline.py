@@ -34,8 +34,8 @@ datatrove 0.10.1, driven in-process as LocalPipelineExecutor(tasks=1, workers=1)
               as ours) -> ParquetWriter;
 * filter   -- ParquetReader -> GopherRepetition -> GopherQuality -> C4Quality -> FineWebQuality -> ParquetWriter;
 * dedup    -- MinhashDedupSignature, MinhashDedupBuckets (one rank per bucket), MinhashDedupCluster,
-              MinhashDedupFilter -> ParquetWriter (our default's word n-grams and bands x rows, xxhash; with xxhash 4,
-              which refuses str, the shingles are UTF-8 encoded for it as xxhash 3 did);
+              MinhashDedupFilter -> ParquetWriter (our default's word n-grams and bands x rows, xxhash;
+              xxhash 4 refuses str, so the shingles are UTF-8 encoded for it as xxhash 3 did);
 * tokenize -- ParquetReader -> DocumentTokenizer with our trained tokenizer.json (offline).
 
 It has no quality-score stage, so its end-to-end figure covers four stages and ours five.
@@ -73,7 +73,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 DATA = REPO.parent / "shared" / "data"
 PAGES_PER_DUMP = 3e9
-CLASSIFIER_DOCUMENTS = 1000  # per class, for a short run (the recipe samples 20,000); scoring cost does not depend on it
+CLASSIFIER_DOCUMENTS = 1000  # per class, for a short run (the recipe: 20,000); the scoring cost does not depend on it
 STAGES = ("ingest", "filter", "dedup", "quality", "tokenize")
 
 
@@ -300,7 +300,8 @@ def dt_tokenize(folder: Path, out: Path, tokenizer: Path) -> Stage:
 # ---------------------------------------------------------------- the run
 
 
-def run_all(warc: Path, tmp: Path, n_pages: int, one_off: dict, models: dict | None = None) -> tuple[dict, dict, dict]:
+def run_all(warc: Path, tmp: Path, n_pages: int, one_off: dict,
+            models: dict | None = None) -> tuple[dict, dict, dict]:
     """One round of both pipelines, stage by stage in turn; (our stages, datatrove's, the quality models:
     trained in the first round, after ingest, on what it wrote)."""
     ours, theirs = {}, {}
@@ -346,7 +347,8 @@ def summary(n_pages: int, ours: dict, theirs: dict, cores: int) -> dict:
     for name, st in theirs.items():
         stages[name]["datatrove"] = stage_entry(st, cores)
     x, y = end_to_end(n_pages, ours, cores), end_to_end(n_pages, theirs, cores)
-    return {"stages": stages, "end_to_end_docs_per_s_per_core": round(x, 2), "datatrove_docs_per_s_per_core": round(y, 2),
+    return {"stages": stages, "end_to_end_docs_per_s_per_core": round(x, 2),
+            "datatrove_docs_per_s_per_core": round(y, 2),
             "ratio_vs_datatrove": round(x / y, 2), "cpu_hours_per_dump": round(PAGES_PER_DUMP / x / 3600)}
 
 
@@ -359,8 +361,8 @@ def print_table(ours: dict, theirs: dict, cores: int) -> None:
                 f"{st.rate(cores):>12.1f}{st.cpu_rate():>11.1f}")
         if name in theirs:
             dt = theirs[name]
-            line += (f"{dt.docs_in:>7}{dt.docs_out:>7}{dt.seconds:>8.2f}{dt.cpu_seconds:>7.2f}{dt.rate(cores):>12.1f}"
-                     f"{st.rate(cores) / dt.rate(cores):>6.1f}x")
+            line += (f"{dt.docs_in:>7}{dt.docs_out:>7}{dt.seconds:>8.2f}{dt.cpu_seconds:>7.2f}"
+                     f"{dt.rate(cores):>12.1f}{st.rate(cores) / dt.rate(cores):>6.1f}x")
         else:
             line += "   (no datatrove equivalent)"
         print(line)
@@ -392,10 +394,11 @@ def print_report(result: dict, n_pages: int, ours: dict, theirs: dict, one_off: 
 
 
 def idlest_core(cores: list[int], seconds: float = 1.0) -> int:
-    """The core with the most idle time over ``seconds`` (/proc/stat), so the run meets less of the others' load."""
+    """The core with the most idle time over ``seconds`` (/proc/stat): the run meets less of the others' load."""
     def idle() -> dict[int, int]:
         lines = Path("/proc/stat").read_text().splitlines()
-        fields = {int(line.split()[0][3:]): line.split()[1:] for line in lines if line[:3] == "cpu" and line[3].isdigit()}
+        fields = {int(line.split()[0][3:]): line.split()[1:]
+                  for line in lines if line[:3] == "cpu" and line[3].isdigit()}
         return {core: int(values[3]) + int(values[4]) for core, values in fields.items()}  # idle + iowait
 
     before = idle()
@@ -419,7 +422,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="copies of each of the 237 pages (default 3)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="run both pipelines this many times and keep each stage's fastest round (default 1)")
-    parser.add_argument("--core", type=int, default=None, help="the core to pin to (default: the idlest one over a second)")
+    parser.add_argument("--core", type=int, default=None,
+                        help="the core to pin to (default: the idlest one over a second)")
     parser.add_argument("--json", action="store_true", help="end with one line of JSON")
     args = parser.parse_args()
     if not (DATA / "extraction-dev").is_dir() or not (DATA / "reference" / "en").is_dir():
