@@ -110,3 +110,14 @@ def kill_node(cluster: LoopbackCluster, index: int) -> int:
         with contextlib.suppress(psutil.Error):
             process.kill()
     return len(victims)
+
+
+def running_on(cluster: LoopbackCluster, index: int, task: str) -> bool:
+    """Whether a worker of node ``index`` runs a task named ``task`` now: a Ray worker's title is
+    ``ray::<task name>`` while it runs one (``ray::IDLE`` between tasks)."""
+    with contextlib.suppress(psutil.Error):
+        for process in psutil.Process(cluster.raylet_pids[index]).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if " ".join(process.cmdline()).startswith(f"ray::{task}"):
+                    return True
+    return False
