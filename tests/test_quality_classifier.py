@@ -223,6 +223,15 @@ def test_save_load_round_trip_gives_identical_scores(data, trained, tmp_path):
     assert second.metadata == first.metadata
 
 
+def test_scores_are_the_scikit_learn_pipelines_to_the_bit(data, trained):
+    """QualityClassifier.score runs models.hashed_ngrams; the saved pipeline's predict_proba is the reference."""
+    classifier = qc.QualityClassifier.load(trained[0])
+    assert classifier.fast is not None
+    texts = data["prose"] + data["real_nav"] + data["generated_boilerplate"] + data["spam"] + data["negatives"][:100]
+    expected = classifier.pipeline.predict_proba([text[:classifier.max_chars] for text in texts])[:, 1]
+    assert np.array_equal(classifier.score(texts), expected)
+
+
 def test_degenerate_texts_score_without_crashing(trained):
     classifier = qc.QualityClassifier.load(trained[0])
     scores = classifier.score(["", "   \n", None, "!!! ### $$$ ... ---", "€ ★★★", "a", "The end."])
