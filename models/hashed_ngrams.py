@@ -1,12 +1,13 @@
 """The quality classifier's score, computed for a whole batch at once with numpy.
 
 scikit-learn's ``HashingVectorizer`` makes every word and character n-gram a Python string and
-hashes them one at a time: that was 90% of scoring time (README, Benchmarks: bench/quality.py).
-Here a batch is joined into one UTF-8 buffer in which every n-gram is a span (byte offset,
-byte length), MurmurHash3 runs on all spans at once, and the counts, L2 norms and dot product
-with the weights are done on sorted arrays. The n-grams, hashes, counts and the order of every
-floating-point sum are those of the scikit-learn pipeline, so the scores are equal to the bit
-(tests/test_quality_classifier.py compares them).
+hashes them one at a time: nearly all of the old scoring time (``bench/quality.py --part
+classifier`` prints the profile). Here a chunk of documents is joined into one buffer in which
+every n-gram is a span (byte offset, byte length), MurmurHash3 runs on all spans at once, and
+the counts, L2 norms and dot product with the weights are done on arrays sorted one document
+at a time. The tokens, n-grams, hashes, counts and the order of every floating-point sum are
+those of the scikit-learn pipeline, so the scores are equal to the bit
+(tests/test_hashed_ngrams.py and tests/test_quality_classifier.py compare them).
 
 ``HashedLinearModel.from_pipeline`` returns None for a pipeline with a setting not reproduced
 here (another analyzer, ``binary``, ``alternate_sign``, stop words...): that one is scored by
@@ -32,7 +33,7 @@ TOKEN_PATTERN = r"(?u)\w+|[^\w\s]"
 _SUPPORTED_PARAMS = dict(input="content", encoding="utf-8", decode_error="strict", strip_accents=None,
                          lowercase=True, preprocessor=None, tokenizer=None, stop_words=None, binary=False,
                          norm="l2", alternate_sign=False, dtype=np.float32)
-_MAX_CHUNK_CHARS = 1 << 18  # characters per internal chunk: bounds the arrays to a few MB
+_MAX_CHUNK_CHARS = 1 << 16  # characters per internal chunk: arrays of a few hundred KB stay in cache
 
 _C1, _C2 = np.uint32(0xCC9E2D51), np.uint32(0x1B873593)
 _TAIL_MASK = np.array([0, 0xFF, 0xFFFF, 0xFFFFFF], dtype=np.uint32)
@@ -190,16 +191,16 @@ _BMP = 0x10000
 @functools.cache
 def _bmp_classes() -> np.ndarray:
     """The class of every code point below 0x10000, as the regex module sees it (``\\s``, ``\\w``)."""
-    return np.array([_class_of(cp) for cp in range(_BMP)], dtype=np.uint8)
+    every = "".join(map(chr, range(_BMP)))
+    classes = np.full(_BMP, _OTHER, dtype=np.uint8)
+    classes[[m.start() for m in re.finditer(r"(?u)\w", every)]] = _WORD
+    classes[[m.start() for m in re.finditer(r"(?u)\s", every)]] = _SPACE
+    return classes
 
 
-@functools.cache
 def _class_of(cp: int) -> int:
     char = chr(cp)
-    return _SPACE if _IS_SPACE(char) else _WORD if _IS_WORD(char) else _OTHER
-
-
-_IS_SPACE, _IS_WORD = re.compile(r"(?u)\s").fullmatch, re.compile(r"(?u)\w").fullmatch
+    return _SPACE if re.fullmatch(r"(?u)\s", char) else _WORD if re.fullmatch(r"(?u)\w", char) else _OTHER
 
 
 def _char_classes(points: np.ndarray) -> np.ndarray:
@@ -324,7 +325,7 @@ class HashedLinearModel:
         first[row_starts[:-1][row_starts[:-1] < len(columns)]] = True
         firsts = np.flatnonzero(first)
         counts = np.diff(np.append(firsts, len(columns))).astype(np.float32)
-        docs = np.searchsorted(row_starts, firsts, side="right") - 1
+        docs = np.repeat(np.arange(len(texts)), np.diff(np.searchsorted(firsts, row_starts)))
         columns = columns[firsts].astype(np.int64)
         norm_rows = docs * len(blocks) + columns // self.n_features  # one L2 norm per document and block
         squares = np.bincount(norm_rows, weights=(counts * counts).astype(np.float64),

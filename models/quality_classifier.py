@@ -10,6 +10,9 @@ bigrams carry word order, which plain bag-of-words lacks) and, when ``char_ngram
 a second one over character n-grams inside word boundaries (``char_wb``: robust to rare
 words and typos). Each block is L2-normalised; no vocabulary is stored, so the model is the
 weight vector alone. Model: ``SGDClassifier(loss="log_loss")`` with balanced class weights.
+Training runs that scikit-learn pipeline; scoring computes the same features and score with
+numpy (``models.hashed_ngrams``: equal to the bit, several times faster), so a saved model
+scores the same whichever way, and ``model.joblib`` keeps its format.
 
 Refused as bad input: the same file given as both classes, more than half of a class's texts
 also in the other, and a held-out ROC-AUC below ``min_roc_auc`` (0.6; 0.5 is chance).
