@@ -155,6 +155,8 @@ _NO_MARK, _WEAK, _STRONG = 0, 1, 2
 _STRONG_TAGS = frozenset("nav footer aside menu figcaption".split())
 _WEAK_TAGS = frozenset(("form",))
 _TAG_MARKS = {**{t: _STRONG for t in _STRONG_TAGS}, **{t: _WEAK for t in _WEAK_TAGS}}
+# Tags whose mark does not come from their class alone (see _element_flags).
+_SPECIAL_MARK_TAGS = frozenset((*_TAG_MARKS, "html", "body"))
 _STRONG_ROLES = frozenset("navigation banner contentinfo complementary search menu menubar".split())
 
 # Words of a class name or id (split at "-", "_" and spaces).  A word marks
@@ -453,10 +455,14 @@ class _BlockBuilder(_DepthProbe):
         n = len(self.nodes)
         marks, hidden = [_NO_MARK] * n, [False] * n
         for node, (_, tag, attrib) in enumerate(self.nodes):
-            if attrib:
-                marks[node], hidden[node] = _element_flags(tag, attrib)
-            else:
+            if not attrib:
                 marks[node] = _TAG_MARKS.get(tag, _NO_MARK)
+            elif len(attrib) == 1 and "class" in attrib and tag not in _SPECIAL_MARK_TAGS:
+                value = attrib["class"]  # the most common case, in short
+                mark = _mark_cache.get(value)
+                marks[node] = _attr_mark(value) if mark is None else mark
+            else:
+                marks[node], hidden[node] = _element_flags(tag, attrib)
         return marks, hidden
 
 
@@ -638,9 +644,10 @@ def _keep_block(block: _Block, under_boilerplate: bool) -> bool:
 
 def _is_call_to_action(text: str) -> bool:
     lowered = text.lower()
-    return any(stem in lowered for stem in _BOILERPLATE_STEMS) and (
-        _BOILERPLATE_TEXT.search(lowered) is not None
-    )
+    for stem in _BOILERPLATE_STEMS:
+        if stem in lowered:
+            return _BOILERPLATE_TEXT.search(lowered) is not None
+    return False
 
 
 def _is_date_line(block: _Block) -> bool:
