@@ -18,8 +18,10 @@ reading and writing takes in ``score_shard``.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import gzip
 import os
+import pstats
 import re
 import statistics
 import sys
@@ -30,8 +32,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import scipy.sparse as sp
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import normalize
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -96,30 +100,56 @@ def cpu_seconds(score, docs: list[str]) -> tuple[float, np.ndarray]:
 
 
 def baseline_profile(classifier: QualityClassifier, docs: list[str]) -> dict[str, float]:
-    """CPU seconds of each stage of the old path over ``docs``: the analyzers (Python n-gram
-    strings), hashing into CSR (what ``transform`` takes beyond its analyzers), predict_proba."""
+    """CPU seconds of each stage of the old path over ``docs``, run stage by stage as
+    ``HashingVectorizer.transform`` runs them."""
     union, model = classifier.pipeline["features"], classifier.pipeline["model"]
-    stages = dict.fromkeys(["clip and empty check"] + [f"{name} analyzer" for name, _ in union.transformer_list]
-                           + ["hashing, CSR, L2, hstack", "predict_proba"], 0.0)
-    for batch in batches(docs):
+    stages = dict.fromkeys(["clip and empty check"] + [f"{name}: analyzer (n-gram strings)" for name, _ in
+                                                       union.transformer_list]
+                           + ["hashing the strings to CSR (FeatureHasher, incl. index sort)", "L2 normalise, hstack",
+                              "predict_proba"], 0.0)
+
+    def timed(stage: str, work):
         started = time.process_time()
-        clipped = [(text or "")[:classifier.max_chars] for text in batch]
-        clipped = [text for text in clipped if _HAS_WORD.search(text)]
-        stages["clip and empty check"] += time.process_time() - started
+        result = work()
+        stages[stage] += time.process_time() - started
+        return result
+
+    for batch in batches(docs):
+        clipped = timed("clip and empty check", lambda: [t for t in ((x or "")[:classifier.max_chars] for x in batch)
+                                                         if _HAS_WORD.search(t)])
+        blocks = []
         for name, vectorizer in union.transformer_list:
             analyze = vectorizer.build_analyzer()
-            started = time.process_time()
-            for text in clipped:
-                analyze(text)
-            stages[f"{name} analyzer"] += time.process_time() - started
-        started = time.process_time()
-        features = union.transform(clipped)
-        stages["hashing, CSR, L2, hstack"] += time.process_time() - started
-        started = time.process_time()
-        model.predict_proba(features)
-        stages["predict_proba"] += time.process_time() - started
-    for name, _ in union.transformer_list:  # transform ran the analyzers again
-        stages["hashing, CSR, L2, hstack"] -= stages[f"{name} analyzer"]
+            grams = timed(f"{name}: analyzer (n-gram strings)", lambda: [analyze(text) for text in clipped])
+            hashed = timed("hashing the strings to CSR (FeatureHasher, incl. index sort)",
+                           lambda: vectorizer._get_hasher().transform(grams))
+            blocks.append(timed("L2 normalise, hstack", lambda: normalize(hashed, norm=vectorizer.norm, copy=False)))
+        features = timed("L2 normalise, hstack", lambda: sp.hstack(blocks).tocsr())
+        timed("predict_proba", lambda: model.predict_proba(features))
+    return stages
+
+
+def new_profile(classifier: QualityClassifier, docs: list[str]) -> dict[str, float]:
+    """Seconds of the new path's stages under cProfile (a few large numpy calls: little overhead)."""
+    profile = cProfile.Profile()
+    profile.enable()
+    for batch in batches(docs):
+        classifier.score(batch)
+    profile.disable()
+    stats = pstats.Stats(profile).stats
+    cumulative = {name: ct for (path, _line, name), (_, _, _, ct, _) in stats.items() if "hashed_ngrams" in path}
+    own_sort = sum(tt for (_, _, name), (_, _, tt, _, _) in stats.items() if name == "<method 'sort' of 'numpy.ndarray' objects>")
+    stages = {
+        "word tokens (character classes, joined buffer)": (cumulative.get("_joined_tokens", 0.0)
+                                                           - cumulative.get("_bmp_classes", 0.0)),
+        "word n-gram spans": cumulative.get("word_ngram_spans", 0.0) - cumulative.get("_joined_tokens", 0.0),
+        "char_wb n-gram spans": cumulative.get("char_wb_spans", 0.0),
+        "MurmurHash3 of all spans": cumulative.get("feature_indices", 0.0),
+        "per-document sorts": own_sort,
+        "table of character classes (once per process)": cumulative.get("_bmp_classes", 0.0),
+    }
+    total = sum(tt for (_, _, tt, _, _) in stats.values())
+    stages["counts, L2 norms, dot product, clip, rest"] = total - sum(stages.values())
     return stages
 
 
@@ -157,11 +187,12 @@ def classifier_part(docs: list[str], positives: list[str], pages: list[str], rou
         megabytes = sum(len(d.encode()) for d in docs) / 1e6
         print(f"{len(docs)} documents, {megabytes:.1f} MB of text, batches of {BATCH}, pinned to CPU {cpus[-1]}")
 
-        stages = baseline_profile(clf, docs)
-        total = sum(stages.values())
-        print("\nwhere the old path's time went (CPU s over all documents):")
-        for name, seconds in stages.items():
-            print(f"  {name:<28}{seconds:>8.2f} s {100 * seconds / total:>6.1f}%")
+        for title, stages in (("the old path's", baseline_profile(clf, docs)),
+                              ("the new path's (cProfile)", new_profile(clf, docs))):
+            total = sum(stages.values())
+            print(f"\nwhere {title} time went over all documents:")
+            for name, seconds in stages.items():
+                print(f"  {name:<62}{seconds:>7.2f} s {100 * seconds / total:>6.1f}%")
 
         times = {"old": [], "new": []}
         for _ in range(rounds):  # alternated, so both see the same load
