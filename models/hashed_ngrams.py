@@ -65,13 +65,15 @@ def _words32(buffer: bytes) -> np.ndarray:
     return words[:n]
 
 
-def murmurhash3_32(words32: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+def murmurhash3_32(words32: np.ndarray, starts: np.ndarray, lengths: np.ndarray | int) -> np.ndarray:
     """MurmurHash3 (x86, 32-bit, seed 0) of each span ``buffer[start:start + length]``, as int32.
 
     ``words32`` is ``_words32(buffer)``. Equal to ``sklearn.utils.murmurhash3_32(span, seed=0)``,
-    the hash ``HashingVectorizer`` uses. Spans of one length (a group of ASCII character
-    n-grams) take a shorter path.
+    the hash ``HashingVectorizer`` uses. Spans of one length (an int ``lengths``: a group of
+    ASCII character n-grams) take a shorter path.
     """
+    if isinstance(lengths, int):
+        return _murmurhash3_one_length(words32, starts, lengths)
     if len(starts) and lengths.min() == lengths.max():
         return _murmurhash3_one_length(words32, starts, int(lengths[0]))
     h = np.zeros(len(starts), dtype=np.uint32)
@@ -93,9 +95,12 @@ def murmurhash3_32(words32: np.ndarray, starts: np.ndarray, lengths: np.ndarray)
 
 
 def _murmurhash3_one_length(words32: np.ndarray, starts: np.ndarray, length: int) -> np.ndarray:
+    def block(offset: int) -> np.ndarray:  # the 4 bytes at each span's start + offset
+        return words32.take(starts + offset if offset else starts)
+
     h = None
     for k in range(length >> 2):
-        k1 = _mix_k1(words32[starts + 4 * k])
+        k1 = _mix_k1(block(4 * k))
         if h is None:
             h = k1  # h starts at 0 (the seed): 0 ^ k1 is k1
         else:
@@ -103,12 +108,13 @@ def _murmurhash3_one_length(words32: np.ndarray, starts: np.ndarray, length: int
         _rotl(h, 13)
         h *= np.uint32(5)
         h += np.uint32(0xE6546B64)
-    if h is None:
-        h = np.zeros(len(starts), dtype=np.uint32)
     if length & 3:
-        tail = words32[starts + (length & ~3)]
+        tail = block(length & ~3)
         tail &= _TAIL_MASK[length & 3]
-        h ^= _mix_k1(tail)
+        tail = _mix_k1(tail)
+        h = tail if h is None else h ^ tail
+    if h is None:  # length 0
+        h = np.zeros(len(starts), dtype=np.uint32)
     h ^= np.uint32(length)
     return _finish(h)
 
@@ -127,19 +133,24 @@ class NgramSpans:
     """The n-grams of one feature block of a chunk of documents, one group per n.
 
     A group is (starts, lengths, bounds): the span of each n-gram in the buffer ``words32`` was
-    made from, ordered by document, and where each document's n-grams begin: document d's are
-    ``bounds[d]:bounds[d + 1]``.
+    made from, ordered by document (lengths: one int when all are equal), and where each
+    document's n-grams begin: document d's are ``bounds[d]:bounds[d + 1]``.
     """
 
     words32: np.ndarray
-    groups: list[tuple[np.ndarray, np.ndarray, list[int]]]
+    groups: list[tuple[np.ndarray, np.ndarray | int, list[int]]]
 
-    def feature_indices(self, starts: np.ndarray, lengths: np.ndarray, n_features: int) -> np.ndarray:
-        """``abs(hash) % n_features`` as uint32 (abs(-2**31) is 2**31 here, as scikit-learn defines it)."""
-        magnitudes = np.abs(murmurhash3_32(self.words32, starts, lengths)).view(np.uint32)
+    def feature_indices(self, starts: np.ndarray, lengths: np.ndarray | int, n_features: int,
+                        offset: int = 0) -> np.ndarray:
+        """``offset + abs(hash) % n_features`` as uint32 (abs(-2**31) is 2**31, as scikit-learn defines it)."""
+        indices = np.abs(murmurhash3_32(self.words32, starts, lengths)).view(np.uint32)
         if n_features & (n_features - 1) == 0:
-            return magnitudes & np.uint32(n_features - 1)
-        return magnitudes % np.uint32(n_features)
+            indices &= np.uint32(n_features - 1)
+        else:
+            indices %= np.uint32(n_features)
+        if offset:
+            indices += np.uint32(offset)
+        return indices
 
 
 def word_ngram_spans(lowered: Sequence[str], ngram_range: tuple[int, int]) -> NgramSpans:
@@ -231,20 +242,20 @@ def char_wb_spans(lowered: Sequence[str], ngram_range: tuple[int, int]) -> Ngram
     else:
         char_bytes = np.append(np.flatnonzero((raw & 0xC0) != 0x80), len(buffer))
         is_space = raw[char_bytes[:-1]] == 0x20
-    spaces = np.flatnonzero(is_space)
-    word_of_char = np.cumsum(is_space[:-1]) - 1  # every character but the final space starts n-grams
-    room = spaces[word_of_char + 1] - np.arange(len(word_of_char))  # characters up to the word's closing space
+    spaces = np.flatnonzero(is_space).astype(np.int32)
+    # Every character but the final space starts n-grams; room: characters after it up to its word's closing space.
+    closing_space = spaces[np.cumsum(is_space[:-1], dtype=np.int32)]
+    room = closing_space - np.arange(len(closing_space), dtype=np.int32)
     doc_bounds = np.cumsum([0] + [len(j) + 1 if j else 0 for j in joined])  # in characters
     leading_space = is_space[:-1]
     groups = []
     for n in range(min_n, max_n + 1):
         fits = room >= n - 1
-        if n == min_n:  # a padded word shorter than min_n is one n-gram, the whole of it
+        if n == min_n > 3:  # a padded word (3 characters or more) shorter than min_n is one n-gram, all of it
             starts = np.flatnonzero(fits | (leading_space & (room < n - 1)))
             lengths = np.where(fits[starts], n, room[starts] + 1)
         else:
-            starts = np.flatnonzero(fits)
-            lengths = np.full(len(starts), n)
+            starts, lengths = np.flatnonzero(fits), n
         bounds = np.searchsorted(starts, doc_bounds).tolist()
         if char_bytes is not None:
             starts, lengths = char_bytes[starts], char_bytes[starts + lengths] - char_bytes[starts]
@@ -309,25 +320,33 @@ class HashedLinearModel:
         blocks = [word_ngram_spans(lowered, self.word_ngrams)]
         if self.char_ngrams is not None:
             blocks.append(char_wb_spans(lowered, self.char_ngrams))
-        parts = []  # (column, document bounds) per n-gram group; a column is the block's offset + feature index
+        parts = []  # (columns, document bounds) per n-gram group; a column is the block's offset + feature index
         for b, spans in enumerate(blocks):
             for starts, lengths, bounds in spans.groups:
-                columns = spans.feature_indices(starts, lengths, self.n_features)
-                parts.append((columns + np.uint32(b * self.n_features) if b else columns, bounds))
+                parts.append((spans.feature_indices(starts, lengths, self.n_features, b * self.n_features), bounds))
+        if not parts:  # no document holds a word: every row of the feature matrix is empty
+            return np.full(len(texts), self.intercept)
+        row_starts = np.zeros(len(texts) + 1, dtype=np.int64)
+        for _, bounds in parts:
+            row_starts[1:] += np.diff(bounds)
+        row_starts = np.cumsum(row_starts)
+        columns = np.empty(int(row_starts[-1]), dtype=np.uint32)
         # Sorted one document at a time (small sorts are much faster than one big one): then the
         # entries of a document are in the order of a CSR row with sorted indices.
-        rows = [np.sort(np.concatenate([np.zeros(0, np.uint32)] + [c[bounds[d]:bounds[d + 1]] for c, bounds in parts]))
-                for d in range(len(texts))]
-        row_starts = np.cumsum([0] + [len(row) for row in rows])
-        columns = np.concatenate([np.zeros(0, np.uint32)] + rows)
+        for d in range(len(texts)):
+            row = columns[row_starts[d]:row_starts[d + 1]]
+            np.concatenate([c[bounds[d]:bounds[d + 1]] for c, bounds in parts], out=row)
+            row.sort()
         first = np.ones(len(columns), dtype=bool)  # the first entry of each (document, column)
         first[1:] = columns[1:] != columns[:-1]
         first[row_starts[:-1][row_starts[:-1] < len(columns)]] = True
         firsts = np.flatnonzero(first)
         counts = np.diff(np.append(firsts, len(columns))).astype(np.float32)
         docs = np.repeat(np.arange(len(texts)), np.diff(np.searchsorted(firsts, row_starts)))
-        columns = columns[firsts].astype(np.int64)
-        norm_rows = docs * len(blocks) + columns // self.n_features  # one L2 norm per document and block
+        columns = columns[firsts]
+        norm_rows = docs * len(blocks)  # one L2 norm per document and block
+        if len(blocks) == 2:
+            norm_rows += columns >= self.n_features
         squares = np.bincount(norm_rows, weights=(counts * counts).astype(np.float64),
                               minlength=len(texts) * len(blocks))
         values = (counts.astype(np.float64) / np.sqrt(squares)[norm_rows]).astype(np.float32)

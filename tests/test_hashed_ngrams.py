@@ -92,6 +92,9 @@ def test_chunks_split_a_batch_without_changing_scores(monkeypatch):
     assert np.array_equal(fast.decision(texts), whole)
     assert np.array_equal(whole, pipeline.decision_function(texts))
     assert fast.decision([]).shape == (0,)
+    no_words = ["", " \n\t", "\u3000"]
+    assert np.array_equal(fast.decision(no_words), pipeline.decision_function(no_words))
+    assert np.array_equal(fast.decision(no_words + texts[:3]), pipeline.decision_function(no_words + texts[:3]))
 
 
 @pytest.mark.parametrize("change", [
