@@ -112,6 +112,10 @@ class _Holder:
 
 
 _REMOTES: dict[str, Any] = {}
+# Shard tasks and holder actors go to the nodes in turn ("SPREAD"), not to the submitting node first (Ray's
+# default packs a node until half its CPUs are busy): they take paths, not objects, so there is no data to
+# be near, and on a cluster each node's disk, network and memory take a share even of a small stage.
+SPREAD = {"scheduling_strategy": "SPREAD"}
 
 
 def _remote(target: Any, defaults: dict, options: dict) -> Any:
@@ -132,7 +136,7 @@ def _shard_task(job: ShardJob, args: dict, key: str, actor: Any = None) -> dict:
     """Run one shard's work on Ray; returns its report (never its data)."""
     if actor is not None:
         return ray.get(actor.run.remote(job.work, args))
-    remote = _remote(_run_work, {"num_cpus": 1, "max_retries": 3}, job.ray_options)
+    remote = _remote(_run_work, {"num_cpus": 1, "max_retries": 3, **SPREAD}, job.ray_options)
     return ray.get(remote.options(name=job.name).remote(job.work, args))  # the worker's title: ray::<job name>
 
 
@@ -206,7 +210,7 @@ class StageRun:
     def _start_holders(self, job: ShardJob, shards: int, args: dict) -> list:
         if job.holder is None or shards == 0:
             return []
-        remote = _remote(_Holder, {"num_cpus": 1, "max_restarts": 2, "max_task_retries": 2}, job.ray_options)
+        remote = _remote(_Holder, {"num_cpus": 1, "max_restarts": 2, "max_task_retries": 2, **SPREAD}, job.ray_options)
         return [remote.remote(job.holder, args) for _ in range(max(1, min(shards, cluster_cpus())))]
 
     def hits(self) -> int:

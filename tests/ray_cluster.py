@@ -112,12 +112,20 @@ def kill_node(cluster: LoopbackCluster, index: int) -> int:
     return len(victims)
 
 
-def running_on(cluster: LoopbackCluster, index: int, task: str) -> bool:
-    """Whether a worker of node ``index`` runs a task named ``task`` now: a Ray worker's title is
-    ``ray::<task name>`` while it runs one (``ray::IDLE`` between tasks)."""
+def tasks_on(cluster: LoopbackCluster, index: int) -> list[str]:
+    """The tasks node ``index``'s workers run now, by name: a Ray worker's title is ``ray::<task name>`` while it
+    runs one, ``ray::IDLE`` between tasks (its agents are ``ray::DashboardAgent`` and ``ray::RuntimeEnvAgent``)."""
+    idle = {"IDLE", "DashboardAgent", "RuntimeEnvAgent"}
+    names = []
     with contextlib.suppress(psutil.Error):
         for process in psutil.Process(cluster.raylet_pids[index]).children(recursive=True):
             with contextlib.suppress(psutil.Error):
-                if " ".join(process.cmdline()).startswith(f"ray::{task}"):
-                    return True
-    return False
+                title = " ".join(process.cmdline())
+                if title.startswith("ray::") and title[5:].split()[0] not in idle:
+                    names.append(title[5:].split()[0])
+    return names
+
+
+def running_on(cluster: LoopbackCluster, index: int, task: str) -> bool:
+    """Whether a worker of node ``index`` runs a task named ``task`` now."""
+    return task in tasks_on(cluster, index)
