@@ -138,7 +138,8 @@ def new_profile(classifier: QualityClassifier, docs: list[str]) -> dict[str, flo
     profile.disable()
     stats = pstats.Stats(profile).stats
     cumulative = {name: ct for (path, _line, name), (_, _, _, ct, _) in stats.items() if "hashed_ngrams" in path}
-    own_sort = sum(tt for (_, _, name), (_, _, tt, _, _) in stats.items() if name == "<method 'sort' of 'numpy.ndarray' objects>")
+    sort = "<method 'sort' of 'numpy.ndarray' objects>"
+    own_sort = sum(tt for (_, _, name), (_, _, tt, _, _) in stats.items() if name == sort)
     stages = {
         "word tokens (character classes, joined buffer)": (cumulative.get("_joined_tokens", 0.0)
                                                            - cumulative.get("_bmp_classes", 0.0)),

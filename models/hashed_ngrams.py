@@ -154,7 +154,7 @@ class NgramSpans:
 
 
 def word_ngram_spans(lowered: Sequence[str], ngram_range: tuple[int, int]) -> NgramSpans:
-    """Word n-grams as scikit-learn's ``analyzer="word"`` makes them with ``TOKEN_PATTERN``: tokens joined by one space."""
+    """Word n-grams as scikit-learn's ``analyzer="word"`` makes them (``TOKEN_PATTERN``): tokens joined by a space."""
     joined, counts = _joined_tokens(lowered)
     buffer = joined.encode("utf-8")
     spaces = np.flatnonzero(np.frombuffer(buffer, dtype=np.uint8) == 0x20)  # no token holds a space
@@ -167,7 +167,8 @@ def word_ngram_spans(lowered: Sequence[str], ngram_range: tuple[int, int]) -> Ng
     for n in range(ngram_range[0], min(ngram_range[1], token_count) + 1):
         first, last = slice(0, token_count - n + 1), slice(n - 1, token_count)
         inside = np.flatnonzero(token_docs[first] == token_docs[last])  # not across two documents
-        groups.append((starts[inside], ends[inside + n - 1] - starts[inside], np.searchsorted(inside, doc_bounds).tolist()))
+        bounds = np.searchsorted(inside, doc_bounds).tolist()
+        groups.append((starts[inside], ends[inside + n - 1] - starts[inside], bounds))
     return NgramSpans(_words32(buffer), groups)
 
 
