@@ -24,7 +24,7 @@ How ``fast`` works
    linear in the number of elements however deep they nest).
 
    Where the time goes, on the 237 pages of extraction-dev (README,
-   Benchmarks): about 40% in libxml2 and in lxml handing the events to Python
+   Benchmarks): about 45% in libxml2 and in lxml handing the events to Python
    (attributes are half of that), a third in these callbacks, a fifth in
    steps 2-4.
 2. Marks are checked against the text: an element holding most of the page's
