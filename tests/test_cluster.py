@@ -55,8 +55,7 @@ CHAIN = textwrap.dedent("""
     for stage, args in json.loads(sys.argv[1]):
         started = time.monotonic()
         try:
-            app(args, standalone_mode=False)
-            rc = 0
+            rc = app(args, standalone_mode=False) or 0  # a command's exit code (typer.Exit) comes back here
         except SystemExit as stop:
             rc = stop.code or 0
         except Exception as error:
@@ -90,7 +89,7 @@ def chains(prefect_server, ray_cluster, tmp_path_factory):
     model = train_perplexity_model([str(reference)], base / "ppl", PerplexityConfig(
         order=3, vocab_size=300, max_train_chars=200_000, lmplz_memory="64M"))
     env = {**ray_cluster.env, "PREFECT_API_URL": prefect_server}
-    with ThreadPoolExecutor(2) as pool:  # at once: most of a stage's time is its process starting and stopping
+    with ThreadPoolExecutor(2) as pool:  # at once: much of a stage's time is waiting on Prefect and Ray
         on_cluster = pool.submit(run_chain, base / "demo", model, base / "on-cluster",
                                  {**env, "RAY_ADDRESS": ray_cluster.address})
         embedded = pool.submit(run_chain, base / "demo", model, base / "embedded", env)  # while the cluster runs
