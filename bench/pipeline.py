@@ -23,7 +23,8 @@ before wrote (default configs of ``PipelineConfig``):
 * tokenize -- ``tasks.tokenize.tokenize_shard`` (byte-level BPE, packed .bin files).
 
 The pii and decontaminate stages of `pretrain run` are not in it. One-off work is timed
-apart and not in the rates: training the perplexity model (on ../shared/data/reference/en,
+apart and not in the rates: loading what a worker process loads once (the language-id model,
+which both pipelines use, datatrove's modules and spaCy word tokenizer), training the perplexity model (on ../shared/data/reference/en,
 small settings as in bench/quality.py) and the classifier (those books against the ingested
 pages, the recipe's default negatives, 1,000 documents a class), loading them (once per Ray
 actor in the flow) and training the tokenizer (once per run, on a sample).
@@ -300,6 +301,22 @@ def dt_tokenize(folder: Path, out: Path, tokenizer: Path) -> Stage:
 # ---------------------------------------------------------------- the run
 
 
+def warm_up(one_off: dict) -> None:
+    """Load what a worker process loads once, before any stage's clock starts, for both pipelines: the
+    language-id model (both use it), datatrove's steps and trafilatura, and datatrove's spaCy word tokenizer."""
+    with Clock() as clock:
+        import trafilatura  # noqa: F401  datatrove's extraction sandbox is forked from this process
+        from datatrove.data import Document
+        from datatrove.pipeline import extractors, readers, writers  # noqa: F401
+        from datatrove.pipeline.filters import GopherQualityFilter
+
+        from tasks.langid import identify_language
+
+        identify_language("Ein kurzer Satz. A short sentence.")
+        GopherQualityFilter().filter(Document(text="A probe. It loads the word tokenizer.", id="warm-up"))
+    one_off["warm_up"] = clock.wall
+
+
 def run_all(warc: Path, tmp: Path, n_pages: int, one_off: dict,
             models: dict | None = None) -> tuple[dict, dict, dict]:
     """One round of both pipelines, stage by stage in turn; (our stages, datatrove's, the quality models:
@@ -448,6 +465,7 @@ def main() -> int:
               f"{warc.stat().st_size / 1e6:.1f} MB; one process pinned to core {sorted(os.sched_getaffinity(0))} "
               f"({cores} core)" + (f"; per stage the fastest of {args.rounds} rounds" if args.rounds > 1 else ""))
         one_off, models, rounds = {}, None, []
+        warm_up(one_off)
         for number in range(args.rounds):
             ours, theirs, models = run_all(warc, tmp_path / f"round{number}", n_pages, one_off, models)
             rounds.append((ours, theirs))
