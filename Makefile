@@ -65,6 +65,7 @@ bench: setup
 	$(BIN)/python bench/extraction.py
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/sources.py
+	$(BIN)/python bench/pipeline.py
 
 lock:
 	( echo "# Pinned versions for make setup (pip install -c). Regenerate: make lock"; \

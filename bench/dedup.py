@@ -96,6 +96,10 @@ def run_datatrove(paths: list[Path], out: Path, bands: int, rows: int) -> dict:
     logger.add(sys.stderr, level="WARNING")
     try:
         import xxhash  # noqa: F401  datatrove's default shingle hash
+        sys.path.insert(0, str(REPO / "bench"))
+        from pipeline import hash_str_with_xxhash4
+
+        hash_str_with_xxhash4()  # xxhash 4 refuses the str datatrove 0.10.1 hands it: encode it as xxhash 3 did
         hash_config = HashConfig(hash_fc="xxhash")
     except ImportError:
         hash_config = HashConfig(hash_fc="sha1")
