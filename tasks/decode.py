@@ -71,10 +71,23 @@ BINARY_SAMPLE_CHARS = 100_000
 MAX_BINARY_SHARE = 0.02  # real pages here: at most 0.015 %; random bytes: 11-24 % in any charset
 
 
+# BINARY_CHARS_RE's characters in UTF-8: the C0 ones and DEL are single bytes (bytes.translate
+# deletes them at C speed, where the regex steps through a page character by character), the C1
+# ones \xc2 \x80-\x9f, U+FFFD \xef\xbf\xbd. None of these byte strings occurs inside another character.
+BINARY_BYTES = bytes([*range(0x00, 0x09), 0x0B, *range(0x0E, 0x20), 0x7F])
+C1_UTF8_RE = re.compile(b"\xc2[\x80-\x9f]")
+REPLACEMENT_UTF8 = "\ufffd".encode()
+
+
 def looks_binary(text: str) -> bool:
-    """Whether decoded text is binary junk: more than 2 % control or replacement characters."""
+    """Whether decoded text is binary junk: more than 2 % control or replacement characters
+    (those of ``BINARY_CHARS_RE``), counted on its UTF-8 bytes."""
     sample = text[:BINARY_SAMPLE_CHARS]
-    return len(BINARY_CHARS_RE.findall(sample)) > MAX_BINARY_SHARE * len(sample)
+    data = sample.encode("utf-8", "surrogatepass")
+    found = len(data) - len(data.translate(None, BINARY_BYTES))
+    if not sample.isascii():
+        found += len(C1_UTF8_RE.findall(data)) + data.count(REPLACEMENT_UTF8)
+    return found > MAX_BINARY_SHARE * len(sample)
 
 
 class UndecodableBody(ValueError):

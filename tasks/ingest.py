@@ -12,6 +12,7 @@ import hashlib
 import os
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -35,8 +36,17 @@ def document_id(source: str, record_id: str) -> str:
     return hashlib.sha256(f"{source}\x00{record_id}".encode()).hexdigest()[:32]
 
 
-def page_to_row(page: HtmlPage, cfg: IngestConfig, counts: Counter, meta: dict) -> dict | None:
-    """Extract, identify the language and decide; None (with a counted reason) to drop."""
+# Pages extracted before their languages are identified, in one go. The language-id model (a
+# 39 MB transition table) and the HTML parser evict each other from the CPU caches when they
+# take turns page by page; in batches each stays warm: on bench/ingest.py's WARC py3langid
+# takes 65-77 % of the CPU time it took page by page (0.81 s of 1.17 s for 711 pages). The
+# batch holds texts, not payloads, and at most LANGID_BATCH_CHARS of them.
+LANGID_BATCH = 256
+LANGID_BATCH_CHARS = 16_000_000
+
+
+def page_text(page: HtmlPage, cfg: IngestConfig, counts: Counter) -> str | None:
+    """The page's extracted text, stripped; None (with a counted reason) when it cannot be extracted."""
     try:
         html = decode_html(page.payload, page.http_charset)
         if looks_binary(html):  # binary bytes labelled HTML: not worth extracting
@@ -49,7 +59,11 @@ def page_to_row(page: HtmlPage, cfg: IngestConfig, counts: Counter, meta: dict) 
     except Exception:  # a page the parser cannot handle must not cost the file
         counts["extraction_error"] += 1
         return None
-    text = text.strip()
+    return text.strip()
+
+
+def text_to_row(page: HtmlPage, text: str, cfg: IngestConfig, counts: Counter, meta: dict) -> dict | None:
+    """Identify the language of a page's text and decide; None (with a counted reason) to drop."""
     kept = keep_text(text, cfg, counts)
     if kept is None:
         return None
@@ -71,18 +85,43 @@ def page_to_row(page: HtmlPage, cfg: IngestConfig, counts: Counter, meta: dict) 
     }
 
 
+def page_to_row(page: HtmlPage, cfg: IngestConfig, counts: Counter, meta: dict) -> dict | None:
+    """Extract, identify the language and decide; None (with a counted reason) to drop."""
+    text = page_text(page, cfg, counts)
+    return None if text is None else text_to_row(page, text, cfg, counts, meta)
+
+
 def ingest_warc(local_path: Path, shard_path: Path, cfg: IngestConfig, *, warc_path: str, crawl: str | None) -> dict:
-    """Stream one local WARC into one shard; return the shard's report."""
+    """Stream one local WARC into one shard; return the shard's report.
+
+    Rows are written in WARC order; languages are identified ``LANGID_BATCH`` pages at a time.
+    """
     started = time.perf_counter()
     counts: Counter = Counter()
     meta: dict = {"warc_path": warc_path, "source": cfg.source or "commoncrawl"}
     if crawl:
         meta["crawl"] = crawl
-    with open(local_path, "rb") as stream, ShardWriter(shard_path) as writer:
-        for page in iter_html_pages(stream, counts, max_html_bytes=cfg.max_html_bytes, info=meta):
-            row = page_to_row(page, cfg, counts, meta)
+    extracted: list[tuple[HtmlPage, str, str | None]] = []  # with the crawl known when the page was read
+    extracted_chars = 0
+
+    def write_extracted(writer: ShardWriter) -> None:
+        nonlocal extracted_chars
+        for page, text, crawl_then in extracted:
+            row = text_to_row(page, text, cfg, counts, {**meta, "crawl": crawl_then})
             if row is not None:
                 writer.write(row)
+        extracted.clear()
+        extracted_chars = 0
+
+    with open(local_path, "rb") as stream, ShardWriter(shard_path) as writer:
+        for page in iter_html_pages(stream, counts, max_html_bytes=cfg.max_html_bytes, info=meta):
+            text = page_text(page, cfg, counts)
+            if text is not None:
+                extracted.append((replace(page, payload=b""), text, meta.get("crawl")))
+                extracted_chars += len(text)
+            if len(extracted) >= LANGID_BATCH or extracted_chars >= LANGID_BATCH_CHARS:
+                write_extracted(writer)
+        write_extracted(writer)
     return shard_report(counts, input_uri=warc_path, shard_path=shard_path,
                         input_bytes=local_path.stat().st_size, seconds=time.perf_counter() - started)
 
