@@ -30,13 +30,13 @@ run: setup
 	$(BIN)/pretrain run --recipe local
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not integration"
 
-# The whole fault suite with its slow part (the process kills of filter, dedup and tokenize);
-# `make test` runs the rest of it, the load test included.
+# The whole fault suite with its slow part (the process kills of filter, dedup and tokenize, the node
+# losses, the load test, the training kill); `make test` runs the rest of it.
 test-faults: setup
 	PRETRAIN_SLOW_FAULTS=1 $(BIN)/python -m pytest -q -m faults tests/faults tests/test_security.py
 

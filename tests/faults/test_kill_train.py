@@ -20,7 +20,7 @@ import pytest
 import torch
 import yaml
 from conftest import shared_data
-from faultlib import CommitTrap, StageProcess
+from faultlib import CommitTrap, StageProcess, slow
 from train_fixtures import build_token_shards
 
 from pretrain.config import TrainConfig
@@ -66,6 +66,7 @@ def shards(tmp_path_factory) -> Path:
     return build_token_shards([book], tmp_path_factory.mktemp("kill-train") / "shards", vocab_size=512)
 
 
+@slow  # about 50 s: `make test-faults`
 def test_kill9_during_training_then_resume_repeats_the_uninterrupted_run(prefect_server, shards, tmp_path, ledger):
     clean_dir, run_dir = tmp_path / "clean", tmp_path / "killed"
     clean = run_training(train_config(shards, clean_dir), log_callback=[].append)

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 from conftest import REPO, shared_data
+from faultlib import slow
 
 sys.path.insert(0, str(REPO))  # bench/ is not an installed package
 from bench.load import CC_SAMPLE_RECORDS, run_load, table  # noqa: E402
@@ -22,6 +23,7 @@ PAGES = 237  # pages with extraction expectations, each once per file (REPEAT)
 CC_RESPONSES = 16  # of the 50 records of the Common Crawl sample appended to every file
 
 
+@slow  # about 40 s: `make test-faults`
 def test_worker_memory_does_not_grow_with_the_number_of_files(services, tmp_path, ledger):
     shared_data("extraction-dev", "expectations.json")
     shared_data("cc", "CC-MAIN-2020-34-sample.warc.gz")
