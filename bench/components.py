@@ -83,12 +83,9 @@ def measured(fn):
 def dedup_folder(folder: Path, documents: int, seed: int = 0):
     """A dedup output folder as stages 1-2 leave it: 16 shards of ids and word counts, the edges of
     ``dedup_like_graph`` over their documents in every (slot, partition) file of the default config."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     from pretrain.config import DedupConfig
-    from tasks.dedup.buckets import EDGE_RECORD, make_refs
-    from tasks.dedup.layout import Layout, key_slots, save_npy
+    from tasks.dedup.buckets import make_refs
+    from tasks.dedup.planted import write_stage2_folder
 
     shards, rng = 16, np.random.default_rng(seed)
     rows = -(-documents // shards)
@@ -97,20 +94,8 @@ def dedup_folder(folder: Path, documents: int, seed: int = 0):
     to_ref = lambda n: make_refs(n // np.uint64(rows), n % np.uint64(rows))  # noqa: E731
     again = rng.random(a.size) < 0.25
     ref_a, ref_b = np.concatenate((to_ref(a), to_ref(b[again]))), np.concatenate((to_ref(b), to_ref(a[again])))
-    layout, names, inputs = Layout(folder), [f"s{i:02d}" for i in range(shards)], []
-    for index, shard in enumerate(names):
-        path = folder / "in" / f"{shard}.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.table({"id": [f"{shard}-{row}" for row in range(rows)]}), path)
-        inputs.append(path)
-        save_npy(layout.shard_file(shard, "words"), rng.integers(50, 3000, rows).astype(np.uint32))
     config = DedupConfig(hash_partitions=4)
-    files = [layout.edges(slot, part) for slot in key_slots(config) for part in range(config.hash_partitions)]
-    where = rng.integers(0, len(files), ref_a.size)
-    for i, path in enumerate(files):
-        edges = np.empty(int((where == i).sum()), dtype=EDGE_RECORD)
-        edges["a"], edges["b"] = ref_a[where == i], ref_b[where == i]
-        save_npy(path, edges)
+    layout, names, inputs = write_stage2_folder(folder, ref_a, ref_b, shards, rows, config, rng, word_range=(50, 3000))
     return layout, names, inputs, config, int(a.size)
 
 

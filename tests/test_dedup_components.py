@@ -9,8 +9,6 @@ from __future__ import annotations
 import zlib
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from tasks.dedup.clusters import connected_components, find_components
@@ -97,11 +95,11 @@ SHARDS, ROWS = 4, 2000
 
 
 def _stage2_layout(folder, name: str, config) -> tuple:
-    """A dedup output folder as stages 1-2 leave it, for graph ``name``: input shards with ids, word counts
-    per row, and its edges spread over every (slot, partition) file, a quarter of them found twice (by
+    """A dedup output folder as stages 1-2 leave it, for graph ``name``: input shards with ids, word counts (1-39:
+    many ties) per row, and its edges spread over every (slot, partition) file, a quarter of them found twice (by
     another slot of another kind), as bands and the exact key find the same pair."""
-    from tasks.dedup.buckets import EDGE_RECORD, make_refs
-    from tasks.dedup.layout import Layout, key_slots, save_npy
+    from tasks.dedup.buckets import make_refs
+    from tasks.dedup.planted import write_stage2_folder
 
     rng = np.random.default_rng(zlib.crc32(name.encode()))
     a, b = (np.asarray(x, dtype=np.uint64) for x in GRAPHS[name])
@@ -111,21 +109,7 @@ def _stage2_layout(folder, name: str, config) -> tuple:
     ref_a, ref_b = as_ref[inverse[: a.size]], as_ref[inverse[a.size :]]
     again = rng.random(a.size) < 0.25
     ref_a, ref_b = np.concatenate((ref_a, ref_b[again])), np.concatenate((ref_b, ref_a[again]))
-    layout, names = Layout(folder / name.replace(" ", "-")), [f"s{i}" for i in range(SHARDS)]
-    inputs = []
-    for index, shard in enumerate(names):
-        path = layout.output_dir / "in" / f"{shard}.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.table({"id": [f"{shard}-{row}" for row in range(ROWS)]}), path)
-        inputs.append(path)
-        save_npy(layout.shard_file(shard, "words"), rng.integers(1, 40, ROWS).astype(np.uint32))  # many ties
-    files = [layout.edges(slot, part) for slot in key_slots(config) for part in range(config.hash_partitions)]
-    where = rng.integers(0, len(files), ref_a.size)
-    for i, path in enumerate(files):
-        edges = np.empty(int((where == i).sum()), dtype=EDGE_RECORD)
-        edges["a"], edges["b"] = ref_a[where == i], ref_b[where == i]
-        save_npy(path, edges)
-    return layout, names, inputs
+    return write_stage2_folder(folder / name.replace(" ", "-"), ref_a, ref_b, SHARDS, ROWS, config, rng)
 
 
 def _stage3_outputs(layout, names) -> tuple[dict, dict]:

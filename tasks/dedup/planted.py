@@ -25,10 +25,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks.decode import decode_html
+from tasks.dedup.buckets import EDGE_RECORD
+from tasks.dedup.layout import Layout, key_slots, save_npy
 from tasks.dedup.text import words
 from tasks.extract import extract_text
 from tasks.shards import DOCUMENT_SCHEMA
@@ -206,3 +209,26 @@ def max_similarity(texts: list[str], n: int = 5) -> list[float]:
         for j, common in shared.items():
             best[i] = max(best[i], common / (len(s) + len(sets[j]) - common))
     return best
+
+
+def write_stage2_folder(folder: Path, ref_a, ref_b, n_shards: int, rows: int, config, rng,
+                        word_range: tuple[int, int] = (1, 40)) -> tuple:
+    """A dedup output folder as stages 1 and 2 leave it, for the edges ``(ref_a[i], ref_b[i])`` (refs as
+    ``buckets.make_refs`` makes them): ``n_shards`` input shards of ``rows`` ids (``<shard>-<row>``) under
+    ``folder/in``, stage 1's word counts drawn from ``word_range``, and the edges spread at random over every
+    (slot, partition) edge file of ``config``. Returns ``(layout, shard names, input paths)``; for the
+    clustering stage's tests and ``bench/components.py``."""
+    layout, names, inputs = Layout(folder), [f"s{i:02d}" for i in range(n_shards)], []
+    for shard in names:
+        path = folder / "in" / f"{shard}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"id": [f"{shard}-{row}" for row in range(rows)]}), path)
+        inputs.append(path)
+        save_npy(layout.shard_file(shard, "words"), rng.integers(*word_range, rows).astype(np.uint32))
+    files = [layout.edges(slot, part) for slot in key_slots(config) for part in range(config.hash_partitions)]
+    where = rng.integers(0, len(files), ref_a.size)
+    for i, path in enumerate(files):
+        edges = np.empty(int((where == i).sum()), dtype=EDGE_RECORD)
+        edges["a"], edges["b"] = ref_a[where == i], ref_b[where == i]
+        save_npy(path, edges)
+    return layout, names, inputs
