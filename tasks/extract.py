@@ -346,7 +346,7 @@ class _BlockBuilder:
     """
 
     __slots__ = (
-        "blocks", "nodes", "node_parent", "_path", "_open", "_owner", "_parts",
+        "blocks", "nodes", "_path", "_open", "_owner", "_parts",
         "_has_text", "_link_len", "_in_link", "_skip", "_skip_room", "_max_depth",
     )
 
@@ -354,7 +354,6 @@ class _BlockBuilder:
         self._max_depth = max_depth
         self.blocks: list[_Block] = []
         self.nodes: list[tuple[int, str, dict]] = []  # per node id: (parent id or -1, tag, attributes)
-        self.node_parent: list[int] = []  # per node id, set by close()
         self._path: list[int] = [-1]  # node ids of the open elements, under a -1 for "none"
         self._open: list[int | None] = []  # _TAG_KIND of the open elements outside skipped ones
         self._owner: list[str] = ["body"]  # tags of the open block elements
@@ -435,11 +434,13 @@ class _BlockBuilder:
         if self._in_link:
             self._link_len += len(text.strip())
 
-    def close(self) -> "_BlockBuilder":
+    def close(self) -> "_Page":
         if self._has_text:
             self._flush()
-        self.node_parent = [node[0] for node in self.nodes]
-        return self
+        nodes = self.nodes
+        return _Page(
+            self.blocks, [node[0] for node in nodes], [node[1] for node in nodes], [node[2] for node in nodes]
+        )
 
     def _flush(self) -> None:
         """Turn the pending text into a block (called when it has some)."""
@@ -456,11 +457,28 @@ class _BlockBuilder:
         if text and node >= 0:  # (libxml2 always opens <html> first; just in case)
             self.blocks.append(_Block(text, link_len, node, self._owner[-1]))
 
+
+
+class _Page:
+    """What step 1 hands on: the blocks, and per node id its parent, tag and attributes.
+
+    Made by _BlockBuilder, or by tasks._htmlblocks (the same rules in C), whose attribute
+    dicts hold only the attributes the marks read (None for an element with none of them).
+    """
+
+    __slots__ = ("blocks", "node_parent", "node_tags", "node_attrs")
+
+    def __init__(self, blocks, node_parent: list[int], node_tags: list[str], node_attrs: list):
+        self.blocks = blocks
+        self.node_parent = node_parent
+        self.node_tags = node_tags
+        self.node_attrs = node_attrs
+
     def judge_elements(self) -> tuple[list[int], list[bool]]:
         """(boilerplate mark, hidden) per node id."""
-        n = len(self.nodes)
+        n = len(self.node_tags)
         marks, hidden = [_NO_MARK] * n, [False] * n
-        for node, (_, tag, attrib) in enumerate(self.nodes):
+        for node, (tag, attrib) in enumerate(zip(self.node_tags, self.node_attrs)):
             if not attrib:
                 marks[node] = _TAG_MARKS.get(tag, _NO_MARK)
             elif len(attrib) == 1 and "class" in attrib and tag not in _SPECIAL_MARK_TAGS:
@@ -497,11 +515,40 @@ def _parse(html: str, target):
         return None
 
 
-def _linearize(html: str, max_depth: int) -> _BlockBuilder | None:
-    """Parse ``html`` into blocks; None when there is nothing to parse."""
+def _load_native():
+    """tasks._htmlblocks, when built (infra/build_htmlblocks.py) against this lxml's libxml2."""
+    try:
+        from tasks import _htmlblocks
+    except ImportError:
+        return None
+    major, minor, patch = etree.LIBXML_VERSION
+    if _htmlblocks.LIBXML_VERSION != major * 10000 + minor * 100 + patch:
+        return None  # built against another lxml: its structures may differ; rebuild it
+    _htmlblocks.configure(_TAG_KIND, etree.__file__)
+    return _htmlblocks
+
+
+_NATIVE = _load_native()
+
+
+def _linearize(html: str, max_depth: int, native=_NATIVE) -> _Page | None:
+    """Parse ``html`` into blocks; None when there is nothing to parse.
+
+    ``native``: the C builder (tasks._htmlblocks) or None for the Python one; the same
+    blocks either way, the C one about twice as fast over the whole extractor.
+    """
     if not html or html.isspace():
         return None
-    return _parse(_skip_head(html), _BlockBuilder(max_depth))
+    html = _skip_head(html)
+    if native is not None:
+        found = native.linearize(html.encode("utf-8", "replace"), max_depth)
+        if found is None:
+            raise HtmlTooDeep(f"elements nest deeper than {max_depth} levels")
+        if found is False:  # text that is not UTF-8, where lxml gives up
+            return None
+        if found is not NotImplemented:  # (over 2,000 distinct tag names on one page)
+            return _Page(*found)
+    return _parse(html, _BlockBuilder(max_depth))
 
 
 class _Tree:
@@ -563,7 +610,7 @@ def _inherit(flags: list[bool], parent: list[int]) -> list[bool]:
     return out
 
 
-def _effective_marks(doc: _BlockBuilder, marks: list[int]) -> list[bool]:
+def _effective_marks(doc: _Page, marks: list[int]) -> list[bool]:
     """Which marked elements really are boilerplate, given the prose under them."""
     n = len(marks)
     prose, total, n_prose = [0] * n, [0] * n, [0] * n
@@ -593,7 +640,7 @@ def _effective_marks(doc: _BlockBuilder, marks: list[int]) -> list[bool]:
     return boiler
 
 
-def _pick_container(doc: _BlockBuilder, under_boiler, under_hidden) -> int:
+def _pick_container(doc: _Page, under_boiler, under_hidden) -> int:
     """The node whose subtree maximises good - _BAD_WEIGHT * bad text (-1: no prose).
 
     Then widen it while each step up brings enough extra prose for the extra
@@ -734,8 +781,8 @@ def _select_blocks(doc, tree, container, boiler, under_boiler, under_hidden) -> 
     return kept
 
 
-def _fast_extract(html: str, max_depth: int) -> str:
-    doc = _linearize(html, max_depth)
+def _fast_extract(html: str, max_depth: int, native=_NATIVE) -> str:
+    doc = _linearize(html, max_depth, native)
     if doc is None or not doc.blocks:
         return ""
     tree = _Tree(doc.node_parent)
