@@ -1,18 +1,19 @@
 # Two commands do everything on a fresh machine: `make run` and `make test`.
 # Both depend on `make setup`, which builds .venv/ (Python deps pinned by
 # requirements/constraints.txt, plus KenLM's lmplz/build_binary) once, and the extractor's C
-# module (tasks/_htmlblocks, rebuilt when its source changes).
+# modules (tasks/_htmlblocks, tasks/_langid_walk; rebuilt when a source changes).
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
-HTMLBLOCKS := tasks/_htmlblocks$(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
+EXT_SUFFIX := $(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
+NATIVE := tasks/_htmlblocks$(EXT_SUFFIX) tasks/_langid_walk$(EXT_SUFFIX)
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
 .PHONY: setup run test test-fast test-faults server deploy worker ui-screenshot bench lock clean
 
-setup: $(STAMP) $(HTMLBLOCKS)
+setup: $(STAMP) $(NATIVE)
 
 $(STAMP): pyproject.toml requirements/constraints.txt infra/build_kenlm.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,9 +29,10 @@ $(STAMP): pyproject.toml requirements/constraints.txt infra/build_kenlm.sh
 	bash infra/build_kenlm.sh $(VENV)
 	touch $(STAMP)
 
-# Built against the libxml2 headers lxml ships, so after the packages.
-$(HTMLBLOCKS): tasks/htmlblocks.c infra/build_htmlblocks.py $(STAMP)
-	$(BIN)/python infra/build_htmlblocks.py
+# C modules, one build for all (_htmlblocks compiles against the libxml2 headers lxml ships,
+# so after the packages).
+$(NATIVE) &: tasks/htmlblocks.c tasks/langid_walk.c infra/build_native.py $(STAMP)
+	$(BIN)/python infra/build_native.py
 
 run: setup
 	$(BIN)/pretrain run --recipe local
@@ -78,4 +80,4 @@ lock:
 	  $(BIN)/pip freeze --exclude-editable | grep -v '^pretrain-pipeline' ) > requirements/constraints.txt
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache build $(NATIVE)

@@ -516,7 +516,7 @@ def _parse(html: str, target):
 
 
 def _load_native():
-    """tasks._htmlblocks, when built (infra/build_htmlblocks.py) against this lxml's libxml2."""
+    """tasks._htmlblocks, when built (infra/build_native.py) against this lxml's libxml2."""
     try:
         from tasks import _htmlblocks
     except ImportError:

@@ -53,16 +53,31 @@ POSITIONS = 1024  # distinct per-position multipliers in a word; longer tokens w
 EMPTY_SHINGLE = np.uint64(0x9E3779B97F4A7C15)  # the one shingle of a document without words
 
 
-@lru_cache(maxsize=1)
-def char_classes() -> np.ndarray:
-    """SEPARATOR, WORD or OWN_WORD for every code point (1.1 MB, built once per process)."""
-    first = "".join(unicodedata.category(chr(cp))[0] for cp in range(0x110000))
-    letters = np.frombuffer(first.encode("ascii"), dtype=np.uint8)
-    table = np.where((letters == ord("L")) | (letters == ord("M")), WORD, SEPARATOR).astype(np.uint8)
+_UNKNOWN = 255
+# SEPARATOR, WORD or OWN_WORD per code point, filled in as code points are first seen: a
+# process meets a few thousand distinct ones, and classifying all 1.1 million up front
+# cost 1.3 s of every dedup worker's first batch.
+_classes = np.full(0x110000, _UNKNOWN, np.uint8)
+
+
+def _class_of(cp: int) -> int:
+    if unicodedata.category(chr(cp))[0] not in "LM":
+        return SEPARATOR
     for lo, hi in NO_SPACE_RANGES:
-        span = table[lo : hi + 1]
-        span[span == WORD] = OWN_WORD
-    return table
+        if lo <= cp <= hi:
+            return OWN_WORD
+    return WORD
+
+
+def char_classes(cps: np.ndarray) -> np.ndarray:
+    """SEPARATOR, WORD or OWN_WORD for each code point of ``cps``."""
+    kind = _classes[cps]
+    unknown = kind == _UNKNOWN
+    if unknown.any():
+        new = np.unique(cps[unknown])
+        _classes[new] = [_class_of(int(cp)) for cp in new]
+        kind = _classes[cps]
+    return kind
 
 
 @lru_cache(maxsize=4)
@@ -84,11 +99,11 @@ def fmix64(h: np.ndarray) -> np.ndarray:
 
 def words(text: str) -> list[str]:
     """The normalized words of ``text`` (the reference, non-vectorized tokenizer)."""
-    table = char_classes()
+    lowered = text.lower()
+    kinds = char_classes(np.array([ord(ch) for ch in lowered], dtype=np.int64))
     out: list[str] = []
     current: list[str] = []
-    for ch in text.lower():
-        kind = table[ord(ch)]
+    for ch, kind in zip(lowered, kinds):
         if kind != WORD and current:
             out.append("".join(current))
             current = []
@@ -117,7 +132,7 @@ def word_hashes(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     lowered = [text.lower() for text in texts]
     # "\n" is a separator, so no word spans two documents.
     cps = np.frombuffer("\n".join(lowered).encode("utf-32-le", "surrogatepass"), dtype="<u4")
-    kind = char_classes()[cps]
+    kind = char_classes(cps)
     is_word = kind != SEPARATOR
     own = kind == OWN_WORD
     prev_word = np.concatenate(([False], is_word[:-1]))

@@ -1,12 +1,14 @@
-"""Build tasks/_htmlblocks (step 1 of the fast extractor in C; see tasks/htmlblocks.c).
+"""Build the two C modules: tasks/_htmlblocks (step 1 of the fast extractor; see
+tasks/htmlblocks.c) and tasks/_langid_walk (py3langid's per-byte feature walk).
 
-It compiles against the libxml2 headers that lxml ships and binds at run time to the
+_htmlblocks compiles against the libxml2 headers that lxml ships and binds at run time to the
 libxml2 inside lxml's etree module, so it needs lxml installed first.  Run from the
 repository root by `make setup` (and again whenever tasks/htmlblocks.c changes):
 
-    .venv/bin/python infra/build_htmlblocks.py
+    .venv/bin/python infra/build_native.py
 
-Without the built module the extractor runs its Python builder: same output, slower.
+Without them the extractor runs its Python builder and language id py3langid's own loop:
+the same output, slower.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ def main() -> None:
     work = REPO / "build" / "htmlblocks"
     work.mkdir(parents=True, exist_ok=True)
     os.chdir(work)  # not the repository root: setuptools would read our pyproject.toml
-    extension = Extension(
+    htmlblocks = Extension(
         "tasks._htmlblocks",
         sources=[str(REPO / "tasks" / "htmlblocks.c")],
         include_dirs=lxml.get_include(),
@@ -33,12 +35,16 @@ def main() -> None:
         extra_compile_args=["-O2", "-Wall", "-Wno-deprecated-declarations"],
         libraries=["dl"],
     )
+    langid_walk = Extension(
+        "tasks._langid_walk", sources=[str(REPO / "tasks" / "langid_walk.c")], extra_compile_args=["-O2", "-Wall"]
+    )
     setup(
-        name="pretrain-htmlblocks",
-        ext_modules=[extension],
+        name="pretrain-native",
+        ext_modules=[htmlblocks, langid_walk],
         script_args=["-q", "build_ext", "--build-lib", str(REPO), "--build-temp", "."],
     )
-    print(f"built {next(REPO.glob('tasks/_htmlblocks*.so')).relative_to(REPO)}", file=sys.stderr)
+    for built in sorted(REPO.glob("tasks/_*.so")):
+        print(f"built {built.relative_to(REPO)}", file=sys.stderr)
 
 
 if __name__ == "__main__":
