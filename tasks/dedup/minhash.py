@@ -99,16 +99,28 @@ def _permute_chunk(x: np.ndarray, a: np.ndarray, b: np.ndarray, work: _Workspace
     return acc
 
 
-def signatures(shingles: np.ndarray, offsets: np.ndarray, num_perm: int, seed: int) -> np.ndarray:
+try:
+    from tasks import _minhash  # tasks/minhash.c, built by make setup
+except ImportError:
+    _minhash = None
+
+
+def signatures(shingles: np.ndarray, offsets: np.ndarray, num_perm: int, seed: int, native=_minhash) -> np.ndarray:
     """MinHash signatures, shape (docs, num_perm), uint64 values in [0, 2^61 - 1).
 
     ``shingles[offsets[i]:offsets[i+1]]`` are the shingle hashes of document i;
     every document must have at least one (``shingle_hashes`` guarantees it).
-    Work is done in chunks of shingles so memory does not grow with document size.
+    ``native``: the C loop (tasks/minhash.c, the same values, several times faster) or
+    None for numpy, which works in chunks of shingles so memory does not grow with
+    document size.
     """
     a, b = permutations(num_perm, seed)
     n_docs = offsets.size - 1
     sig = np.full((n_docs, num_perm), np.iinfo(np.uint64).max, dtype=np.uint64)
+    if native is not None:
+        native.signatures(np.ascontiguousarray(shingles, dtype=np.uint64),
+                          np.ascontiguousarray(offsets, dtype=np.int64), a, b, sig)
+        return sig
     x = mod61(shingles)
     doc_of = np.repeat(np.arange(n_docs), np.diff(offsets))
     work = _Workspace(min(SHINGLES_PER_CHUNK, max(x.size, 1)), num_perm)
