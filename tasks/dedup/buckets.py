@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from pretrain.config import DedupConfig
-from tasks.dedup.layout import FUZZY, Layout, Slot, key_slots, save_npy
+from tasks.dedup.layout import FUZZY, Layout, Slot, key_slots, read_npy_picks, read_npy_rows, save_npy
 from tasks.dedup.minhash import estimated_jaccard
 
 EDGE_RECORD = np.dtype([("a", "<u8"), ("b", "<u8")])
@@ -49,13 +49,13 @@ def read_section(layout: Layout, shards: list[str], section: int, n_sections: in
     """(keys, refs) of one (slot, partition) section, from every shard's key file."""
     keys, refs = [np.zeros(0, np.uint64)], [np.zeros(0, np.uint64)]
     for shard_index, shard in enumerate(shards):
-        bounds = np.load(layout.shard_file(shard, "index"))
+        bounds = read_npy_rows(layout.shard_file(shard, "index"))
         if bounds.size != n_sections + 1:
             raise ValueError(f"{shard}: key index has {bounds.size - 1} sections, expected {n_sections} "
                              "(stage-1 files written with another config?)")
-        records = np.load(layout.shard_file(shard, "keys"), mmap_mode="r")[bounds[section] : bounds[section + 1]]
-        keys.append(np.asarray(records["key"]))
-        refs.append(make_refs(shard_index, np.asarray(records["row"])))
+        records = read_npy_rows(layout.shard_file(shard, "keys"), int(bounds[section]), int(bounds[section + 1]))
+        keys.append(records["key"])
+        refs.append(make_refs(shard_index, records["row"]))
     return np.concatenate(keys), np.concatenate(refs)
 
 
@@ -64,11 +64,11 @@ def gather_rows(layout: Layout, shards: list[str], refs: np.ndarray, what: str) 
     shard_of, row_of = split_refs(refs)
     out = None
     for shard_index in np.unique(shard_of):
-        array = np.load(layout.shard_file(shards[shard_index], what), mmap_mode="r")
-        if out is None:
-            out = np.empty((refs.size, *array.shape[1:]), dtype=array.dtype)
         pick = shard_of == shard_index
-        out[pick] = array[row_of[pick]]
+        rows = read_npy_picks(layout.shard_file(shards[shard_index], what), row_of[pick])
+        if out is None:
+            out = np.empty((refs.size, *rows.shape[1:]), dtype=rows.dtype)
+        out[pick] = rows
     return out
 
 

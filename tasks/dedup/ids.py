@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from tasks.dedup.buckets import make_refs, split_refs
 from tasks.dedup.clusters import read_ids
 from tasks.dedup.keys import hash64
-from tasks.dedup.layout import Layout, save_npy
+from tasks.dedup.layout import Layout, read_npy_rows, save_npy
 
 ID_RECORD = np.dtype([("hash", "<u8"), ("row", "<u4")])
 NULL_ID = b"\x00null id"  # hashed for a missing id: no string id encodes to it
@@ -52,10 +52,10 @@ def _partition(layout: Layout, shards: list[str], part: int) -> tuple[np.ndarray
     """(hashes, refs) of one partition, from every shard."""
     hashes, refs = [np.zeros(0, np.uint64)], [np.zeros(0, np.uint64)]
     for shard_index, shard in enumerate(shards):
-        bounds = np.load(layout.shard_file(shard, "idindex"))
-        records = np.load(layout.shard_file(shard, "ids"), mmap_mode="r")[bounds[part]: bounds[part + 1]]
-        hashes.append(np.asarray(records["hash"]))
-        refs.append(make_refs(shard_index, np.asarray(records["row"])))
+        bounds = read_npy_rows(layout.shard_file(shard, "idindex"))
+        records = read_npy_rows(layout.shard_file(shard, "ids"), int(bounds[part]), int(bounds[part + 1]))
+        hashes.append(records["hash"])
+        refs.append(make_refs(shard_index, records["row"]))
     return np.concatenate(hashes), np.concatenate(refs)
 
 

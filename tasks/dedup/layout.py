@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -85,3 +86,60 @@ def save_npy(path: Path, array: np.ndarray) -> None:
         np.save(handle, array, allow_pickle=False)
     os.replace(tmp, path)
 
+
+@lru_cache(maxsize=4096)
+def _npy_header(path: str, inode: int, mtime_ns: int, size: int) -> tuple[np.dtype, tuple[int, ...], int]:
+    """(dtype, shape, data offset) of an .npy file version (keyed by inode, time and size: files are
+    replaced, never rewritten in place)."""
+    with open(path, "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
+        if fortran:
+            raise ValueError(f"{path}: Fortran-order array (not written by save_npy)")
+        return dtype, shape, handle.tell()
+
+
+def npy_header(path: Path) -> tuple[np.dtype, tuple[int, ...], int]:
+    st = os.stat(path)
+    return _npy_header(str(path), st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def read_npy_rows(path: Path, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """Rows ``start:stop`` of an .npy file, read with one seek (``np.load``'s header parsing and
+    memory map cost more than the read itself for the small sections a bucket task takes)."""
+    dtype, shape, offset = npy_header(path)
+    n_rows = shape[0] if shape else 1
+    stop = n_rows if stop is None else stop
+    if not 0 <= start <= stop <= n_rows:
+        raise ValueError(f"{path}: rows {start}:{stop} outside its {n_rows}")
+    per_row = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
+    with open(path, "rb") as handle:
+        handle.seek(offset + start * per_row * dtype.itemsize)
+        data = np.fromfile(handle, dtype=dtype, count=(stop - start) * per_row)
+    if data.size != (stop - start) * per_row:
+        raise ValueError(f"{path}: file is shorter than its header says")
+    return data.reshape((stop - start, *shape[1:])) if shape else data.reshape(())
+
+
+def read_npy_picks(path: Path, rows: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` (any order) of an .npy file: a seek per row when there are few, else a memory map."""
+    dtype, shape, offset = npy_header(path)
+    if len(rows) > 256:
+        return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)[rows]
+    per_row = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
+    out = np.empty((len(rows), *shape[1:]), dtype=dtype)
+    flat = out.reshape(len(rows), per_row)
+    row_bytes = per_row * dtype.itemsize
+    with open(path, "rb", buffering=0) as handle:
+        fd = handle.fileno()
+        for i, row in enumerate(rows.tolist()):
+            if not 0 <= row < shape[0]:
+                raise ValueError(f"{path}: row {row} outside its {shape[0]}")
+            chunk = os.pread(fd, row_bytes, offset + row * row_bytes)
+            if len(chunk) != row_bytes:
+                raise ValueError(f"{path}: file is shorter than its header says")
+            flat[i] = np.frombuffer(chunk, dtype=dtype, count=per_row)
+    return out
