@@ -1,14 +1,14 @@
 # Two commands do everything on a fresh machine: `make run` and `make test`.
 # Both depend on `make setup`, which builds .venv/ (Python deps pinned by
 # requirements/constraints.txt, plus KenLM's lmplz/build_binary) once, and the extractor's C
-# modules (tasks/_htmlblocks, _langid_walk, _minhash; rebuilt when a source changes).
+# modules (tasks/_htmlblocks, _langid_walk, _minhash, _wordsplit; rebuilt when a source changes).
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 EXT_SUFFIX := $(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
-NATIVE := tasks/_htmlblocks$(EXT_SUFFIX) tasks/_langid_walk$(EXT_SUFFIX) tasks/_minhash$(EXT_SUFFIX)
+NATIVE := $(foreach m,htmlblocks langid_walk minhash wordsplit,tasks/_$(m)$(EXT_SUFFIX))
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
 .PHONY: setup run test test-fast test-faults server deploy worker ui-screenshot bench lock clean
@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt infra/build_kenlm.sh
 
 # C modules, one build for all (_htmlblocks compiles against the libxml2 headers lxml ships,
 # so after the packages).
-$(NATIVE) &: tasks/htmlblocks.c tasks/langid_walk.c tasks/minhash.c infra/build_native.py $(STAMP)
+$(NATIVE) &: tasks/htmlblocks.c tasks/langid_walk.c tasks/minhash.c tasks/wordsplit.c infra/build_native.py $(STAMP)
 	$(BIN)/python infra/build_native.py
 
 run: setup

@@ -1,6 +1,6 @@
 """Build the C modules: tasks/_htmlblocks (step 1 of the fast extractor; see
-tasks/htmlblocks.c), tasks/_langid_walk (py3langid's per-byte feature walk) and
-tasks/_minhash (MinHash signatures).
+tasks/htmlblocks.c), tasks/_langid_walk (py3langid's per-byte feature walk),
+tasks/_minhash (MinHash signatures) and tasks/_wordsplit (the filters' word tokenizer).
 
 _htmlblocks compiles against the libxml2 headers that lxml ships and binds at run time to the
 libxml2 inside lxml's etree module, so it needs lxml installed first.  Run from the
@@ -8,8 +8,8 @@ repository root by `make setup` (and again whenever tasks/htmlblocks.c changes):
 
     .venv/bin/python infra/build_native.py
 
-Without them the extractor runs its Python builder, language id py3langid's own loop and
-MinHash its numpy version: the same output, slower.
+Without them each falls back to its Python version (the extractor's block builder,
+py3langid's loop, numpy MinHash, the token regex): the same output, slower.
 """
 
 from __future__ import annotations
@@ -36,13 +36,13 @@ def main() -> None:
         extra_compile_args=["-O2", "-Wall", "-Wno-deprecated-declarations"],
         libraries=["dl"],
     )
-    langid_walk = Extension(
-        "tasks._langid_walk", sources=[str(REPO / "tasks" / "langid_walk.c")], extra_compile_args=["-O2", "-Wall"]
-    )
-    minhash = Extension("tasks._minhash", sources=[str(REPO / "tasks" / "minhash.c")], extra_compile_args=["-O2", "-Wall"])
+    plain = [
+        Extension(f"tasks._{name}", sources=[str(REPO / "tasks" / f"{name}.c")], extra_compile_args=["-O2", "-Wall"])
+        for name in ("langid_walk", "minhash", "wordsplit")
+    ]
     setup(
         name="pretrain-native",
-        ext_modules=[htmlblocks, langid_walk, minhash],
+        ext_modules=[htmlblocks, *plain],
         script_args=["-q", "build_ext", "--build-lib", str(REPO), "--build-temp", "."],
     )
     for built in sorted(REPO.glob("tasks/_*.so")):

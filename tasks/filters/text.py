@@ -24,7 +24,8 @@ marks is one token ('."', '...', '--', '!—'); '_' is a mark. Special cases:
   ``Tokens.n_unspaced`` says how many words came from such scripts, for rules
   (mean word length) that only make sense for space-separated words.
 
-Everything is a few precompiled regular expressions run by ``re`` in C; the
+Everything is a few precompiled regular expressions run by ``re`` in C (the token
+regex as a hand-written scanner, tasks/wordsplit.c, when built); the
 results of the last two texts are cached, because the two Gopher filters (and
 FineWeb, when C4 left the text as it was) tokenize the same text.
 
@@ -96,7 +97,8 @@ def _word_char_ranges() -> list[tuple[int, int]]:
     return sorted(ranges + [(0x00AD, 0x00AD), (0x200C, 0x200D)])
 
 
-_W = _class(_word_char_ranges())
+_WORD_RANGES = _word_char_ranges()
+_W = _class(_WORD_RANGES)
 _U = _class(UNSPACED_RANGES)
 _ABBREVIATIONS = ("Mrs", "Mr", "Ms", "Dr", "St", "Mt", "Jr", "Sr", "Prof", "Rev", "Gen", "Gov", "Sen", "Col",
                   "Capt", "Lt", "Sgt", "Mme", "Mlle", "vs", "etc")
@@ -126,9 +128,35 @@ class Tokens:
     n_unspaced: int  # words that are single characters of scripts without spaces
 
 
+def _load_native():
+    """tasks._wordsplit (tasks/wordsplit.c, built by make setup): _TOKEN_RE as a scanner, with
+    its character classes from the same ranges; the same tokens, about 5x faster."""
+    try:
+        from tasks import _wordsplit
+    except ImportError:
+        return None
+    table = np.zeros(0x110000, np.uint8)
+    for lo, hi in _WORD_RANGES:
+        table[lo : hi + 1] |= 1
+    for lo, hi in UNSPACED_RANGES:
+        table[lo : hi + 1] |= 2
+    _wordsplit.configure(table.tobytes(), _ABBREVIATIONS)
+    return _wordsplit
+
+
+_NATIVE = _load_native()
+
+
 @lru_cache(maxsize=2)
 def tokenize(text: str) -> Tokens:
     """Words and token counts of ``text`` (cached for the last two texts)."""
+    if _NATIVE is not None:
+        return Tokens(*_NATIVE.split(text))
+    return tokenize_with_regex(text)
+
+
+def tokenize_with_regex(text: str) -> Tokens:
+    """What tokenize returns, from _TOKEN_RE itself (the definition, and the fallback)."""
     matches = _TOKEN_RE.findall(text)
     words = tuple(filter(None, matches))
     n_unspaced = 0 if text.isascii() else len(_UNSPACED_RE.findall(text))
@@ -137,6 +165,8 @@ def tokenize(text: str) -> Tokens:
 
 def count_words(text: str) -> int:
     """Number of words, uncached (for short pieces such as lines)."""
+    if _NATIVE is not None:
+        return _NATIVE.count_words(text)
     return len(list(filter(None, _TOKEN_RE.findall(text))))
 
 
