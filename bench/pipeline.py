@@ -24,7 +24,7 @@ before wrote (default configs of ``PipelineConfig``):
 
 The pii and decontaminate stages of `pretrain run` are not in it. One-off work is timed
 apart and not in the rates: loading what a worker process loads once (the language-id model,
-which both pipelines use, datatrove's modules and spaCy word tokenizer), training the perplexity model (on ../shared/data/reference/en,
+which both pipelines use, pandas, which pyarrow loads for the first Parquet either writes, datatrove's modules and spaCy word tokenizer), training the perplexity model (on ../shared/data/reference/en,
 small settings as in bench/quality.py) and the classifier (those books against the ingested
 pages, the recipe's default negatives, 1,000 documents a class), loading them (once per Ray
 actor in the flow) and training the tokenizer (once per run, on a sample).
@@ -303,16 +303,21 @@ def dt_tokenize(folder: Path, out: Path, tokenizer: Path) -> Stage:
 
 def warm_up(one_off: dict) -> None:
     """Load what a worker process loads once, before any stage's clock starts, for both pipelines: the
-    language-id model (both use it), datatrove's steps and trafilatura, and datatrove's spaCy word tokenizer."""
+    language-id model (both use it), pandas (pyarrow loads it for the first Parquet either writes; before,
+    our ingest paid it and datatrove's, run after it, did not), datatrove's steps and trafilatura, and
+    datatrove's spaCy word tokenizer."""
     with Clock() as clock:
         import trafilatura  # noqa: F401  datatrove's extraction sandbox is forked from this process
         from datatrove.data import Document
         from datatrove.pipeline import extractors, readers, writers  # noqa: F401
         from datatrove.pipeline.filters import GopherQualityFilter
 
+        import pyarrow as pa
+
         from tasks.langid import identify_language
 
         identify_language("Ein kurzer Satz. A short sentence.")
+        pa.array(["x"])  # pyarrow imports pandas (0.3-0.4 s) on its first conversion of Python objects
         GopherQualityFilter().filter(Document(text="A probe. It loads the word tokenizer.", id="warm-up"))
     one_off["warm_up"] = clock.wall
 

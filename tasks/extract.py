@@ -462,20 +462,24 @@ class _BlockBuilder:
 class _Page:
     """What step 1 hands on: the blocks, and per node id its parent, tag and attributes.
 
-    Made by _BlockBuilder, or by tasks._htmlblocks (the same rules in C), whose attribute
-    dicts hold only the attributes the marks read (None for an element with none of them).
+    Made by _BlockBuilder, or by tasks._htmlblocks (the same rules in C), which hands on
+    the judged marks instead of tags and attributes (``judged``).
     """
 
-    __slots__ = ("blocks", "node_parent", "node_tags", "node_attrs")
+    __slots__ = ("blocks", "node_parent", "node_tags", "node_attrs", "judged")
 
-    def __init__(self, blocks, node_parent: list[int], node_tags: list[str], node_attrs: list):
+    def __init__(self, blocks, node_parent: list[int], node_tags: list[str] | None = None,
+                 node_attrs: list | None = None, judged: tuple[list[int], list[bool]] | None = None):
         self.blocks = blocks
         self.node_parent = node_parent
         self.node_tags = node_tags
         self.node_attrs = node_attrs
+        self.judged = judged
 
     def judge_elements(self) -> tuple[list[int], list[bool]]:
         """(boilerplate mark, hidden) per node id."""
+        if self.judged is not None:
+            return self.judged
         n = len(self.node_tags)
         marks, hidden = [_NO_MARK] * n, [False] * n
         for node, (tag, attrib) in enumerate(zip(self.node_tags, self.node_attrs)):
@@ -524,7 +528,9 @@ def _load_native():
     major, minor, patch = etree.LIBXML_VERSION
     if _htmlblocks.LIBXML_VERSION != major * 10000 + minor * 100 + patch:
         return None  # built against another lxml: its structures may differ; rebuild it
-    _htmlblocks.configure(_TAG_KIND, etree.__file__)
+    judge = (_TAG_MARKS, _STRONG_TAGS, _WEAK_TAGS, frozenset(("html", "body")), _STRONG_ROLES, _attr_mark,
+             _mark_cache, _HIDDEN_STYLE.search)
+    _htmlblocks.configure(_TAG_KIND, etree.__file__, judge)
     return _htmlblocks
 
 
@@ -547,7 +553,8 @@ def _linearize(html: str, max_depth: int, native=_NATIVE) -> _Page | None:
         if found is False:  # text that is not UTF-8, where lxml gives up
             return None
         if found is not NotImplemented:  # (over 2,000 distinct tag names on one page)
-            return _Page(*found)
+            blocks, parents, marks, hidden = found
+            return _Page(blocks, parents, judged=(marks, hidden))
     return _parse(html, _BlockBuilder(max_depth))
 
 

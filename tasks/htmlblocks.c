@@ -18,12 +18,14 @@
  *   None                      the page nests deeper than max_depth (HtmlTooDeep)
  *   False                     lxml would have given up (text that is not UTF-8)
  *   NotImplemented            over 2,000 distinct tag names: use the Python builder
- *   (blocks, parents, tags, attrs)
+ *   (blocks, parents, marks, hidden)
  *       blocks   list of Block (text, length, link_len, node, tag, prose)
  *       parents  per node id, the parent's id (-1 at the top)
- *       tags     per node id, its tag
- *       attrs    per node id, None or a dict of the attributes the boilerplate marks
- *                read (class, id, style, role, aria-hidden, hidden)
+ *       marks    per node id, its boilerplate mark (0 none, 1 weak, 2 strong)
+ *       hidden   per node id, whether it is hidden (hidden, aria-hidden, style)
+ *   marks and hidden as _Page.judge_elements gives them, from the tag and the attributes
+ *   class, id, style, role, aria-hidden and hidden (Python's own functions and caches
+ *   judge a class/id value and a style, so the rules live in one place).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -125,11 +127,28 @@ static int ints_push(Ints *a, Py_ssize_t v) {
 
 enum { K_SKIP, K_BLOCK, K_LINK, K_BREAK, K_CELL, K_INLINE, K_OTHER };
 
-typedef struct { char *name; PyObject *str; int kind; } TagEntry;
+typedef struct {
+    char *name;
+    PyObject *str;
+    int kind;
+    int tag_mark;           /* _TAG_MARKS.get(tag, _NO_MARK) */
+    char strong, weak, page;  /* in _STRONG_TAGS, in _WEAK_TAGS, html or body */
+} TagEntry;
 #define TAG_SLOTS 2048
 static TagEntry tag_table[TAG_SLOTS];
 static int tag_count;
 static PyObject *tag_kinds;  /* the Python dict tag -> kind, set by configure() */
+
+/* What tasks.extract judges the marks with, set by configure(): _TAG_MARKS, _STRONG_TAGS,
+ * _WEAK_TAGS, {"html", "body"}, _STRONG_ROLES, _attr_mark, _mark_cache, _HIDDEN_STYLE.search */
+enum { J_TAG_MARKS, J_STRONG_TAGS, J_WEAK_TAGS, J_PAGE_TAGS, J_STRONG_ROLES, J_ATTR_MARK, J_MARK_CACHE,
+       J_HIDDEN_SEARCH, N_JUDGE };
+static PyObject *judge[N_JUDGE];
+enum { STRONG_MARK = 2, WEAK_MARK = 1, NO_MARK = 0 };
+
+static int set_contains(int which, PyObject *str) {
+    return PySet_Contains(judge[which], str);
+}
 
 static void tags_clear(void) {
     for (int i = 0; i < TAG_SLOTS; i++) {
@@ -168,6 +187,19 @@ static TagEntry *tag_lookup(const char *name, int *overflow) {
     tag_table[i].name = copy;
     tag_table[i].str = str;
     tag_table[i].kind = kind ? (int)PyLong_AsLong(kind) : K_OTHER;
+    PyObject *mark = PyDict_GetItemWithError(judge[J_TAG_MARKS], str);
+    int strong = set_contains(J_STRONG_TAGS, str), weak = set_contains(J_WEAK_TAGS, str);
+    int page = set_contains(J_PAGE_TAGS, str);
+    if (PyErr_Occurred()) {
+        tag_table[i].name = NULL;
+        PyMem_Free(copy);
+        Py_DECREF(str);
+        return NULL;
+    }
+    tag_table[i].tag_mark = mark ? (int)PyLong_AsLong(mark) : NO_MARK;
+    tag_table[i].strong = (char)strong;
+    tag_table[i].weak = (char)weak;
+    tag_table[i].page = (char)page;
     tag_count++;
     return &tag_table[i];
 }
@@ -175,8 +207,8 @@ static TagEntry *tag_lookup(const char *name, int *overflow) {
 /* ---- attributes the marks read ----------------------------------------------------- */
 
 static const char *ATTR_NAMES[] = {"class", "id", "style", "role", "aria-hidden", "hidden"};
+enum { A_CLASS, A_ID, A_STYLE, A_ROLE, A_ARIA_HIDDEN, A_HIDDEN };
 #define N_ATTRS 6
-static PyObject *attr_keys[N_ATTRS];
 
 static int attr_code(const char *name) {
     int code;
@@ -537,48 +569,108 @@ static void builder_free(Builder *b) {
     PyMem_Free(b->parts.data);
 }
 
-/* (blocks, parents, tags, attrs) of a finished parse. */
+static PyObject *attr_str(Builder *b, Py_ssize_t k) {
+    return PyUnicode_DecodeUTF8(b->arena.data + b->a_off.data[k], b->a_len.data[k], NULL);
+}
+
+/* The mark of a class or id value: _mark_cache, else _attr_mark (which fills the cache). */
+static int value_mark(Builder *b, Py_ssize_t k) {
+    PyObject *value = attr_str(b, k);
+    if (!value) return -1;
+    PyObject *mark = PyDict_GetItemWithError(judge[J_MARK_CACHE], value);
+    if (mark) {
+        Py_INCREF(mark);
+    } else if (!PyErr_Occurred()) {
+        mark = PyObject_CallOneArg(judge[J_ATTR_MARK], value);
+    }
+    Py_DECREF(value);
+    if (!mark) return -1;
+    long m = PyLong_AsLong(mark);
+    Py_DECREF(mark);
+    return (int)m;
+}
+
+/* (mark, hidden) of one node, as tasks.extract._Page.judge_elements and _element_flags
+ * decide them from its tag and attributes (the last of a repeated attribute counts). */
+static int judge_node(Builder *b, Py_ssize_t node, Py_ssize_t first, Py_ssize_t end, int *mark, int *hidden) {
+    const TagEntry *entry = &tag_table[b->tag.data[node]];
+    *hidden = 0;
+    if (end == first) {
+        *mark = entry->tag_mark;
+        return 0;
+    }
+    Py_ssize_t last[N_ATTRS] = {-1, -1, -1, -1, -1, -1};
+    for (Py_ssize_t k = first; k < end; k++) last[b->a_code.data[k]] = k;
+    if (last[A_HIDDEN] >= 0) {
+        *hidden = 1;
+    } else if (last[A_ARIA_HIDDEN] >= 0 && b->a_len.data[last[A_ARIA_HIDDEN]] == 4
+               && memcmp(b->arena.data + b->a_off.data[last[A_ARIA_HIDDEN]], "true", 4) == 0) {
+        *hidden = 1;
+    } else if (last[A_STYLE] >= 0) {
+        PyObject *style = attr_str(b, last[A_STYLE]);
+        if (!style) return -1;
+        PyObject *found = PyObject_CallOneArg(judge[J_HIDDEN_SEARCH], style);
+        Py_DECREF(style);
+        if (!found) return -1;
+        *hidden = found != Py_None;
+        Py_DECREF(found);
+    }
+    int strong_role = 0;
+    if (last[A_ROLE] >= 0) {
+        PyObject *role = attr_str(b, last[A_ROLE]);
+        if (!role) return -1;
+        strong_role = set_contains(J_STRONG_ROLES, role);
+        Py_DECREF(role);
+        if (strong_role < 0) return -1;
+    }
+    if (entry->strong || strong_role) {
+        *mark = STRONG_MARK;
+        return 0;
+    }
+    if (entry->page) {  /* their classes describe the page, not a region */
+        *mark = NO_MARK;
+        return 0;
+    }
+    *mark = entry->weak ? WEAK_MARK : NO_MARK;
+    Py_ssize_t values[2] = {last[A_CLASS], last[A_ID]};
+    for (int v = 0; v < 2; v++) {
+        if (values[v] < 0 || b->a_len.data[values[v]] == 0) continue;
+        int m = value_mark(b, values[v]);
+        if (m < 0) return -1;
+        if (m > *mark) *mark = m;
+    }
+    return 0;
+}
+
+/* (blocks, parents, marks, hidden) of a finished parse. */
 static PyObject *builder_result(Builder *b) {
     Py_ssize_t n = b->parent.len;
-    PyObject *parents = PyList_New(n), *tags = PyList_New(n), *attrs = PyList_New(n);
-    if (!parents || !tags || !attrs) goto fail;
+    PyObject *parents = PyList_New(n), *marks = PyList_New(n), *hidden = PyList_New(n);
+    if (!parents || !marks || !hidden) goto fail;
     for (Py_ssize_t node = 0; node < n; node++) {
         PyObject *up = PyLong_FromSsize_t(b->parent.data[node]);
         if (!up) goto fail;
         PyList_SET_ITEM(parents, node, up);
-        PyObject *tag = tag_table[b->tag.data[node]].str;
-        Py_INCREF(tag);
-        PyList_SET_ITEM(tags, node, tag);
         Py_ssize_t first = b->attr_begin.data[node];
         Py_ssize_t end = node + 1 < n ? b->attr_begin.data[node + 1] : b->a_code.len;
-        PyObject *dict = Py_None;
-        Py_INCREF(dict);
-        if (end > first) {
-            Py_DECREF(dict);
-            dict = PyDict_New();
-            if (!dict) goto fail;
-            for (Py_ssize_t k = first; k < end; k++) {  /* later duplicates win, as in lxml */
-                PyObject *value = PyUnicode_DecodeUTF8(b->arena.data + b->a_off.data[k],
-                                                       b->a_len.data[k], NULL);
-                if (!value || PyDict_SetItem(dict, attr_keys[b->a_code.data[k]], value) < 0) {
-                    Py_XDECREF(value);
-                    Py_DECREF(dict);
-                    goto fail;
-                }
-                Py_DECREF(value);
-            }
-        }
-        PyList_SET_ITEM(attrs, node, dict);
+        int mark, is_hidden;
+        if (judge_node(b, node, first, end, &mark, &is_hidden) < 0) goto fail;
+        PyObject *mark_obj = PyLong_FromLong(mark);
+        if (!mark_obj) goto fail;
+        PyList_SET_ITEM(marks, node, mark_obj);
+        PyObject *hidden_obj = is_hidden ? Py_True : Py_False;
+        Py_INCREF(hidden_obj);
+        PyList_SET_ITEM(hidden, node, hidden_obj);
     }
-    PyObject *result = PyTuple_Pack(4, b->blocks, parents, tags, attrs);
+    PyObject *result = PyTuple_Pack(4, b->blocks, parents, marks, hidden);
     Py_DECREF(parents);
-    Py_DECREF(tags);
-    Py_DECREF(attrs);
+    Py_DECREF(marks);
+    Py_DECREF(hidden);
     return result;
 fail:
     Py_XDECREF(parents);
-    Py_XDECREF(tags);
-    Py_XDECREF(attrs);
+    Py_XDECREF(marks);
+    Py_XDECREF(hidden);
     return NULL;
 }
 
@@ -637,12 +729,27 @@ static PyObject *linearize(PyObject *module, PyObject *args) {
     return result;
 }
 
-/* configure(tag_kind: dict, etree_path: str): bind to lxml's libxml2, learn the tag kinds. */
+/* configure(tag_kind: dict, etree_path: str, judge: tuple): bind to lxml's libxml2, learn the
+ * tag kinds and what the marks are judged with (see `judge` above). */
 static PyObject *configure(PyObject *module, PyObject *args) {
     (void)module;
-    PyObject *kinds;
+    PyObject *kinds, *judged;
     const char *path;
-    if (!PyArg_ParseTuple(args, "O!s:configure", &PyDict_Type, &kinds, &path)) return NULL;
+    if (!PyArg_ParseTuple(args, "O!sO!:configure", &PyDict_Type, &kinds, &path, &PyTuple_Type, &judged))
+        return NULL;
+    if (PyTuple_GET_SIZE(judged) != N_JUDGE) {
+        PyErr_Format(PyExc_ValueError, "configure: judge needs %d items", N_JUDGE);
+        return NULL;
+    }
+    for (int i = 0; i < N_JUDGE; i++) {
+        PyObject *item = PyTuple_GET_ITEM(judged, i);
+        int ok = i == J_TAG_MARKS || i == J_MARK_CACHE ? PyDict_Check(item)
+               : i == J_ATTR_MARK || i == J_HIDDEN_SEARCH ? PyCallable_Check(item) : PyAnySet_Check(item);
+        if (!ok) {
+            PyErr_Format(PyExc_TypeError, "configure: judge item %d has the wrong type", i);
+            return NULL;
+        }
+    }
     void *lib = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
     if (!lib) {
         PyErr_Format(PyExc_ImportError, "lxml's etree module is not loaded: %s", dlerror());
@@ -659,6 +766,10 @@ static PyObject *configure(PyObject *module, PyObject *args) {
         return NULL;
     }
     tags_clear();
+    for (int i = 0; i < N_JUDGE; i++) {
+        Py_INCREF(PyTuple_GET_ITEM(judged, i));
+        Py_XSETREF(judge[i], PyTuple_GET_ITEM(judged, i));
+    }
     Py_XDECREF(tag_kinds);
     tag_kinds = PyDict_Copy(kinds);
     if (!tag_kinds) return NULL;
@@ -680,7 +791,6 @@ PyMODINIT_FUNC PyInit__htmlblocks(void) {
     PyObject *module = PyModule_Create(&module_def);
     if (!module) return NULL;
     body_str = PyUnicode_InternFromString("body");
-    for (int i = 0; i < N_ATTRS; i++) attr_keys[i] = PyUnicode_InternFromString(ATTR_NAMES[i]);
     Py_INCREF(&BlockType);
     if (PyModule_AddObject(module, "Block", (PyObject *)&BlockType) < 0
             || PyModule_AddIntConstant(module, "LIBXML_VERSION", LIBXML_VERSION) < 0) {

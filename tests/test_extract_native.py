@@ -32,7 +32,7 @@ def page_view(html: str, native) -> tuple | None:
     if page is None:
         return None
     blocks = [(b.text, b.length, b.link_len, b.node, b.tag, bool(b.prose)) for b in page.blocks]
-    return blocks, page.node_parent, page.node_tags, page.judge_elements()
+    return blocks, page.node_parent, page.judge_elements()
 
 
 def assert_same(html: str) -> tuple | None:
