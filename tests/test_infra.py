@@ -163,6 +163,10 @@ def test_dockerfile_base_is_pinned_and_python_matches_the_lock(variant):
     assert "requirements/constraints.txt" in text and "build_kenlm.sh" in text
     env = " ".join(rest for op, rest in instructions if op == "ENV")
     assert "PRETRAIN_REPO_DIR=/opt/pretrain" in env  # prefect.yaml's pull step changes into it
+    runs = " ".join(rest for op, rest in instructions if op == "RUN")
+    assert "python infra/build_native.py" in runs  # the C modules, built in the image, not copied in
+    ignored = (INFRA / f"Dockerfile.{variant}.dockerignore").read_text().split()
+    assert "tasks/_*.so" in ignored
 
 
 def test_cuda_dockerfile_has_cuda_deepspeed_and_flash_attn():
