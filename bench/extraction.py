@@ -203,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"SKIP: no pages under {data / 'html'}")
         return 0
     extractors = make_extractors(args.before or None)
+    if args.show_errors and args.show_errors not in extractors:
+        print(f"--show-errors: no extractor {args.show_errors!r}; one of {', '.join(extractors)}")
+        return 2
     results = run(pages, extractors, max(1, args.repeat))
     fast, traf = results["fast"], results["trafilatura"]
     # pages/s of each extractor over trafilatura's, in this run (the same pages, interleaved)
@@ -211,9 +214,6 @@ def main(argv: list[str] | None = None) -> int:
     ratio = speedups["fast"]
     ok = fast["f1"] >= MIN_F1 and ratio >= MIN_SPEEDUP
 
-    if args.show_errors and args.show_errors not in results:
-        print(f"--show-errors: no extractor {args.show_errors!r}; one of {', '.join(results)}")
-        return 2
     if args.show_errors:
         for kind, page_id, snippet in results[args.show_errors]["errors"]:
             print(f"{kind:6} {page_id} {snippet!r}")

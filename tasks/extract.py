@@ -458,7 +458,6 @@ class _BlockBuilder:
             self.blocks.append(_Block(text, link_len, node, self._owner[-1]))
 
 
-
 class _Page:
     """What step 1 hands on: the blocks, and per node id its parent, tag and attributes.
 
@@ -530,7 +529,10 @@ def _load_native():
         return None  # built against another lxml: its structures may differ; rebuild it
     judge = (_TAG_MARKS, _STRONG_TAGS, _WEAK_TAGS, frozenset(("html", "body")), _STRONG_ROLES, _attr_mark,
              _mark_cache, _HIDDEN_STYLE.search)
-    _htmlblocks.configure(_TAG_KIND, etree.__file__, judge)
+    try:
+        _htmlblocks.configure(_TAG_KIND, etree.__file__, judge)
+    except ImportError:  # an lxml whose etree module does not export libxml2: the Python builder
+        return None
     return _htmlblocks
 
 

@@ -149,9 +149,14 @@ static int scan(PyObject *text, PyObject *words, Py_ssize_t *n_tokens, Py_ssize_
     return 0;
 }
 
-static int ready(void) {
+/* Whether `text` can be scanned: configure() was called and it is a str (else an exception). */
+static int ready(PyObject *text, const char *function) {
     if (!table) {
         PyErr_SetString(PyExc_RuntimeError, "_wordsplit.configure() was not called");
+        return 0;
+    }
+    if (!PyUnicode_Check(text)) {
+        PyErr_Format(PyExc_TypeError, "%s() takes a str", function);
         return 0;
     }
     return 1;
@@ -159,11 +164,7 @@ static int ready(void) {
 
 static PyObject *split(PyObject *module, PyObject *text) {
     (void)module;
-    if (!ready()) return NULL;
-    if (!PyUnicode_Check(text)) {
-        PyErr_SetString(PyExc_TypeError, "split() takes a str");
-        return NULL;
-    }
+    if (!ready(text, "split")) return NULL;
     PyObject *words = PyList_New(0);
     if (!words) return NULL;
     Py_ssize_t tokens, count;
@@ -172,7 +173,7 @@ static PyObject *split(PyObject *module, PyObject *text) {
         return NULL;
     }
     Py_ssize_t unspaced = 0;
-    if (PyUnicode_KIND(text) != PyUnicode_1BYTE_KIND || !PyUnicode_IS_ASCII(text)) {
+    if (!PyUnicode_IS_ASCII(text)) {
         Text t = {PyUnicode_KIND(text), PyUnicode_DATA(text), PyUnicode_GET_LENGTH(text)};
         for (Py_ssize_t i = 0; i < t.n; i++) unspaced += (table[at(&t, i)] & IS_UNSPACED) != 0;
     }
@@ -184,11 +185,7 @@ static PyObject *split(PyObject *module, PyObject *text) {
 
 static PyObject *count_words(PyObject *module, PyObject *text) {
     (void)module;
-    if (!ready()) return NULL;
-    if (!PyUnicode_Check(text)) {
-        PyErr_SetString(PyExc_TypeError, "count_words() takes a str");
-        return NULL;
-    }
+    if (!ready(text, "count_words")) return NULL;
     Py_ssize_t tokens, count;
     if (scan(text, NULL, &tokens, &count) < 0) return NULL;
     return PyLong_FromSsize_t(count);
